@@ -1,0 +1,247 @@
+"""UperNet + PeLK-T against UperNet + ConvNeXt-T: train step and inference.
+
+Models, built from the project's and mmseg's configs with BN instead of
+SyncBN and no pretrained weights, all timed in one run:
+
+- ``pelk``: UperNet + PeLK-T (``configs/_base_/models/upernet_pelk.py``),
+  the peripheral convs with ``impl='auto'``;
+- ``pelk-dense``: the same with ``impl='dense'`` (expand + ``F.conv2d``);
+- ``pelk-identity``: the same with every peripheral conv replaced by the
+  identity, so ``pelk - pelk-identity`` is the time spent in the
+  large-kernel convolutions;
+- ``convnext``: UperNet + ConvNeXt-T (mmpretrain backbone in mmseg's
+  ``convnext-tiny_upernet`` config).
+
+A train step is ``loss`` forward (decode + auxiliary heads) + backward +
+AdamW step; inference is the ``mode='tensor'`` forward under ``no_grad``.
+Times are medians over ``--iters`` repetitions in which the models are
+interleaved. Peak memory is that of one more train step / inference per
+model, after the timed ones: on CPU the process's peak RSS during the step
+minus its RSS just before it (Linux ``VmHWM`` after resetting it through
+``/proc/self/clear_refs``, and ``VmRSS``), i.e. the step's own peak above the
+resident model, optimizer state and allocator caches; on CUDA
+``torch.cuda.max_memory_allocated`` minus the memory allocated before the
+step.
+
+On CPU the ``pelk-dense`` step at 512x512 takes about a minute; use
+``--size 256`` for a quick run.
+
+Examples::
+
+    python benchmarks/bench_backbone.py --size 256 --iters 2
+    python benchmarks/bench_backbone.py --size 512 --json
+"""
+import argparse
+import json
+import logging
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+MODELS = ('pelk', 'pelk-dense', 'pelk-identity', 'convnext')
+PELK_CONFIG = 'configs/_base_/models/upernet_pelk.py'  # PeLK-T
+CONVNEXT_CONFIG = 'convnext/convnext-tiny_upernet_8xb2-amp-160k_ade20k-512x512.py'
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--size', type=int, default=512)
+    parser.add_argument('--batch', type=int, default=2,
+                        help='per-device batch of mmseg 8xb2 configs; >= 2 '
+                        '(BN in the pyramid pooling needs it)')
+    parser.add_argument('--iters', type=int, default=2,
+                        help='timed repetitions (after one warm-up)')
+    parser.add_argument('--models', nargs='+', default=list(MODELS),
+                        choices=MODELS)
+    parser.add_argument('--modes', nargs='+', default=['train', 'infer'],
+                        choices=['train', 'infer'])
+    parser.add_argument('--no-memory', action='store_true',
+                        help='skip the peak-memory measurement')
+    parser.add_argument('--json', action='store_true')
+    return parser.parse_args(argv)
+
+
+def _identity_conv(x, weight, grid):
+    return x
+
+
+def build_model(name, device):
+    """Build one of :data:`MODELS` in train mode on ``device``."""
+    from mmengine.config import Config
+    from mmengine.logging import MMLogger
+    from mmengine.registry import init_default_scope
+    from mmengine.utils import get_installed_path
+    from mmseg.registry import MODELS as SEG_MODELS
+
+    from pelk_mm.ops import PERIPHERAL_CONV_IMPLS
+    PERIPHERAL_CONV_IMPLS.setdefault('identity', _identity_conv)
+    init_default_scope('mmseg')
+    mmseg_configs = f'{get_installed_path("mmsegmentation")}/.mim/configs'
+    cfg = Config.fromfile(f'{mmseg_configs}/{CONVNEXT_CONFIG}' if name ==
+                          'convnext' else PELK_CONFIG).model
+    cfg.backbone.init_cfg = None
+    if name != 'convnext':
+        cfg.backbone.impl = {
+            'pelk': 'auto',
+            'pelk-dense': 'dense',
+            'pelk-identity': 'identity'
+        }[name]
+    for head in (cfg.decode_head, cfg.auxiliary_head):
+        head.norm_cfg = dict(type='BN', requires_grad=True)
+    cfg.data_preprocessor = None
+    torch.manual_seed(0)
+    model = SEG_MODELS.build(cfg).to(device)
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # init_weights logs every parameter
+    model.init_weights()
+    logger.setLevel(level)
+    return model.train()
+
+
+def make_batch(args, device):
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+    gen = torch.Generator().manual_seed(0)
+    inputs = torch.randn(args.batch, 3, args.size, args.size, generator=gen)
+    samples = []
+    for _ in range(args.batch):
+        sample = SegDataSample()
+        sample.gt_sem_seg = PixelData(data=torch.randint(
+            0, 150, (1, args.size, args.size), generator=gen).to(device))
+        sample.set_metainfo(
+            dict(img_shape=(args.size, args.size),
+                 ori_shape=(args.size, args.size),
+                 pad_shape=(args.size, args.size)))
+        samples.append(sample)
+    return inputs.to(device), samples
+
+
+class Runner:
+    """One model, its optimizer and the two timed operations."""
+
+    def __init__(self, name, args, device):
+        self.model = build_model(name, device)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=1e-4, weight_decay=0.05)
+        self.inputs, self.samples = make_batch(args, device)
+
+    def train(self):
+        self.model.train()
+        losses = self.model.loss(self.inputs, self.samples)
+        loss, _ = self.model.parse_losses(losses)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+
+    def infer(self):
+        self.model.eval()
+        with torch.no_grad():
+            self.model(self.inputs, self.samples, mode='tensor')
+
+
+def _sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+
+
+def time_models(args, device):
+    """Median times ``{(model, mode): s}`` and, unless ``--no-memory``,
+    peak memory ``{(model, mode): MiB}``."""
+    runners = {name: Runner(name, args, device) for name in args.models}
+    times = {(name, mode): [] for name in args.models for mode in args.modes}
+    for rep in range(args.iters + 1):  # the first round is the warm-up
+        for mode in args.modes:
+            for name in args.models:
+                _sync(device)
+                start = time.perf_counter()
+                getattr(runners[name], mode)()
+                _sync(device)
+                if rep:
+                    times[name, mode].append(time.perf_counter() - start)
+    memory = {} if args.no_memory else {
+        (name, mode): peak_memory_mib(runners[name], mode, device)
+        for mode in args.modes for name in args.models
+    }
+    return {key: statistics.median(value)
+            for key, value in times.items()}, memory
+
+
+def _proc_status_mib(key):
+    with open('/proc/self/status') as status:
+        for line in status:
+            if line.startswith(key):
+                return int(line.split()[1]) / 1024  # kB
+
+
+def peak_memory_mib(runner, mode, device):
+    """Peak memory of one ``mode`` call above the memory in use before it."""
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        getattr(runner, mode)()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    with open('/proc/self/clear_refs', 'w') as clear_refs:
+        clear_refs.write('5')  # reset VmHWM to the current RSS
+    base = _proc_status_mib('VmRSS')
+    getattr(runner, mode)()
+    return _proc_status_mib('VmHWM') - base
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    import pelk_mm  # noqa: F401  (registers PeLK)
+    times, memory = time_models(args, device)
+    machine = dict(
+        device=(torch.cuda.get_device_name(device) if device.type == 'cuda'
+                else platform.processor() or platform.machine()),
+        threads=torch.get_num_threads(), torch=torch.__version__,
+        size=args.size, batch=args.batch, iters=args.iters,
+        memory=('cuda max_memory_allocated' if device.type == 'cuda' else
+                'peak RSS (VmHWM) minus RSS before the step'))
+    rows = []
+    for mode in args.modes:
+        for name in args.models:
+            row = dict(model=name, mode=mode, seconds=times[name, mode],
+                       peak_mib=memory.get((name, mode)))
+            if 'pelk' in args.models:
+                row['x_pelk'] = times[name, mode] / times['pelk', mode]
+            rows.append(row)
+    summary = {}
+    for mode in args.modes:
+        if {'pelk', 'pelk-identity'} <= set(args.models):
+            summary[f'{mode}_large_kernel_share'] = 1 - times[
+                'pelk-identity', mode] / times['pelk', mode]
+        if {'pelk', 'pelk-dense'} <= set(args.models):
+            summary[f'{mode}_speedup_vs_dense'] = times[
+                'pelk-dense', mode] / times['pelk', mode]
+        if {'pelk', 'convnext'} <= set(args.models):
+            summary[f'{mode}_pelk_over_convnext'] = times[
+                'pelk', mode] / times['convnext', mode]
+    if args.json:
+        json.dump(dict(machine=machine, results=rows, summary=summary),
+                  sys.stdout, indent=1)
+        print()
+        return
+    print(f'{"mode":6} {"model":14} {"s / iter":>9} {"x pelk":>7} '
+          f'{"peak MiB":>9}')
+    for row in rows:
+        peak = '' if row['peak_mib'] is None else f'{row["peak_mib"]:.0f}'
+        print(f'{row["mode"]:6} {row["model"]:14} {row["seconds"]:>9.3f} '
+              f'{row.get("x_pelk", float("nan")):>7.2f} {peak:>9}')
+    for key, value in summary.items():
+        print(f'{key}: {value:.3f}')
+    print('machine:', json.dumps(machine))
+
+
+if __name__ == '__main__':
+    main()

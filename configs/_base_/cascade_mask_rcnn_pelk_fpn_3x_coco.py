@@ -1,0 +1,36 @@
+# What every Cascade Mask R-CNN-PeLK COCO config shares (paper table 3):
+# ConvNeXt's MMDetection config (4conv1fc cascade box heads with GIoU loss,
+# DETR-style multi-scale training with random crops, 3x = 36 epochs, steps at
+# 27 and 33, 16 images per batch = 8 GPUs x 2) with the backbone swapped and:
+# - AdamW lr 2e-4, weight decay 0.05 (none on norms, biases, layer scales and
+#   positional embeddings), layer-wise lr decay 0.7;
+# - the sparse ImageNet backbone's zero pattern kept by the
+#   DynamicSparsityHook in 'fixed' mode.
+# fp32 by default; `tools/train.py --amp` switches to AmpOptimWrapper.
+_base_ = [
+    'mmdet::convnext/'
+    'cascade-mask-rcnn_convnext-t-p4-w7_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py'
+]
+
+custom_imports = dict(imports=['pelk_mm'], allow_failed_imports=False)
+
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type='PeLK',
+        arch='tiny',
+        out_indices=(0, 1, 2, 3),
+        drop_path_rate=0.4,
+        layer_scale_init_value=1.0,
+        gap_before_final_norm=False),
+    neck=dict(in_channels=[124, 249, 499, 998]))
+
+optim_wrapper = dict(
+    _delete_=True,
+    type='OptimWrapper',
+    optimizer=dict(
+        type='AdamW', lr=2e-4, betas=(0.9, 0.999), weight_decay=0.05),
+    constructor='PeLKLearningRateDecayOptimizerConstructor',
+    paramwise_cfg=dict(decay_rate=0.7, decay_type='layer_wise', num_layers=6))
+
+custom_hooks = [dict(type='DynamicSparsityHook', mode='fixed')]

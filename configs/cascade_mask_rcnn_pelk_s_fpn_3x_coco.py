@@ -1,0 +1,19 @@
+# Cascade Mask R-CNN + PeLK-S + FPN on COCO, 3x multi-scale (paper table 3).
+# Shared settings: configs/_base_/cascade_mask_rcnn_pelk_fpn_3x_coco.py. Drop
+# path 0.6 as ConvNeXt's detection config of the same size.
+# Backbone: the sparse ImageNet-1K PeLK-S classifier converted with
+#   python tools/model_converters/cls2backbone.py CLS_CKPT \
+#       checkpoints/pelk_s_in1k_backbone.pth --arch small
+_base_ = ['./_base_/cascade_mask_rcnn_pelk_fpn_3x_coco.py']
+
+checkpoint_file = 'checkpoints/pelk_s_in1k_backbone.pth'
+model = dict(
+    backbone=dict(
+        arch='small',
+        drop_path_rate=0.6,
+        init_cfg=dict(
+            type='Pretrained', checkpoint=checkpoint_file,
+            prefix='backbone.')),
+    neck=dict(in_channels=[124, 249, 499, 998]))
+
+optim_wrapper = dict(paramwise_cfg=dict(num_layers=12))

@@ -1,0 +1,17 @@
+# Cascade Mask R-CNN + PeLK-T + FPN on COCO, 3x multi-scale (paper table 3).
+# Shared settings: configs/_base_/cascade_mask_rcnn_pelk_fpn_3x_coco.py. Drop
+# path 0.4 as ConvNeXt's detection config of the same size.
+# Backbone: the sparse ImageNet-1K PeLK-T classifier converted with
+#   python tools/model_converters/cls2backbone.py CLS_CKPT \
+#       checkpoints/pelk_t_in1k_backbone.pth --arch tiny
+_base_ = ['./_base_/cascade_mask_rcnn_pelk_fpn_3x_coco.py']
+
+checkpoint_file = 'checkpoints/pelk_t_in1k_backbone.pth'
+model = dict(
+    backbone=dict(
+        arch='tiny',
+        drop_path_rate=0.4,
+        init_cfg=dict(
+            type='Pretrained', checkpoint=checkpoint_file,
+            prefix='backbone.')),
+    neck=dict(in_channels=[124, 249, 499, 998]))

@@ -1,0 +1,8 @@
+from .compat import check_pkg_resources, patch_mmengine_checkpoint_loaders
+from .lr_decay_optimizer_constructor import \
+    PeLKLearningRateDecayOptimizerConstructor
+
+patch_mmengine_checkpoint_loaders()
+check_pkg_resources()
+
+__all__ = ['PeLKLearningRateDecayOptimizerConstructor']

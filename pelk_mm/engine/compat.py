@@ -1,0 +1,93 @@
+"""Compatibility of mmengine 0.10.7 with torch >= 2.6 checkpoint loading.
+
+Since torch 2.6, ``torch.load`` defaults to ``weights_only=True``: it only
+unpickles tensors, containers, primitive types and the globals allowed by
+:func:`torch.serialization.safe_globals`. mmengine 0.10.7 calls
+``torch.load(filename, map_location=...)`` without ``weights_only`` (fixed only
+on mmengine's unreleased main, mmengine issue #1655), so ``--resume``,
+``load_from`` and ``init_model`` fail on mmengine's *own* checkpoints: their
+``message_hub`` entry holds :class:`mmengine.logging.HistoryBuffer` objects,
+backed by numpy arrays and pickling their statistics as bound methods
+(``getattr(buffer, 'mean')``).
+
+The fix is scoped to mmengine's checkpoint loaders and to exactly those
+globals: :func:`patch_mmengine_checkpoint_loaders` re-registers every
+:class:`~mmengine.runner.CheckpointLoader` scheme so that it loads inside
+``torch.serialization.safe_globals(MMENGINE_CHECKPOINT_GLOBALS)``.
+``weights_only`` stays on everywhere: a checkpoint carrying any other pickled
+object is still refused, and a plain ``torch.load`` elsewhere in the process
+is not affected. Importing :mod:`pelk_mm` applies the patch once.
+
+mmengine also needs ``pkg_resources`` (setuptools < 81) to resolve
+``mmseg::`` / ``mmdet::`` / ``mmpretrain::`` base configs; :func:`check_pkg_resources`
+turns the bare ``ModuleNotFoundError`` into an actionable message.
+"""
+import functools
+import importlib.util
+import warnings
+
+import numpy as np
+import torch
+from mmengine.logging import HistoryBuffer
+from mmengine.runner import CheckpointLoader
+
+
+def _numpy_globals() -> list:
+    """Numpy callables and classes that pickled arrays, dtypes and scalars use."""
+    try:  # numpy >= 2 moved the private module
+        from numpy._core import multiarray
+    except ImportError:
+        from numpy.core import multiarray
+    dtype_classes = {
+        type(np.dtype(name))
+        for name in ('bool', 'int8', 'int16', 'int32', 'int64', 'uint8',
+                     'float16', 'float32', 'float64')
+    }
+    return [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype,
+            *sorted(dtype_classes, key=lambda t: t.__name__)]
+
+
+#: What an mmengine checkpoint pickles besides tensors and containers.
+MMENGINE_CHECKPOINT_GLOBALS = [HistoryBuffer, getattr, *_numpy_globals()]
+
+
+def _with_mmengine_globals(loader):
+    """Wrap one checkpoint loader so it unpickles mmengine's own globals."""
+    if getattr(loader, '_pelk_mm_patched', False):
+        return loader
+
+    @functools.wraps(loader)  # keeps __name__, which mmengine logs
+    def load(filename, map_location=None, *args, **kwargs):
+        with torch.serialization.safe_globals(MMENGINE_CHECKPOINT_GLOBALS):
+            return loader(filename, map_location, *args, **kwargs)
+
+    load._pelk_mm_patched = True
+    return load
+
+
+def patch_mmengine_checkpoint_loaders() -> None:
+    """Make every registered mmengine checkpoint scheme load mmengine globals.
+
+    Idempotent. A no-op on torch without ``safe_globals`` (< 2.5), where
+    ``torch.load`` does not restrict unpickling by default anyway.
+    """
+    if not hasattr(torch.serialization, 'safe_globals'):
+        return
+    for prefix, loader in list(CheckpointLoader._schemes.items()):
+        CheckpointLoader.register_scheme(
+            prefix, _with_mmengine_globals(loader), force=True)
+
+
+def check_pkg_resources() -> None:
+    """Warn early when ``pkg_resources`` is missing (setuptools >= 81).
+
+    mmengine imports it to locate the configs of installed OpenMMLab packages,
+    so ``_base_ = ['mmseg::...']`` would otherwise fail deep inside
+    ``Config.fromfile`` with a bare ``ModuleNotFoundError``.
+    """
+    if importlib.util.find_spec('pkg_resources') is None:
+        warnings.warn(
+            "pkg_resources is not importable (setuptools >= 81 removed it); "
+            "mmengine needs it for 'mmseg::' / 'mmdet::' / 'mmpretrain::' base "
+            "configs. Install it with: pip install 'setuptools<81'",
+            stacklevel=2)

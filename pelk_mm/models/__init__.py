@@ -1,0 +1,3 @@
+from .pelk import PeLK, PeLKBlock
+
+__all__ = ['PeLK', 'PeLKBlock']

@@ -1,0 +1,187 @@
+"""Exact peripheral convolution by FFT, with a hand-written backward.
+
+The depthwise "same" correlation of an ``H x W`` map with a ``K x K`` kernel
+(``P = K // 2``) equals a circular convolution of length ``L`` for every
+output inside the map as soon as ``L >= n + P`` per axis: the taps that wrap
+around only ever meet the zero padding. So ``L`` is the next 5-smooth size
+>= ``n + P`` (not ``n + K - 1``), and a kernel longer than ``L`` (maps
+smaller than the kernel) simply aliases onto itself.
+
+The kernel spectrum comes from the compact weight without materialising the
+kernel: with ``E[f, a] = sum_{u in band a} exp(2 pi i f (u - P) / L)`` per
+axis, ``G_c = E_H w_c E_W^T`` (a ``(L_H x k') (k' x k') (k' x L_W/2+1)``
+product). Then::
+
+    y = irfft2(rfft2(x - m) * G)[:H, :W] + m * conv(1)
+
+with the per-map mean ``m`` split off first (see
+:mod:`pelk_mm.ops.band_geometry`) so the FFT round-off scales with the spread
+of ``x``, not its mean.
+
+Backward (the transpose of a correlation is a correlation): the input
+gradient is the same computation with the conjugate spectrum ``conj(G)``
+(the 180-degree-rotated kernel, mean split included); the weight gradient is
+the cross-correlation of ``x`` and the output gradient at the kernel's
+``K x K`` lags, one inverse FFT per channel of ``sum_n conj(DY) X``, summed
+per block in float64, plus the mean term.
+"""
+import functools
+import math
+from typing import Sequence, Tuple
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from .autocast_policy import float32_under_autocast
+from .band_geometry import (band_indicator, constant_response,
+                            constant_response_weight_grad, flip_kernel)
+
+
+def fft_size(n: int) -> int:
+    """Smallest 5-smooth integer (``2^a 3^b 5^c``) that is >= ``n``."""
+    best = 1 << max(n - 1, 0).bit_length()
+    power5 = 1
+    while power5 < best:
+        power35 = power5
+        while power35 < best:
+            size = power35
+            while size < n:
+                size *= 2
+            best = min(best, size)
+            power35 *= 3
+        power5 *= 5
+    return best
+
+
+@functools.lru_cache(maxsize=512)
+def _band_phases(grid: Tuple[int, ...], length: int, onesided: bool,
+                 device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``E[f, a] = sum_{u in band a} exp(2 pi i f (u - P) / L)``.
+
+    Returns:
+        Tensor: Complex ``(F, k')`` with ``F = L // 2 + 1`` if ``onesided``
+        else ``L``; computed in float64 from exact integer phases.
+    """
+    kernel_size = sum(grid)
+    freqs = torch.arange(length // 2 + 1 if onesided else length,
+                         dtype=torch.int64)
+    taps = torch.arange(kernel_size, dtype=torch.int64) - kernel_size // 2
+    phase = torch.remainder(freqs[:, None] * taps[None, :], length)
+    taps_phasor = torch.polar(
+        torch.ones((), dtype=torch.float64),
+        phase.to(torch.float64) * (2 * math.pi / length))
+    bands = band_indicator(grid, taps_phasor)
+    return (taps_phasor @ bands.t()).to(device=device, dtype=dtype)
+
+
+def _sizes(height: int, width: int,
+           grid: Sequence[int]) -> Tuple[int, int]:
+    half = sum(grid) // 2
+    return fft_size(height + half), fft_size(width + half)
+
+
+def _kernel_spectrum(weight: Tensor, grid: Tuple[int, ...],
+                     sizes: Tuple[int, int]) -> Tensor:
+    """``G_c = E_H w_c E_W^T``: ``(C, L_H, L_W // 2 + 1)`` complex."""
+    cdtype = torch.complex128 if weight.dtype == torch.float64 else \
+        torch.complex64
+    rows = _band_phases(grid, sizes[0], False, weight.device, cdtype)
+    cols = _band_phases(grid, sizes[1], True, weight.device, cdtype)
+    return rows @ weight[:, 0].to(cdtype) @ cols.t()
+
+
+def _correlate(x: Tensor, spectrum: Tensor, sizes: Tuple[int, int],
+               weight: Tensor, grid: Sequence[int]) -> Tuple[Tensor, Tensor,
+                                                             Tensor]:
+    """Mean-split FFT correlation of ``x`` with the kernel of ``spectrum``.
+
+    Returns:
+        tuple: the output ``(N, C, H, W)``, the spectrum of ``x - m`` and the
+        per-map mean ``m`` ``(N, C, 1, 1)``.
+    """
+    height, width = x.shape[-2:]
+    mean = x.mean(dim=(-2, -1), keepdim=True)
+    x_spec = torch.fft.rfft2(x - mean, s=sizes)
+    out = torch.fft.irfft2(x_spec * spectrum, s=sizes)[..., :height, :width]
+    out = out + mean * constant_response(weight, grid, height, width)
+    return out, x_spec, mean
+
+
+class _FFTPeripheralConv(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor,
+                grid: Tuple[int, ...]) -> Tensor:
+        sizes = _sizes(x.shape[-2], x.shape[-1], grid)
+        spectrum = _kernel_spectrum(weight, grid, sizes)
+        out, x_spec, mean = _correlate(x, spectrum, sizes, weight, grid)
+        ctx.grid, ctx.sizes = grid, sizes
+        ctx.save_for_backward(weight, spectrum, x_spec, mean)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        weight, spectrum, x_spec, mean = ctx.saved_tensors
+        grid, sizes = ctx.grid, ctx.sizes
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            flipped, flipped_grid = flip_kernel(weight, grid)
+            grad_x, grad_spec, _ = _correlate(grad_out, spectrum.conj(),
+                                              sizes, flipped, flipped_grid)
+        if ctx.needs_input_grad[1]:
+            if not ctx.needs_input_grad[0]:
+                grad_spec = torch.fft.rfft2(
+                    grad_out - grad_out.mean(dim=(-2, -1), keepdim=True),
+                    s=sizes)
+            grad_w = _weight_grad(grad_out, grad_spec, x_spec, mean, grid,
+                                  sizes)
+        return grad_x, grad_w, None
+
+
+def _weight_grad(grad_out: Tensor, grad_spec: Tensor, x_spec: Tensor,
+                 mean: Tensor, grid: Tuple[int, ...],
+                 sizes: Tuple[int, int]) -> Tensor:
+    """``dL/dw`` from the spectra of ``x - m`` and ``dy - m_dy``.
+
+    Per block, ``dw = corr(x - m, dy) + m corr(1, dy)``. The spectrum of
+    ``dy`` is that of ``dy - m_dy`` plus ``m_dy`` times the spectrum of an
+    all-ones map; one inverse FFT per channel gives the cross-correlation at
+    every lag (lag ``t`` at index ``t mod L``, exact for ``|t| <= P``), the
+    ``K x K`` lags are summed per block in float64, and ``m corr(1, dy)`` is
+    the adjoint of the constant response.
+    """
+    height, width = grad_out.shape[-2:]
+    kernel_size = sum(grid)
+    grad_mean = grad_out.mean(dim=(-2, -1), keepdim=True)
+    ones_spec = torch.fft.rfft2(grad_out.new_ones(height, width), s=sizes)
+    cross = ((grad_spec.conj() * x_spec).sum(0) +
+             ones_spec.conj() * (grad_mean * x_spec).sum(0))
+    lags = torch.fft.irfft2(cross, s=sizes)  # (C, L_H, L_W)
+    taps = torch.arange(kernel_size, device=lags.device) - kernel_size // 2
+    dense_grad = lags.index_select(1, taps % sizes[0]).index_select(
+        2, taps % sizes[1]).double()
+    bands = band_indicator(grid, dense_grad)
+    grad_w = (bands @ dense_grad @ bands.t()).unsqueeze(1)
+    grad_w = grad_w + constant_response_weight_grad(
+        (mean * grad_out).sum(0, dtype=torch.float64), grid)
+    return grad_w.to(grad_out.dtype)
+
+
+@float32_under_autocast
+def fft_peripheral_conv(x: Tensor, weight: Tensor,
+                        grid: Sequence[int]) -> Tensor:
+    """Peripheral convolution by FFT (exact up to float round-off).
+
+    Args:
+        x (Tensor): Input ``(N, C, H, W)``, any ``H, W >= 1``.
+        weight (Tensor): Compact weights ``(C, 1, k', k')``.
+        grid (Sequence[int]): Sharing grid, ``k'`` widths summing to odd
+            ``K``.
+
+    Returns:
+        Tensor: ``(N, C, H, W)``, equal to ``F.conv2d(x, expand_weight(
+        weight, grid), padding=K // 2, groups=C)``.
+    """
+    return _FFTPeripheralConv.apply(x, weight, tuple(grid))

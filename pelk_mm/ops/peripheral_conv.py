@@ -1,0 +1,265 @@
+"""Peripheral convolution (PeLK, Eq. 1-3): functional op and module.
+
+The operator is a depthwise, stride-1, zero-padded ("same") convolution whose
+``K x K`` kernel is generated from compact weights ``(C, 1, k', k')`` by a
+sharing grid (see :mod:`pelk_mm.ops.sharing_grid`), optionally with the
+kernel-wise positional embedding ``h`` of Eq. 3.
+
+The convolution itself is computed by ONE swappable function picked by name
+from :data:`PERIPHERAL_CONV_IMPLS` (``fn(x, weight, grid) -> Tensor``, no bias
+and no positional embedding). ``'dense'`` materialises the kernel and calls
+``F.conv2d``; faster exact implementations register themselves in the same
+dict, and ``'auto'`` chooses among them.
+"""
+import math
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from .band_geometry import band_edges
+from .blocksum_conv import blocksum_peripheral_conv
+from .fft_conv import fft_peripheral_conv
+from .impl_selection import select_impl
+from .sharing_grid import check_grid, expand_weight, sharing_grid
+
+
+def dense_peripheral_conv(x: Tensor, weight: Tensor,
+                          grid: Sequence[int]) -> Tensor:
+    """Reference implementation: expand the kernel and run ``F.conv2d``.
+
+    Args:
+        x (Tensor): Input of shape ``(N, C, H, W)``.
+        weight (Tensor): Compact weights of shape ``(C, 1, k', k')``.
+        grid (Sequence[int]): Sharing grid, ``k'`` widths summing to ``K``.
+
+    Returns:
+        Tensor: ``(N, C, H, W)``, the depthwise convolution of ``x`` with
+        :func:`expand_weight` ``(weight, grid)`` and zero padding ``K // 2``.
+    """
+    return F.conv2d(
+        x,
+        expand_weight(weight, grid),
+        padding=sum(grid) // 2,
+        groups=x.shape[1])
+
+
+def auto_peripheral_conv(x: Tensor, weight: Tensor,
+                         grid: Sequence[int]) -> Tensor:
+    """Run the implementation that :func:`select_impl`'s cost model predicts
+    to be fastest for this shape, device and grad mode (deterministic)."""
+    return PERIPHERAL_CONV_IMPLS[select_impl(x, weight, grid)](x, weight,
+                                                              grid)
+
+
+#: Implementations of the bare convolution, by name: ``fn(x, weight, grid)``.
+#: ``'fft'`` and ``'blocksum'`` are exact fast algorithms
+#: (:mod:`pelk_mm.ops.fft_conv`, :mod:`pelk_mm.ops.blocksum_conv`);
+#: ``'auto'``, the default of :func:`peripheral_conv2d`, picks one of
+#: ``'dense'``, ``'fft'``, ``'blocksum'`` (:mod:`pelk_mm.ops.impl_selection`).
+PERIPHERAL_CONV_IMPLS: Dict[str, Callable[[Tensor, Tensor, Sequence[int]],
+                                          Tensor]] = {
+    'dense': dense_peripheral_conv,
+    'fft': fft_peripheral_conv,
+    'blocksum': blocksum_peripheral_conv,
+    'auto': auto_peripheral_conv,
+}
+
+
+def pos_embed_bias(weight: Tensor, grid: Sequence[int],
+                   pos_embed: Tensor) -> Tensor:
+    """Per-channel constant that the positional embedding adds (Eq. 3).
+
+    With zero padding, Eq. 3 ``Y(x, y) = sum_ij w(i, j) (X(x+i, y+j) +
+    h(i, j))`` is the plain convolution plus ``sum_ij w(i, j) h(i, j)``.
+    Since ``w`` is constant on each block ``(a, b)`` of the sharing grid,
+    that sum is ``sum_ab w_theta(a, b) * sum_{(i, j) in block(a, b)} h(i, j)``,
+    computed here from the compact weight without materialising ``w``: the
+    block sums of ``h`` are differences of its 2-D prefix sums at the band
+    edges (``O(C K^2)`` additions, then ``C k'^2`` products).
+
+    Args:
+        weight (Tensor): Compact weights ``(C, 1, k', k')``.
+        grid (Sequence[int]): Sharing grid of ``k'`` widths summing to ``K``.
+        pos_embed (Tensor): Positional embedding ``h`` of shape ``(C, K, K)``.
+
+    Returns:
+        Tensor: Shape ``(C,)``.
+    """
+    edges = torch.tensor(band_edges(grid), device=pos_embed.device)
+    prefix = F.pad(pos_embed.cumsum(1).cumsum(2), (1, 0, 1, 0))
+    corners = prefix[:, edges][:, :, edges]  # (C, k' + 1, k' + 1)
+    block_sums = (corners[:, 1:, 1:] - corners[:, :-1, 1:] -
+                  corners[:, 1:, :-1] + corners[:, :-1, :-1])
+    return (weight[:, 0] * block_sums).sum(dim=(1, 2))
+
+
+def peripheral_conv2d(x: Tensor,
+                      weight: Tensor,
+                      grid: Sequence[int],
+                      bias: Optional[Tensor] = None,
+                      pos_embed: Optional[Tensor] = None,
+                      impl: str = 'auto') -> Tensor:
+    """Depthwise peripheral convolution with stride 1 and "same" padding.
+
+    Computes Eq. 3 of the paper with zero padding::
+
+        Y_c(x, y) = b_c + sum_{i,j in [-r, r]} w_c(i, j) (X_c(x+i, y+j)
+                                                          + h_c(i, j))
+
+    where ``w = expand_weight(weight, grid)`` (Eq. 1) and ``r = K // 2``.
+    The positional embedding ``h`` is added at every tap, also where the tap
+    falls on the zero padding, so its contribution is the per-channel
+    constant ``sum_ij w_c(i, j) h_c(i, j)`` (:func:`pos_embed_bias`, closed
+    form, never a second convolution). The result therefore equals
+    ``F.conv2d(x, w, bias + pos_embed_bias(...), padding=r, groups=C)``.
+
+    Args:
+        x (Tensor): Input of shape ``(N, C, H, W)``; any ``H, W >= 1``,
+            including maps smaller than the kernel.
+        weight (Tensor): Compact weights ``w_theta`` of shape
+            ``(C, 1, k', k')``.
+        grid (Sequence[int]): Sharing grid, ``k'`` positive widths summing to
+            the odd kernel size ``K``.
+        bias (Tensor, optional): Shape ``(C,)``. Defaults to None.
+        pos_embed (Tensor, optional): Positional embedding ``h`` of shape
+            ``(C, K, K)``. Defaults to None.
+        impl (str): Name of the convolution implementation in
+            :data:`PERIPHERAL_CONV_IMPLS`. Defaults to ``'auto'``.
+
+    Returns:
+        Tensor: Output of shape ``(N, C, H, W)``.
+    """
+    if impl not in PERIPHERAL_CONV_IMPLS:
+        raise ValueError(f'`impl` must be one of '
+                         f'{sorted(PERIPHERAL_CONV_IMPLS)}, got {impl!r}')
+    if weight.dim() != 4 or weight.shape[1] != 1:
+        raise ValueError('`weight` must have shape (C, 1, k\', k\'), '
+                         f'got {tuple(weight.shape)}')
+    grid = check_grid(grid)
+    kernel_size = sum(grid)
+    if weight.shape[2:] != (len(grid), len(grid)):
+        raise ValueError(f'`weight` must be (C, 1, {len(grid)}, {len(grid)}) '
+                         f'for a grid of {len(grid)} bands, got '
+                         f'{tuple(weight.shape)}')
+    channels = weight.shape[0]
+    if x.dim() != 4 or x.shape[1] != channels:
+        raise ValueError(f'`x` must have shape (N, {channels}, H, W) to match '
+                         f'the weight\'s {channels} channels, got '
+                         f'{tuple(x.shape)}')
+    if pos_embed is not None and pos_embed.shape != (channels, kernel_size,
+                                                     kernel_size):
+        raise ValueError(
+            f'`pos_embed` must have shape ({channels}, {kernel_size}, '
+            f'{kernel_size}), got {tuple(pos_embed.shape)}')
+
+    out = PERIPHERAL_CONV_IMPLS[impl](x, weight, grid)
+    if pos_embed is not None:
+        pe_bias = pos_embed_bias(weight, grid, pos_embed)
+        bias = pe_bias if bias is None else bias + pe_bias
+    if bias is not None:
+        out = out + bias.view(1, -1, 1, 1).to(out.dtype)
+    return out
+
+
+class PeripheralConv2d(nn.Module):
+    """Depthwise peripheral convolution (stride 1, "same" padding).
+
+    Stores the compact weights ``(channels, 1, k', k')`` of a
+    ``kernel_size x kernel_size`` depthwise kernel shared by blocks of the
+    sharing grid: the peripheral grid of Eq. 2 from ``center_size`` and
+    ``base``, or an explicit ``grid``.
+
+    Args:
+        channels (int): Number of input (= output) channels ``C``.
+        kernel_size (int): Side ``K`` of the equivalent dense kernel; odd.
+        center_size (int): Side of the central block of unshared taps; odd,
+            at most ``kernel_size``. Ignored when ``grid`` is given.
+            Defaults to 5.
+        base (int): Growth base of the band widths (>= 2). Ignored when
+            ``grid`` is given. Defaults to 2.
+        grid (Sequence[int], optional): Explicit sharing grid (positive
+            widths summing to ``kernel_size``), e.g. the paper's ablation
+            grids. Defaults to None.
+        bias (bool): Whether to add a learnable per-channel bias.
+            Defaults to False.
+        impl (str): Implementation of the convolution, a key of
+            :data:`PERIPHERAL_CONV_IMPLS`. Defaults to ``'auto'``.
+
+    Shape:
+        - Input: ``(N, C, H, W)``; positional embedding ``(C, K, K)``.
+        - Output: ``(N, C, H, W)``.
+    """
+
+    def __init__(self,
+                 channels: int,
+                 kernel_size: int,
+                 center_size: int = 5,
+                 base: int = 2,
+                 grid: Optional[Sequence[int]] = None,
+                 bias: bool = False,
+                 impl: str = 'auto'):
+        super().__init__()
+        if (isinstance(channels, bool) or not isinstance(channels, int)
+                or channels < 1):
+            raise ValueError(
+                f'`channels` must be a positive integer, got {channels!r}')
+        if impl not in PERIPHERAL_CONV_IMPLS:
+            raise ValueError(f'`impl` must be one of '
+                             f'{sorted(PERIPHERAL_CONV_IMPLS)}, got {impl!r}')
+        if grid is None:
+            grid = sharing_grid(kernel_size, center_size, base)
+        self.grid: Tuple[int, ...] = check_grid(grid, kernel_size)
+        self.channels = channels
+        self.kernel_size = kernel_size
+        self.impl = impl
+        num_bands = len(self.grid)
+        self.weight = nn.Parameter(
+            torch.empty(channels, 1, num_bands, num_bands))
+        self.bias = nn.Parameter(torch.empty(channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialise like an ``nn.Conv2d`` depthwise ``K x K`` kernel.
+
+        Every dense tap is a copy of a compact weight, so the fan-in is that
+        of the dense kernel, ``K * K``: weights and bias are drawn from
+        ``U(-1/K, 1/K)`` (PyTorch's default ``kaiming_uniform_(a=sqrt(5))``
+        for that fan-in).
+        """
+        bound = 1 / math.sqrt(self.kernel_size * self.kernel_size)
+        nn.init.uniform_(self.weight, -bound, bound)
+        if self.bias is not None:
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def dense_weight(self) -> Tensor:
+        """The materialised kernel, shape ``(C, 1, K, K)``."""
+        return expand_weight(self.weight, self.grid)
+
+    def forward(self, x: Tensor, pos_embed: Optional[Tensor] = None) -> Tensor:
+        """Apply the peripheral convolution (Eq. 3, see
+        :func:`peripheral_conv2d`).
+
+        Args:
+            x (Tensor): Input of shape ``(N, C, H, W)``.
+            pos_embed (Tensor, optional): Positional embedding ``(C, K, K)``.
+
+        Returns:
+            Tensor: Output of shape ``(N, C, H, W)``.
+        """
+        if x.dim() != 4 or x.shape[1] != self.channels:
+            raise ValueError(
+                f'`x` must have shape (N, {self.channels}, H, W) for '
+                f'PeripheralConv2d(channels={self.channels}), got '
+                f'{tuple(x.shape)}')
+        return peripheral_conv2d(x, self.weight, self.grid, self.bias,
+                                 pos_embed, self.impl)
+
+    def extra_repr(self) -> str:
+        s = (f'{self.channels}, kernel_size={self.kernel_size}, '
+             f'grid={self.grid}, impl={self.impl!r}')
+        if self.bias is None:
+            s += ', bias=False'
+        return s

@@ -1,0 +1,324 @@
+"""The PeLK backbone: registry, shapes, positional embeddings, deploy,
+freezing, layer depths, checkpoints and the paper's parameter counts."""
+import types
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pelk_mm import PeLK, PeripheralConv2d, SparsityMasks, count_parameters
+
+# A reduced arch that keeps every feature (4 stages, > 1 block per stage,
+# kernels larger than the later feature maps) but runs in milliseconds.
+SMALL_ARCH = dict(
+    depths=[2, 1, 3, 1],
+    channels=[16, 24, 32, 40],
+    kernel_sizes=[13, 11, 9, 5],
+    center_sizes=3)
+
+
+def small_pelk(**kwargs):
+    kwargs.setdefault('arch', SMALL_ARCH)
+    torch.manual_seed(0)
+    model = PeLK(**kwargs)
+    model.init_weights()
+    return model
+
+
+@pytest.mark.parametrize('scope', ['mmseg', 'mmdet', 'mmpretrain'])
+def test_builds_in_every_scope(scope):
+    registry = {
+        'mmseg': 'mmseg.registry',
+        'mmdet': 'mmdet.registry',
+        'mmpretrain': 'mmpretrain.registry',
+    }[scope]
+    models = __import__(registry, fromlist=['MODELS']).MODELS
+    model = models.build(dict(type='PeLK', arch=SMALL_ARCH, out_indices=3))
+    assert isinstance(model, PeLK)
+    assert model(torch.randn(1, 3, 32, 32))[0].shape == (1, 40)
+
+
+def test_multi_scale_outputs():
+    model = small_pelk(out_indices=(0, 1, 2, 3), gap_before_final_norm=False)
+    outs = model(torch.randn(2, 3, 64, 96))
+    assert [tuple(o.shape) for o in outs] == [(2, 16, 16, 24), (2, 24, 8, 12),
+                                              (2, 32, 4, 6), (2, 40, 2, 3)]
+    assert [hasattr(model, f'norm{i}') for i in range(4)] == [True] * 4
+    # negative indices as in mmpretrain; gap_before_final_norm -> (N, C)
+    model = small_pelk(out_indices=(-2, -1))
+    assert model.out_indices == [2, 3]
+    assert [o.shape for o in model(torch.randn(2, 3, 32, 32))] == [(2, 32),
+                                                                   (2, 40)]
+    assert not hasattr(model, 'norm0')
+
+
+def test_named_archs():
+    model = PeLK.__new__(PeLK)  # arch resolution only, no 100M-param build
+    tiny = model._parse_arch('tiny')
+    assert tiny['channels'] == [124, 249, 499, 998]
+    assert [int(1.3 * c) for c in [96, 192, 384, 768]] == tiny['channels']
+    assert [sum(g) for g in tiny['grids']] == [51, 49, 47, 13]
+    assert tiny['grids'][0] == (9, 8, 4, 2, 1, 1, 1, 1, 1, 2, 4, 8, 9)
+    base = model._parse_arch('base')
+    assert base['channels'] == [int(1.3 * c) for c in [128, 256, 512, 1024]]
+    assert base['depths'] == [3, 3, 27, 3]
+    b101 = model._parse_arch('base-101')
+    assert [sum(g) for g in b101['grids']] == [101, 69, 67, 13]
+    assert b101['grids'][0][len(b101['grids'][0]) // 2 - 3:][:7] == (1, ) * 7
+    grids = [(2, 1, 2), (3, 1, 3), (1, 1, 1), (1, )]
+    custom = model._parse_arch(
+        dict(depths=[1, 1, 1, 1], channels=[8] * 4, grids=grids))
+    assert custom['grids'] == grids
+
+
+def test_tiny_forward_small_input():
+    torch.manual_seed(0)
+    model = PeLK('tiny', out_indices=(0, 1, 2, 3), gap_before_final_norm=False)
+    model.eval()
+    with torch.no_grad():
+        outs = model(torch.randn(1, 3, 64, 64))
+    assert [tuple(o.shape) for o in outs] == [(1, 124, 16, 16), (1, 249, 8, 8),
+                                              (1, 499, 4, 4), (1, 998, 2, 2)]
+    assert all(torch.isfinite(o).all() for o in outs)
+    convs = [b.peripheral_conv for b in model.stages[0]]
+    assert convs[0].weight.shape == (46, 1, 13, 13)  # int(124 * 3 / 8) = 46
+
+
+def test_pos_embed_once_per_stage():
+    model = small_pelk()
+    keys = [k for k in model.state_dict() if 'pos_embed' in k]
+    assert keys == [f'pos_embeds.{i}' for i in range(4)]
+    for i, (c, k) in enumerate(
+            zip(SMALL_ARCH['channels'], SMALL_ARCH['kernel_sizes'])):
+        assert model.pos_embeds[i].shape == (int(c * 3 / 8), k, k)
+    # trunc-normal std 0.02
+    values = torch.cat([h.flatten() for h in model.pos_embeds])
+    assert 0.015 < values.std() < 0.025 and values.abs().max() <= 2
+    # every block of a stage uses the one embedding: its gradient is the
+    # sum of the blocks' gradients, so zeroing it changes every block
+    x = torch.randn(2, 3, 32, 32)
+    out = model(x)[0]
+    (out * torch.randn_like(out)).sum().backward()
+    assert all(h.grad is not None and h.grad.abs().sum() > 0
+               for h in model.pos_embeds)
+
+    no_pe = small_pelk(pos_embed=False)
+    assert not [k for k in no_pe.state_dict() if 'pos_embed' in k]
+    assert no_pe.pos_embeds is None
+    no_pe.load_state_dict({
+        k: v
+        for k, v in model.state_dict().items() if 'pos_embed' not in k
+    })
+    with torch.no_grad():
+        assert not torch.allclose(model(x)[0], no_pe(x)[0])
+        for h in model.pos_embeds:
+            h.zero_()
+        torch.testing.assert_close(model(x)[0], no_pe(x)[0])
+
+
+@pytest.mark.parametrize('conv_ratio', [3 / 8, 0.5, 1.0])
+def test_partial_conv_identity_half(conv_ratio):
+    model = small_pelk(conv_ratio=conv_ratio)
+    block = model.stages[1][0]
+    channels = 24
+    g = int(channels * conv_ratio)
+    assert block.conv_channels == g
+    assert block.peripheral_conv.channels == g
+    x = torch.randn(2, channels, 7, 5)
+    pos_embed = model.pos_embeds[1]
+    mixed = block.mix_tokens(x, pos_embed)
+    assert torch.equal(mixed[:, g:], x[:, g:])
+    conv = block.peripheral_conv
+    torch.testing.assert_close(mixed[:, :g], conv(x[:, :g], pos_embed))
+    expected = F.conv2d(
+        x[:, :g],
+        conv.dense_weight(),
+        conv.bias,
+        padding=conv.kernel_size // 2,
+        groups=g)
+    assert not torch.allclose(mixed[:, :g], expected)  # PE adds a constant
+    torch.testing.assert_close(mixed[:, :g] - expected,
+                               (mixed[:, :g] -
+                                expected)[:, :, :1, :1].expand_as(expected))
+
+
+def test_classifier_forward_224():
+    from mmpretrain.registry import MODELS
+    from mmpretrain.structures import DataSample
+    classifier = MODELS.build(
+        dict(
+            type='ImageClassifier',
+            backbone=dict(type='PeLK', arch=SMALL_ARCH, drop_path_rate=0.1),
+            head=dict(
+                type='LinearClsHead',
+                num_classes=7,
+                in_channels=40,
+                loss=dict(type='CrossEntropyLoss'))))
+    classifier.init_weights()
+    inputs = torch.randn(2, 3, 224, 224)
+    logits = classifier(inputs, mode='tensor')
+    assert logits.shape == (2, 7)
+    samples = [DataSample().set_gt_label(i) for i in (3, 5)]
+    losses = classifier(inputs, samples, mode='loss')
+    losses['loss'].backward()
+    assert torch.isfinite(losses['loss'])
+    grads = [p.grad for p in classifier.backbone.pos_embeds]
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)
+    preds = classifier(inputs, mode='predict')
+    assert len(preds) == 2 and preds[0].pred_score.shape == (7, )
+
+
+def test_switch_to_deploy_equivalence():
+    model = small_pelk(out_indices=(0, 1, 2, 3), gap_before_final_norm=False)
+    convs = [m for m in model.modules() if isinstance(m, PeripheralConv2d)]
+    with torch.no_grad():
+        for conv in convs:  # non-trivial biases and masked (zeroed) weights
+            conv.bias.normal_()
+            conv.weight.mul_(torch.rand_like(conv.weight) > 0.4)
+        for h in model.pos_embeds:
+            h.normal_()
+    model.eval()
+    x = torch.randn(2, 3, 48, 40)
+    with torch.no_grad():
+        expected = model(x)
+    dense_kernels = [c.dense_weight().detach().clone() for c in convs]
+    model.switch_to_deploy()
+    assert model.deploy and model.pos_embeds is None
+    assert not any(isinstance(m, PeripheralConv2d) for m in model.modules())
+    deployed = [b.peripheral_conv for s in model.stages for b in s]
+    assert all(type(c) is nn.Conv2d for c in deployed)
+    for conv, kernel in zip(deployed, dense_kernels):
+        assert torch.equal(conv.weight, kernel)  # masked zeros stay zeros
+    assert 'stages.0.0.peripheral_conv.weight' in model.state_dict()
+    assert not [k for k in model.state_dict() if 'pos_embed' in k]
+    with torch.no_grad():
+        outs = model(x)
+    for out, ref in zip(outs, expected):
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    model.switch_to_deploy()  # idempotent
+
+
+def test_frozen_stages():
+    model = small_pelk(frozen_stages=2)
+    model.train()
+    for i in range(4):
+        frozen = i < 2
+        params = list(model.downsample_layers[i].parameters()) + list(
+            model.stages[i].parameters()) + [model.pos_embeds[i]]
+        assert all(p.requires_grad is not frozen for p in params)
+        assert model.stages[i].training is not frozen
+        assert model.downsample_layers[i].training is not frozen
+    assert model.norm3.weight.requires_grad
+    model(torch.randn(1, 3, 32, 32))[0].square().sum().backward()
+    assert model.pos_embeds[0].grad is None
+    assert model.pos_embeds[2].grad is not None
+
+
+def test_get_layer_depth_matches_convnext():
+    from mmpretrain.models import ConvNeXt
+    for depths, max_layer in (([3, 3, 9, 3], 6), ([3, 3, 27, 3], 12)):
+        model = small_pelk(
+            arch=dict(SMALL_ARCH, depths=depths, channels=[8, 8, 8, 8]),
+            out_indices=3)
+        # mmpretrain's method only reads `depths`
+        convnext = types.SimpleNamespace(depths=depths)
+        for name, _ in model.named_parameters(prefix='backbone'):
+            depth = model.get_layer_depth(name, 'backbone.')
+            if name.startswith('backbone.pos_embeds.'):
+                stage = int(name.split('.')[2])
+                first_block = f'backbone.stages.{stage}.0.gamma'
+                assert depth == model.get_layer_depth(first_block, 'backbone.')
+            else:
+                assert depth == ConvNeXt.get_layer_depth(
+                    convnext, name, 'backbone.')
+        assert model.get_layer_depth('head.fc.weight',
+                                     'backbone.') == (max_layer + 1,
+                                                      max_layer + 2)
+        assert model.get_layer_depth('backbone.pos_embeds.0',
+                                     'backbone.') == (1, max_layer + 2)
+        assert model.get_layer_depth('backbone.pos_embeds.3',
+                                     'backbone.') == (max_layer, max_layer + 2)
+
+
+def test_init_weights_and_pretrained_prefix(tmp_path):
+    model = small_pelk()
+    convs = [m for m in model.modules() if isinstance(m, PeripheralConv2d)]
+    weights = torch.cat([c.weight.flatten() for c in convs])
+    assert 0.015 < weights.std() < 0.025  # TruncNormal std 0.02
+    assert all(c.bias.abs().sum() == 0 for c in convs)
+
+    # a classifier checkpoint: backbone weights under 'backbone.'
+    torch.manual_seed(1)
+    source = PeLK(SMALL_ARCH)
+    ckpt = {
+        'state_dict': {
+            **{
+                f'backbone.{k}': v
+                for k, v in source.state_dict().items()
+            }, 'head.fc.weight': torch.zeros(7, 40)
+        }
+    }
+    path = tmp_path / 'classifier.pth'
+    torch.save(ckpt, path)
+    loaded = PeLK(
+        SMALL_ARCH,
+        init_cfg=dict(
+            type='Pretrained', checkpoint=str(path), prefix='backbone.'))
+    loaded.init_weights()
+    for key, value in source.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_with_cp_same_gradients():
+    x = torch.randn(2, 3, 32, 32, requires_grad=True)
+    grads = []
+    for with_cp in (False, True):
+        model = small_pelk(with_cp=with_cp)
+        model.train()
+        model(x)[0].square().sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for plain, checkpointed in zip(*grads):
+        torch.testing.assert_close(plain, checkpointed)
+
+
+@pytest.mark.parametrize('kwargs,name', [
+    (dict(arch='huge'), 'arch'),
+    (dict(arch=dict(depths=[1], channels=[8])), 'arch'),
+    (dict(arch=dict(depths=[1, 1], channels=[8], kernel_sizes=[5, 5])),
+     'arch'),
+    (dict(arch=dict(depths=[1], channels=[8], kernel_sizes=[4])),
+     'kernel_size'),
+    (dict(arch=dict(depths=[1], channels=[8], grids=[(2, 0, 2)])), 'grid'),
+    (dict(arch=dict(SMALL_ARCH, center_sizes=[3, 3, 3, 7])), 'center_size'),
+    (dict(conv_ratio=0), 'conv_ratio'),
+    (dict(conv_ratio=0.01), 'conv_ratio'),
+    (dict(out_indices=(0, 4)), 'out_indices'),
+    (dict(frozen_stages=5), 'frozen_stages'),
+    (dict(impl='magic'), 'impl'),
+])
+def test_constructor_errors(kwargs, name):
+    kwargs.setdefault('arch', SMALL_ARCH)
+    with pytest.raises(ValueError, match=f'`{name}'):
+        PeLK(**kwargs)
+
+
+@pytest.mark.parametrize('arch,paper_millions', [('tiny', 29), ('small', 50)])
+def test_classifier_effective_params_match_paper(arch, paper_millions):
+    """Table 4: 40 % sparsity on every 2-D / 4-D weight of the backbone and
+    the 1000-class head; 1-D parameters and positional embeddings dense."""
+    from mmpretrain.registry import MODELS
+    with torch.device('meta'):
+        classifier = MODELS.build(
+            dict(
+                type='ImageClassifier',
+                backbone=dict(type='PeLK', arch=arch),
+                head=dict(
+                    type='LinearClsHead',
+                    num_classes=1000,
+                    in_channels=PeLK.arch_settings[arch]['channels'][-1])))
+    masks = SparsityMasks.init(classifier, sparsity=0.4, init='uniform')
+    counts = count_parameters(classifier, masks)
+    effective = counts['effective'] / 1e6
+    assert counts['dense'] > counts['effective']
+    assert abs(effective / paper_millions - 1) < 0.04, effective

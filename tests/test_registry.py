@@ -1,0 +1,71 @@
+"""Importing pelk_mm registers the plugin where mmseg, mmdet and mmpretrain look.
+
+Everything is registered once, in mmengine's root registries; each library's
+registries reach it as their parent, so ``type='PeLK'`` builds under every
+``default_scope``. Checked the way users load the plugin: through
+``custom_imports`` in a config, in a fresh interpreter.
+"""
+import importlib
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import pelk_mm
+
+SMALL_ARCH = dict(depths=[1, 1, 1, 1], channels=[8, 16, 24, 32],
+                  kernel_sizes=[7, 7, 5, 3], center_sizes=[3, 3, 1, 1])
+
+
+@pytest.mark.parametrize('scope', ['mmseg', 'mmdet', 'mmpretrain'])
+def test_registered_under_every_scope(scope):
+    registry = importlib.import_module(f'{scope}.registry')
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope(scope):
+        backbone = registry.MODELS.build(dict(type='PeLK', arch=SMALL_ARCH))
+        assert isinstance(backbone, pelk_mm.PeLK)
+        assert registry.HOOKS.get('DynamicSparsityHook') is \
+            pelk_mm.DynamicSparsityHook
+        assert registry.OPTIM_WRAPPER_CONSTRUCTORS.get(
+            'PeLKLearningRateDecayOptimizerConstructor') is \
+            pelk_mm.PeLKLearningRateDecayOptimizerConstructor
+
+
+def test_repeated_custom_imports_do_not_raise():
+    from mmengine.utils import import_modules_from_strings
+    for _ in range(2):
+        assert import_modules_from_strings(['pelk_mm']) == [pelk_mm]
+
+
+def test_custom_imports_in_a_fresh_interpreter(tmp_path):
+    """A user's own config that only adds custom_imports finds ``PeLK``."""
+    cfg = tmp_path / 'user_cfg.py'
+    cfg.write_text(textwrap.dedent(f"""
+        custom_imports = dict(imports=['pelk_mm'], allow_failed_imports=False)
+        default_scope = 'mmseg'
+        backbone = dict(type='PeLK', arch={SMALL_ARCH!r})
+    """))
+    script = textwrap.dedent(f"""
+        from mmengine.config import Config
+        from mmengine.registry import init_default_scope
+        from mmseg.registry import MODELS
+        cfg = Config.fromfile({str(cfg)!r})  # imports pelk_mm
+        init_default_scope(cfg.default_scope)
+        print(type(MODELS.build(cfg.backbone)).__name__)
+    """)
+    out = subprocess.run([sys.executable, '-c', script], capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == 'PeLK'
+
+
+def test_mm_base_configs_resolve():
+    """``mmseg::`` / ``mmdet::`` bases need pkg_resources (setuptools < 81)."""
+    from mmengine.config import Config
+    seg = Config.fromstring(
+        "_base_ = ['mmseg::_base_/models/upernet_convnext.py']\n", '.py')
+    assert seg.model.decode_head.type == 'UPerHead'
+    det = Config.fromstring(
+        "_base_ = ['mmdet::_base_/models/cascade-mask-rcnn_r50_fpn.py']\n",
+        '.py')
+    assert det.model.type == 'CascadeRCNN'

@@ -1,0 +1,386 @@
+"""DynamicSparsityHook driven by the real mmengine Runner on a tiny model.
+
+Every test checks, after every iteration, that each pruned weight and its
+optimizer moments are exactly zero and that the hook's optimizer-step counter
+equals the optimizer's own (AdamW ``state['step']``).
+"""
+import functools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from mmengine.hooks import Hook
+from mmengine.model import BaseModel, is_model_wrapper
+from mmengine.optim.optimizer import amp_optimizer_wrapper
+from mmengine.runner import CheckpointLoader, Runner
+from torch import nn
+from torch.utils.data import Dataset
+
+import pelk_mm  # noqa: F401  (registers the hook; checkpoint compat)
+from pelk_mm.sparsity import DynamicSparsityHook, cosine_prune_rate
+
+
+class TinyDataset(Dataset):
+    """32 fixed random 3x8x8 images, 4 classes; ``inf_at`` poisons a sample."""
+
+    def __init__(self, inf_at=None):
+        gen = torch.Generator().manual_seed(0)
+        self.x = torch.randn(32, 3, 8, 8, generator=gen)
+        self.y = torch.randint(0, 4, (32, ), generator=gen)
+        if inf_at is not None:
+            self.x[inf_at] = float('inf')
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return dict(inputs=self.x[i], labels=self.y[i])
+
+
+class TinyBackbone(nn.Module):
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 2, stride=2)
+        self.dwconv = nn.Conv2d(8, 8, 5, padding=2, groups=8)
+        self.norm = nn.LayerNorm(8)
+        self.pwconv = nn.Linear(8, 16)
+
+    def forward(self, x):
+        x = self.dwconv(self.stem(x)).mean((2, 3))
+        return F.gelu(self.pwconv(self.norm(x)))
+
+
+class TinyClassifier(BaseModel):
+    """Parameter names like an mm model: ``backbone.*``, ``head.*``."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = TinyBackbone()
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, inputs, labels, mode='tensor'):
+        logits = self.head(self.backbone(inputs))
+        if mode == 'loss':
+            return dict(loss=F.cross_entropy(logits, labels))
+        return logits
+
+
+class StepChecker(Hook):
+    """Records, after every iteration, what the tests assert on."""
+
+    priority = 'LOWEST'
+
+    def __init__(self, sparsity_hook):
+        self.sparsity_hook = sparsity_hook
+        self.records = []
+
+    def after_train_iter(self,
+                         runner,
+                         batch_idx,
+                         data_batch=None,
+                         outputs=None):
+        model = runner.model.module if is_model_wrapper(
+            runner.model) else runner.model
+        params = dict(model.named_parameters())
+        optimizer = runner.optim_wrapper.optimizer
+        masks = self.sparsity_hook.masks.masks
+        leaks = []
+        for name, mask in masks.items():
+            p = params[name]
+            state = optimizer.state.get(p, {})
+            for what, t in [('weight', p)] + [(k, state[k]) for k in (
+                    'exp_avg', 'exp_avg_sq', 'momentum_buffer') if k in state]:
+                if (t.detach()[~mask] != 0).any():
+                    leaks.append((runner.iter, name, what))
+        steps = {
+            int(s['step'])
+            for s in optimizer.state.values() if 'step' in s
+        }
+        steps = steps or {0}  # no optimizer step taken yet
+        self.records.append(
+            dict(iter=runner.iter,
+                 hook_step=self.sparsity_hook.step,
+                 optim_steps=steps,
+                 leaks=leaks,
+                 counts={
+                     n: int(m.sum())
+                     for n, m in masks.items()
+                 },
+                 masks={
+                     n: m.clone()
+                     for n, m in masks.items()
+                 }))
+
+
+def make_runner(work_dir,
+                name,
+                max_iters,
+                hook_cfg,
+                optim_wrapper=None,
+                dataset=None,
+                checkpoint_interval=1000,
+                shuffle=True,
+                randomness=dict(seed=0),
+                **kwargs):
+    torch.manual_seed(0)
+    hook = DynamicSparsityHook(**hook_cfg)
+    checker = StepChecker(hook)
+    runner = Runner(
+        model=TinyClassifier(),
+        work_dir=str(work_dir),
+        experiment_name=name,
+        train_dataloader=dict(dataset=dataset or TinyDataset(),
+                              sampler=dict(type='DefaultSampler',
+                                           shuffle=shuffle),
+                              collate_fn=dict(type='default_collate'),
+                              batch_size=4,
+                              num_workers=0),
+        train_cfg=dict(by_epoch=False, max_iters=max_iters),
+        optim_wrapper=optim_wrapper
+        or dict(optimizer=dict(type='AdamW', lr=0.01, weight_decay=0.05)),
+        default_hooks=dict(checkpoint=dict(type='CheckpointHook',
+                                           by_epoch=False,
+                                           interval=checkpoint_interval),
+                           logger=dict(type='LoggerHook', interval=100)),
+        custom_hooks=[hook, checker],
+        randomness=randomness,
+        **kwargs)
+    return runner, hook, checker
+
+
+def check_records(records, hook_cfg, steps_per_iter=None):
+    """Exactness after every iteration; masks change only at update steps."""
+    interval = hook_cfg['update_interval']
+    assert not [leak for r in records for leak in r['leaks']]
+    first = records[0]['counts']
+    prev = None
+    for r in records:
+        assert r['optim_steps'] == {r['hook_step']}
+        assert r['counts'] == first  # every layer keeps its exact density
+        if prev is not None:
+            changed = any(not torch.equal(r['masks'][n], prev['masks'][n])
+                          for n in r['masks'])
+            stepped_to_update = (r['hook_step'] != prev['hook_step']
+                                 and r['hook_step'] % interval == 0)
+            assert changed == stepped_to_update, r['iter']
+        prev = r
+    return first
+
+
+HOOK_CFG = dict(update_interval=2, prune_rate=0.5, sparsity=0.5)
+
+
+@pytest.mark.parametrize('init,growth,accumulative_counts', [
+    ('ERK', 'random', 1),
+    ('uniform', 'gradient', 2),
+    ('snip', 'random', 2),
+])
+def test_exact_after_every_step(tmp_path, init, growth, accumulative_counts):
+    cfg = dict(HOOK_CFG, init=init, growth=growth)
+    runner, hook, checker = make_runner(
+        tmp_path,
+        f'exact_{init}',
+        12,
+        cfg,
+        optim_wrapper=dict(optimizer=dict(type='AdamW',
+                                          lr=0.01,
+                                          weight_decay=0.05),
+                           accumulative_counts=accumulative_counts))
+    runner.train()
+    counts = check_records(checker.records, cfg)
+    numel = sum(m.numel() for m in hook.masks.masks.values())
+    assert sum(counts.values()) == round(0.5 * numel)
+    assert hook.step == 12 // accumulative_counts
+    assert hook.masks.density == round(0.5 * numel) / numel
+    # A parameter never masked stays dense; masks really moved.
+    assert 'backbone.norm.weight' not in hook.masks.masks
+    assert not all(
+        torch.equal(checker.records[0]['masks'][n], hook.masks.masks[n])
+        for n in hook.masks.masks)
+    # Logged at each update: density and the cosine-decayed prune rate.
+    hub = runner.message_hub
+    total = 12 // accumulative_counts
+    update_steps = range(2, total + 1, 2)
+    assert list(hub.get_scalar('train/prune_rate').data[0]) == pytest.approx(
+        [cosine_prune_rate(s, total, 0.5, 0.005) for s in update_steps])
+    assert list(hub.get_scalar('train/sparsity_density').data[0]
+                ) == [hook.masks.density] * len(update_steps)
+
+
+@pytest.mark.parametrize('fused', [False, True])
+def test_step_skipped_by_loss_scaler(tmp_path, monkeypatch, fused):
+    """mmengine's real AmpOptimWrapper with torch's real CPU GradScaler.
+
+    AmpOptimWrapper asserts a GPU and builds ``torch.cuda.amp.GradScaler``;
+    both names are patched in its module so that its unchanged code runs on
+    CPU with ``torch.amp.GradScaler('cpu')`` and bfloat16 autocast. An inf
+    input at iteration 3 makes the scaler skip that step: unfused AdamW is
+    then not called at all; fused AdamW is called with ``found_inf`` set.
+    """
+    monkeypatch.setattr(amp_optimizer_wrapper, 'is_cuda_available',
+                        lambda: True)
+    monkeypatch.setattr(amp_optimizer_wrapper, 'GradScaler',
+                        functools.partial(torch.amp.GradScaler, 'cpu'))
+    cfg = dict(HOOK_CFG, init='ERK', growth='gradient')
+    runner, hook, checker = make_runner(
+        tmp_path,
+        f'amp_{fused}',
+        8,
+        cfg,
+        optim_wrapper=dict(type='AmpOptimWrapper',
+                           dtype='bfloat16',
+                           optimizer=dict(type='AdamW', lr=0.01, fused=fused)),
+        dataset=TinyDataset(inf_at=12),  # batch of iteration 3 (0-based)
+        shuffle=False)
+    runner.train()
+    check_records(checker.records, cfg)
+    assert [r['hook_step']
+            for r in checker.records] == [1, 2, 3, 3, 4, 5, 6, 7]
+    assert runner.optim_wrapper.loss_scaler.get_scale() < 2.0**16
+
+
+@pytest.fixture(scope='module')
+def sparse_run(tmp_path_factory):
+    """12 uninterrupted iterations with random growth, checkpoint at 6."""
+    work_dir = tmp_path_factory.mktemp('sparse_run')
+    cfg = dict(HOOK_CFG, init='ERK', growth='random', update_interval=3)
+    runner, hook, checker = make_runner(work_dir,
+                                        'full',
+                                        12,
+                                        cfg,
+                                        checkpoint_interval=6)
+    runner.train()
+    check_records(checker.records, cfg)
+    return work_dir, cfg, runner, hook
+
+
+def test_resume_is_bitwise_identical(sparse_run, tmp_path):
+    work_dir, cfg, full, full_hook = sparse_run
+    runner, hook, checker = make_runner(tmp_path,
+                                        'resumed',
+                                        12,
+                                        cfg,
+                                        resume=True,
+                                        load_from=str(work_dir / 'iter_6.pth'))
+    runner.train()
+    check_records(checker.records, cfg)
+    assert checker.records[0]['hook_step'] == 7  # continued, not restarted
+    assert hook.step == full_hook.step == 12
+    assert torch.equal(hook.generator.get_state(),
+                       full_hook.generator.get_state())
+    for name, mask in full_hook.masks.masks.items():
+        assert torch.equal(hook.masks.masks[name], mask), name
+    for (name, p), q in zip(runner.model.named_parameters(),
+                            full.model.parameters()):
+        assert torch.equal(p, q), name
+
+
+def test_load_from_keeps_the_checkpoint_masks(sparse_run, tmp_path):
+    work_dir = sparse_run[0]
+    ckpt = CheckpointLoader.load_checkpoint(str(work_dir / 'iter_12.pth'))
+    cfg = dict(HOOK_CFG, init='ERK', update_interval=100)
+    runner, hook, checker = make_runner(tmp_path,
+                                        'load_from',
+                                        4,
+                                        cfg,
+                                        load_from=str(work_dir /
+                                                      'iter_12.pth'))
+    runner.train()
+    check_records(checker.records, cfg)
+    assert hook.step == 4  # a new run: the counter starts afresh
+    for name, mask in ckpt['sparsity']['masks'].items():
+        assert torch.equal(hook.masks.masks[name], mask), name
+
+
+def test_fixed_mode_keeps_the_zero_pattern(sparse_run, tmp_path):
+    work_dir = sparse_run[0]
+    ckpt = CheckpointLoader.load_checkpoint(str(work_dir / 'iter_12.pth'))
+    cfg = dict(mode='fixed')
+    runner, hook, checker = make_runner(
+        tmp_path,
+        'fixed',
+        6,
+        cfg,
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1, momentum=0.9)),
+        load_from=str(work_dir / 'iter_12.pth'))
+    runner.train()
+    assert not [leak for r in checker.records for leak in r['leaks']]
+    assert [r['hook_step'] for r in checker.records] == [1, 2, 3, 4, 5, 6]
+    params = dict(runner.model.named_parameters())
+    assert set(hook.masks.masks) == set(ckpt['sparsity']['masks'])
+    for name in hook.masks.masks:
+        before = ckpt['state_dict'][name]
+        assert torch.equal(params[name].detach() == 0, before == 0), name
+        assert not torch.equal(params[name].detach(), before)  # it trained
+
+
+def test_bad_arguments_name_the_parameter():
+    for kwargs, word in [(dict(mode='static'), 'mode'),
+                         (dict(init='random'), 'init'),
+                         (dict(growth='momentum'), 'growth'),
+                         (dict(update_interval=0), 'update_interval'),
+                         (dict(prune_rate=0.001), 'min_prune_rate'),
+                         (dict(sparsity=1.0), 'sparsity')]:
+        with pytest.raises(ValueError, match=word):
+            DynamicSparsityHook(**kwargs)
+
+
+DDP_SCRIPT = '''
+import sys
+import torch
+import torch.distributed as dist
+sys.path.insert(0, {tests_dir!r})
+from test_sparsity_hook import HOOK_CFG, make_runner
+
+# mmengine's pytorch launcher calls torch.cuda.set_device, which fails on a
+# CPU-only machine; with the process group already up, the Runner skips it.
+dist.init_process_group('gloo')
+rank = dist.get_rank()
+cfg = dict(HOOK_CFG, init='uniform', growth='random')
+runner, hook, checker = make_runner(
+    {work_dir!r}, 'ddp', 12, cfg, launcher='pytorch',
+    cfg=dict(model_wrapper_cfg=dict(
+        type='MMDistributedDataParallel', device_ids=None)),
+    randomness=dict(seed=0, diff_rank_seed=True))
+runner.train()
+assert hook.step == 12 and not [l for r in checker.records for l in r['leaks']]
+weights = {{n: p.detach() for n, p in runner.model.module.named_parameters()}}
+torch.save(dict(masks=hook.masks.state_dict(), weights=weights),
+           {work_dir!r} + f'/rank{{rank}}.pt')
+'''
+
+
+def test_ddp_masks_identical_on_both_ranks(tmp_path):
+    """2 gloo processes via torch.distributed.run (as tools/dist_train.sh).
+
+    ``diff_rank_seed=True`` gives each rank its own seed, so identical masks
+    need the hook's rank-0 broadcast of masks and generator seed.
+    """
+    script = tmp_path / 'train_ddp.py'
+    script.write_text(
+        DDP_SCRIPT.format(tests_dir=str(Path(__file__).parent),
+                          work_dir=str(tmp_path)))
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    proc = subprocess.run([
+        sys.executable, '-m', 'torch.distributed.run', '--standalone',
+        '--nproc_per_node=2',
+        str(script)
+    ],
+                          env=env,
+                          capture_output=True,
+                          text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [
+        torch.load(tmp_path / f'rank{r}.pt', weights_only=True) for r in (0, 1)
+    ]
+    assert ranks[0]['masks'].keys() == ranks[1]['masks'].keys()
+    for name in ranks[0]['masks']:
+        assert torch.equal(ranks[0]['masks'][name], ranks[1]['masks'][name])
+        assert torch.equal(ranks[0]['weights'][name],
+                           ranks[1]['weights'][name])

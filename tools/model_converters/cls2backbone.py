@@ -1,0 +1,198 @@
+"""Turn a PeLK classification checkpoint into backbone weights for downstream.
+
+    python tools/model_converters/cls2backbone.py SRC DST --arch tiny
+    python tools/model_converters/cls2backbone.py SRC DST \
+        --config configs/upernet_pelk_t_ade20k.py
+
+SRC may be
+
+- an mmpretrain ``ImageClassifier`` checkpoint (``{'state_dict': {'backbone.*',
+  'head.*', ...}, ...}``), as ``configs/pelk_*_in1k.py`` save;
+- a plain ``{'model': state_dict}`` (or ``{'model_ema': ...}`` /
+  ``{'state_dict': ...}`` / a bare state dict) as ConvNeXt / SLaK style
+  training scripts save, with the backbone's own key names, optionally
+  behind ``module.`` (DDP) and / or ``backbone.``.
+
+DST is ``{'state_dict': {'backbone.<key>': tensor}, 'meta': {...}}``: what the
+downstream configs load with ``init_cfg=dict(type='Pretrained',
+checkpoint=DST, prefix='backbone.')`` (and what mmpretrain's ``load_from``
+understands). Its sparsity survives as exact zeros, which
+``DynamicSparsityHook(mode='fixed')`` turns into the fine-tuning masks.
+
+The keys are checked against a PeLK of ``--arch`` built as the downstream
+configs build it (``out_indices=(0, 1, 2, 3)``), or against the backbone of a
+downstream ``--config`` (any arch dict): missing keys (normally the
+output norms ``norm0``-``norm2`` that a classifier does not have; they start
+from their default initialisation) and unexpected keys (the classifier head,
+SLaK mask buffers, ...; dropped) are listed. A shape mismatch, such as a
+checkpoint of another arch or kernel size, is refused: nothing is written and
+the exit status is 1.
+
+Checkpoints are read with mmengine's ``CheckpointLoader`` (local paths and
+URLs), with torch's ``weights_only=True`` unpickler; one that needs arbitrary
+unpickling (e.g. an ``argparse.Namespace`` saved by a training
+script) is refused unless ``--trust-pickle`` says it comes from a trusted
+source.
+"""
+import argparse
+import pickle
+import sys
+from collections import OrderedDict
+
+import torch
+from mmengine.config import Config
+from mmengine.runner import CheckpointLoader
+
+import pelk_mm  # noqa: F401  (registers the mmengine checkpoint classes)
+from pelk_mm import PeLK
+
+STATE_DICT_KEYS = ('state_dict', 'model', 'model_ema', 'module')
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(
+        description='Classification checkpoint -> PeLK backbone weights')
+    parser.add_argument('src', help='classification checkpoint')
+    parser.add_argument('dst', help='output backbone checkpoint')
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument(
+        '--arch',
+        help=f'PeLK arch the checkpoint must match: one of '
+        f'{sorted(PeLK.arch_settings)}')
+    target.add_argument(
+        '--config',
+        help='downstream config whose model.backbone the checkpoint must '
+        'match')
+    parser.add_argument(
+        '--trust-pickle',
+        action='store_true',
+        help='load SRC with weights_only=False (only for trusted files)')
+    return parser.parse_args()
+
+
+def extract_state_dict(checkpoint) -> 'OrderedDict[str, torch.Tensor]':
+    """The model weights in a checkpoint of any of the supported layouts."""
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f'expected a dict checkpoint, got '
+                         f'{type(checkpoint).__name__}')
+    for key in STATE_DICT_KEYS:
+        if isinstance(checkpoint.get(key), dict):
+            checkpoint = checkpoint[key]
+            break
+    tensors = OrderedDict(
+        (k, v) for k, v in checkpoint.items() if torch.is_tensor(v))
+    if not tensors:
+        raise ValueError(f'no tensors found; top-level keys: '
+                         f'{sorted(checkpoint)[:10]}')
+    return tensors
+
+
+def split_backbone(state_dict):
+    """Strip ``module.``; split off the keys outside ``backbone.`` if any.
+
+    Returns:
+        tuple: (backbone weights without the ``backbone.`` prefix, names of
+        the other keys, e.g. the classifier head).
+    """
+    state_dict = OrderedDict(
+        (k[len('module.'):] if k.startswith('module.') else k, v)
+        for k, v in state_dict.items())
+    if not any(k.startswith('backbone.') for k in state_dict):
+        return state_dict, []
+    backbone = OrderedDict((k[len('backbone.'):], v)
+                           for k, v in state_dict.items()
+                           if k.startswith('backbone.'))
+    return backbone, [k for k in state_dict if not k.startswith('backbone.')]
+
+
+def compare(state_dict, model):
+    """Missing keys, unexpected keys and shape mismatches against ``model``."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [(k, tuple(state_dict[k].shape), tuple(expected[k].shape))
+                  for k in state_dict
+                  if k in expected and state_dict[k].shape != expected[k].shape]
+    return missing, unexpected, mismatched
+
+
+def target_backbone(arch=None, config=None) -> PeLK:
+    """The PeLK that the weights must fit: a named arch, or a config's."""
+    if config is None:
+        return PeLK(arch=arch, out_indices=(0, 1, 2, 3))
+    backbone_cfg = Config.fromfile(config).model.backbone
+    if backbone_cfg.get('type') != 'PeLK':
+        raise ValueError(f'model.backbone of {config} is '
+                         f'{backbone_cfg.get("type")!r}, not PeLK')
+    kwargs = {k: v for k, v in backbone_cfg.items() if k != 'type'}
+    kwargs['init_cfg'] = None
+    return PeLK(**kwargs)
+
+
+def load_safely(src: str):
+    """mmengine's loader (local, http(s), open-mmlab://...), weights only."""
+    try:
+        return CheckpointLoader.load_checkpoint(src, map_location='cpu')
+    except pickle.UnpicklingError as e:
+        raise ValueError(
+            f'{src} cannot be read with weights_only=True ({e}). If the file '
+            'comes from a trusted source, rerun with --trust-pickle.') from e
+
+
+def convert(src: str, dst: str, model: PeLK, trust_pickle: bool = False):
+    """Convert ``src`` to ``dst`` for ``model``; returns (missing, unexpected).
+
+    Raises:
+        ValueError: the checkpoint does not fit ``model`` (shape mismatch or
+            no backbone key at all), or cannot be read safely.
+    """
+    if trust_pickle:
+        checkpoint = torch.load(src, map_location='cpu', weights_only=False)
+    else:
+        checkpoint = load_safely(src)
+    state_dict, others = split_backbone(extract_state_dict(checkpoint))
+    missing, unexpected, mismatched = compare(state_dict, model)
+    if mismatched:
+        lines = '\n'.join(f'  {k}: checkpoint {a} vs model {b}'
+                           for k, a, b in mismatched)
+        raise ValueError(
+            f'{src} does not fit the target PeLK (kernel sizes '
+            f'{model.kernel_sizes}, channels {model.channels}): '
+            f'{len(mismatched)} shape mismatch(es) (another arch, width or '
+            f'kernel size?):\n{lines}')
+    kept = [k for k in state_dict if k not in unexpected]
+    unexpected = others + unexpected
+    if not kept:
+        raise ValueError(f'{src} has no PeLK backbone key at all (first keys: '
+                         f'{list(state_dict)[:5]})')
+    torch.save(
+        dict(
+            state_dict=OrderedDict(
+                (f'backbone.{k}', state_dict[k]) for k in kept),
+            meta=dict(
+                converted_from=src,
+                kernel_sizes=model.kernel_sizes,
+                channels=model.channels)), dst)
+    return missing, unexpected
+
+
+def main():
+    args = parse_args()
+    try:
+        model = target_backbone(args.arch, args.config)
+        missing, unexpected = convert(args.src, args.dst, model,
+                                      args.trust_pickle)
+    except ValueError as e:
+        print(f'ERROR: {e}\nNothing written.', file=sys.stderr)
+        sys.exit(1)
+    print(f'Wrote {args.dst} (PeLK {args.arch or args.config}, load it with '
+          "init_cfg=dict(type='Pretrained', checkpoint=..., "
+          "prefix='backbone.'))")
+    print(f'Missing keys ({len(missing)}; they keep their default '
+          f'initialisation): {missing or "none"}')
+    print(f'Unexpected keys ({len(unexpected)}; dropped): '
+          f'{unexpected or "none"}')
+
+
+if __name__ == '__main__':
+    main()
