@@ -74,3 +74,5 @@ train_cfg = dict(max_iters=max_iters, val_interval=max_iters)
 default_hooks = dict(
     logger=dict(interval=10),
     checkpoint=dict(interval=max_iters, max_keep_ckpts=1))
+# Seeded: model init, data order and augmentation start from seed 0.
+randomness = dict(seed=0)
