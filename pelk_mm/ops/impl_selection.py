@@ -40,6 +40,13 @@ K     map     dense / fft / blocksum    fastest = model pick
 101   64      8309 / 17.4 / 56.1        fft
 ====  ======  ========================  =====================
 
+The fft timings above predate moving its weight gradient to float64, which
+made its fwd+bwd at 1 x 48 x 128 x 128 about 1.3x (K = 51) to 1.5x (K = 101)
+slower; the documented picks still hold (tests/test_fast_conv.py), but near
+the fft / blocksum boundary (e.g. K = 101 on 32x32 maps) blocksum can now be
+slightly faster than the fft that the model picks. Recalibrate with the
+benchmark when the kernels change.
+
 Forward only, dense wins every K = 13 case (0.14 ms at 8x8 to 12.4 ms at
 128x128 vs FFT's 0.36 / 36.3 ms). The model's pick was the measured fastest
 in all 36 calibration cases (fwd and fwd+bwd, K 13-101, maps 8-64 plus
