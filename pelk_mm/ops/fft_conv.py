@@ -93,20 +93,19 @@ def _kernel_spectrum(weight: Tensor, grid: Tuple[int, ...],
 
 
 def _correlate(x: Tensor, spectrum: Tensor, sizes: Tuple[int, int],
-               weight: Tensor, grid: Sequence[int]) -> Tuple[Tensor, Tensor,
-                                                             Tensor]:
+               weight: Tensor, grid: Sequence[int]) -> Tuple[Tensor, Tensor]:
     """Mean-split FFT correlation of ``x`` with the kernel of ``spectrum``.
 
     Returns:
-        tuple: the output ``(N, C, H, W)``, the spectrum of ``x - m`` and the
-        per-map mean ``m`` ``(N, C, 1, 1)``.
+        tuple: the output ``(N, C, H, W)`` and the per-map mean ``m``
+        ``(N, C, 1, 1)``.
     """
     height, width = x.shape[-2:]
     mean = x.mean(dim=(-2, -1), keepdim=True)
     x_spec = torch.fft.rfft2(x - mean, s=sizes)
     out = torch.fft.irfft2(x_spec * spectrum, s=sizes)[..., :height, :width]
     out = out + mean * constant_response(weight, grid, height, width)
-    return out, x_spec, mean
+    return out, mean
 
 
 class _FFTPeripheralConv(torch.autograd.Function):
@@ -116,7 +115,7 @@ class _FFTPeripheralConv(torch.autograd.Function):
                 grid: Tuple[int, ...]) -> Tensor:
         sizes = _sizes(x.shape[-2], x.shape[-1], grid)
         spectrum = _kernel_spectrum(weight, grid, sizes)
-        out, _, mean = _correlate(x, spectrum, sizes, weight, grid)
+        out, mean = _correlate(x, spectrum, sizes, weight, grid)
         ctx.grid, ctx.sizes = grid, sizes
         ctx.save_for_backward(x, weight, spectrum, mean)
         return out
@@ -129,8 +128,8 @@ class _FFTPeripheralConv(torch.autograd.Function):
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
             flipped, flipped_grid = flip_kernel(weight, grid)
-            grad_x, _, _ = _correlate(grad_out, spectrum.conj(), sizes,
-                                      flipped, flipped_grid)
+            grad_x, _ = _correlate(grad_out, spectrum.conj(), sizes,
+                                   flipped, flipped_grid)
         if ctx.needs_input_grad[1]:
             grad_w = _weight_grad(x, grad_out, mean, grid, sizes)
         return grad_x, grad_w, None
