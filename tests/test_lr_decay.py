@@ -1,6 +1,14 @@
-"""PeLKLearningRateDecayOptimizerConstructor: groups, lr and wd scales."""
+"""PeLKLearningRateDecayOptimizerConstructor: groups, lr and wd scales, and
+the backbone's own parameter groups (get_layer_depth, get_stage_depth,
+no_weight_decay)."""
+import copy
+import importlib
+import os.path as osp
+from functools import partial
+
 import pytest
 import torch
+from mmengine.config import Config
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, init_default_scope
 from torch import nn
@@ -13,7 +21,7 @@ BASE_LR, BASE_WD, DECAY = 1e-3, 0.05, 0.5
 class TinySegmentor(nn.Module):
     """backbone + a head, named as mm models name them."""
 
-    def __init__(self, depths=(1, 1, 6, 1), frozen_stages=0):
+    def __init__(self, depths=(3, 3, 9, 3), frozen_stages=0):
         super().__init__()
         self.backbone = PeLK(
             arch=dict(
@@ -80,10 +88,10 @@ def no_weight_decay(name, param):
 
 
 @pytest.mark.parametrize('decay_type, depths, num_layers', [
-    ('layer_wise', (1, 1, 6, 1), 6),
-    ('layer_wise', (1, 1, 12, 1), 12),
-    ('stage_wise', (1, 1, 6, 1), 6),
-    ('stage_wise', (1, 1, 12, 1), 12),
+    ('layer_wise', (3, 3, 9, 3), 6),
+    ('layer_wise', (3, 3, 27, 3), 12),
+    ('stage_wise', (3, 3, 9, 3), 6),
+    ('stage_wise', (3, 3, 27, 3), 12),
 ])
 def test_scales_and_weight_decay(decay_type, depths, num_layers):
     model = TinySegmentor(depths)
@@ -172,3 +180,267 @@ def test_backbone_without_layer_depth():
     model.backbone = nn.Linear(2, 2)
     with pytest.raises(ValueError, match='get_layer_depth'):
         build(model, 'layer_wise')
+
+
+# --- the backbone owns its parameter groups ---------------------------------
+
+
+def forward_order(backbone, prefix='backbone.'):
+    """Backbone parameter names in the order the forward pass uses them."""
+    params = dict(backbone.named_parameters())
+    order = []
+    for i in range(backbone.num_stages):
+        order += [n for n in params if n.startswith(f'downsample_layers.{i}.')]
+        order += [n for n in params if n == f'pos_embeds.{i}']
+        for j in range(backbone.depths[i]):
+            order += [n for n in params if n.startswith(f'stages.{i}.{j}.')]
+    order += [n for n in params if n.startswith('norm')]
+    assert sorted(order) == sorted(params)
+    return [prefix + n for n in order]
+
+
+@pytest.mark.parametrize('depths', [[3, 3, 9, 3], [3, 3, 27, 3]])
+def test_layer_depth_is_convnexts_for_the_standard_archs(depths):
+    """Every parameter name (and a head's) as mmpretrain ConvNeXt numbers it
+    (tiny: [3, 3, 9, 3]; small / base: [3, 3, 27, 3])."""
+    from mmpretrain.models import ConvNeXt
+    arch = dict(depths=depths, channels=[8, 8, 8, 8])
+    convnext = ConvNeXt(arch=arch, out_indices=(0, 1, 2, 3))
+    pelk = PeLK(
+        arch=dict(arch, kernel_sizes=[7, 7, 7, 5], center_sizes=3),
+        out_indices=(0, 1, 2, 3))
+    convnext_names = [f'backbone.{n}' for n, _ in convnext.named_parameters()]
+    names = forward_order(pelk) + convnext_names + ['decode_head.conv.weight']
+    assert 'backbone.stages.2.8.depthwise_conv.weight' in names
+    for name in names:
+        depth = pelk.get_layer_depth(name, 'backbone.')
+        if name.startswith('backbone.pos_embeds.'):  # not in ConvNeXt
+            first_block = f'backbone.stages.{name.split(".")[2]}.0.gamma'
+            assert depth == pelk.get_layer_depth(first_block, 'backbone.')
+        else:
+            assert depth == convnext.get_layer_depth(name, 'backbone.'), name
+
+
+@pytest.mark.parametrize('depths', [[2, 4, 2], [1, 2, 7, 2, 1]])
+def test_layer_and_stage_depth_other_stage_counts(depths):
+    """3 and 5 stages: ids in range, non-decreasing along the forward pass,
+    one new layer per 3 blocks, the stem first and the heads last."""
+    backbone = PeLK(
+        arch=dict(
+            depths=depths,
+            channels=[8] * len(depths),
+            kernel_sizes=[7] * len(depths),
+            center_sizes=3),
+        out_indices=tuple(range(len(depths))))
+    num_layers = sum((d + 2) // 3 for d in depths)
+    names = forward_order(backbone)
+    layer = [backbone.get_layer_depth(n, 'backbone.') for n in names]
+    stage = [backbone.get_stage_depth(n, 'backbone.') for n in names]
+    assert {num for _, num in layer} == {num_layers + 2}
+    assert {num for _, num in stage} == {len(depths) + 2}
+    layer_ids = [i for i, _ in layer]
+    assert layer_ids == sorted(layer_ids)
+    assert layer_ids[0] == 0 and layer_ids[-1] == num_layers + 1
+    assert set(layer_ids) == set(range(num_layers + 2))  # no gaps
+    head = 'decode_head.conv_seg.weight'
+    assert backbone.get_layer_depth(head, 'backbone.') == (num_layers + 1,
+                                                           num_layers + 2)
+    assert backbone.get_stage_depth(head, 'backbone.') == (len(depths) + 1,
+                                                           len(depths) + 2)
+    for name, (layer_id, _), (stage_id, _) in zip(names, layer, stage):
+        parts = name.split('.')
+        if parts[1] == 'stages':
+            i, j = int(parts[2]), int(parts[3])
+            assert layer_id == 1 + sum(
+                (d + 2) // 3 for d in depths[:i]) + j // 3, name
+            assert stage_id == i + 1
+        elif parts[1] in ('pos_embeds', 'downsample_layers'):
+            i = int(parts[2])
+            if parts[1] == 'pos_embeds' or i > 0:
+                assert layer_id == backbone.get_layer_depth(
+                    f'backbone.stages.{i}.0.gamma', 'backbone.')[0], name
+            assert stage_id == (
+                i + 1 if parts[1] == 'pos_embeds' else 0), name
+        else:  # output norms
+            assert (layer_id, stage_id) == (num_layers + 1,
+                                            len(depths) + 1), name
+    if depths == [2, 4, 2]:  # spelled out
+        assert sorted(set(zip(layer_ids, [n.split('.')[1] for n in names
+                                          ]))) == [
+            (0, 'downsample_layers'), (1, 'pos_embeds'), (1, 'stages'),
+            (2, 'downsample_layers'), (2, 'pos_embeds'), (2, 'stages'),
+            (3, 'stages'), (4, 'downsample_layers'), (4, 'pos_embeds'),
+            (4, 'stages'), (5, 'norm0'), (5, 'norm1'), (5, 'norm2')
+        ]
+
+
+def test_three_stage_constructor_groups():
+    """The constructor on a 3-stage arch: scales follow the backbone's ids."""
+    model = nn.Module()
+    model.backbone = PeLK(
+        arch=dict(
+            depths=[2, 4, 2],
+            channels=[8, 8, 8],
+            kernel_sizes=[7, 7, 5],
+            center_sizes=3),
+        out_indices=(0, 1, 2))
+    model.decode_head = nn.Conv2d(8, 3, 1)
+    for decay_type in ('layer_wise', 'stage_wise'):
+        found = group_of(build(model, decay_type), model)
+        assert found['decode_head.weight']['lr_scale'] == 1
+        stem = found['backbone.downsample_layers.0.0.weight']['lr_scale']
+        # 4 layers (1 + 2 + 1): the stem is 5 decays below the head
+        assert stem == DECAY**5
+        if decay_type == 'stage_wise':
+            assert found['backbone.stages.2.0.gamma']['lr_scale'] == DECAY**2
+            assert found['backbone.pos_embeds.0']['lr_scale'] == DECAY**4
+
+
+def test_no_weight_decay_contents():
+    backbone = TinySegmentor().backbone
+    names = backbone.no_weight_decay()
+    params = dict(backbone.named_parameters())
+    assert names <= set(params)
+    assert {'pos_embeds.0', 'pos_embeds.3', 'stages.0.0.gamma',
+            'stages.2.8.peripheral_conv.bias', 'stages.0.0.norm.weight',
+            'stages.0.0.pointwise_conv1.bias', 'downsample_layers.0.0.bias',
+            'downsample_layers.0.1.weight', 'downsample_layers.1.0.bias',
+            'norm3.weight', 'norm0.bias'} <= names
+    # exactly the positional embeddings and every 1-D tensor (norm weights
+    # and biases, biases, layer scales); every weight matrix / kernel decays
+    assert names == {n for n, p in params.items() if p.ndim == 1} | {
+        f'pos_embeds.{i}' for i in range(4)
+    }
+    for decayed in ('stages.0.0.peripheral_conv.weight',
+                    'stages.0.0.pointwise_conv1.weight',
+                    'downsample_layers.1.1.weight',
+                    'downsample_layers.0.0.weight'):
+        assert decayed not in names
+    # without positional embeddings / after deploy: none declared
+    no_pe = PeLK(
+        arch=dict(depths=[1, 1], channels=[8, 8], kernel_sizes=[7, 5]),
+        pos_embed=False)
+    assert not any(n.startswith('pos_embeds') for n in no_pe.no_weight_decay())
+    backbone.switch_to_deploy()
+    names = backbone.no_weight_decay()
+    assert 'pos_embeds.0' not in names
+    assert 'stages.0.0.peripheral_conv.bias' in names
+    assert 'stages.0.0.peripheral_conv.weight' not in names
+
+
+def test_constructor_reads_no_weight_decay():
+    """The backbone's declaration decides, not a rule in the constructor."""
+    model = TinySegmentor()
+    declared = model.backbone.no_weight_decay()
+    declared -= {'stages.0.0.norm.bias'}
+    declared |= {'stages.0.0.pointwise_conv1.weight'}
+    model.backbone.no_weight_decay = lambda: declared
+    found = group_of(build(model, 'layer_wise'), model)
+    assert found['backbone.stages.0.0.norm.bias']['weight_decay'] == BASE_WD
+    assert found['backbone.stages.0.0.pointwise_conv1.weight'][
+        'weight_decay'] == 0
+    # modules other than the backbone: the generic 1-D / bias rule
+    assert found['decode_head.bias']['weight_decay'] == 0
+    assert found['decode_head.weight']['weight_decay'] == BASE_WD
+
+
+def test_stage_wise_needs_get_stage_depth():
+    from mmpretrain.models import ConvNeXt
+    model = nn.Module()
+    model.backbone = ConvNeXt(arch=dict(depths=[1, 1, 1, 1],
+                                        channels=[8, 8, 8, 8]))
+    with pytest.raises(ValueError, match='get_stage_depth'):
+        build(model, 'stage_wise')
+    # layer-wise works on any backbone with get_layer_depth, with the generic
+    # weight-decay rule when it declares no no_weight_decay()
+    found = group_of(build(model, 'layer_wise'), model)
+    for name, param in model.named_parameters():
+        no_decay = param.ndim == 1 or name.endswith('.bias')
+        assert found[name]['weight_decay'] == (0 if no_decay else BASE_WD)
+
+
+# --- the shipped configs ---------------------------------------------------
+
+CONFIGS = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs')
+
+
+def build_config_model(name):
+    cfg = Config.fromfile(osp.join(CONFIGS, name))
+    init_default_scope(cfg.default_scope)
+    registry = importlib.import_module(f'{cfg.default_scope}.registry')
+    return cfg, registry.MODELS.build(cfg.model)
+
+
+def effective_settings(optimizer, model):
+    """{parameter name: the hyper-parameters the optimizer applies to it}."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    settings = {}
+    for group in optimizer.param_groups:
+        hyper = {k: group[k] for k in optimizer.defaults}
+        for p in group['params']:
+            settings[names[id(p)]] = hyper
+    return settings
+
+
+def test_in1k_config_same_settings_as_the_former_rule():
+    """configs/_base_/pelk_in1k.py reads the no-decay rule from the backbone
+    (lr decay 1): every parameter gets the lr / weight decay that mmengine's
+    default constructor gave it with the rule the config used to spell out."""
+    cfg, model = build_config_model('pelk_t_in1k.py')
+    assert cfg.optim_wrapper.constructor == (
+        'PeLKLearningRateDecayOptimizerConstructor')
+    assert cfg.optim_wrapper.paramwise_cfg == dict(decay_rate=1.0)
+    new = build_optim_wrapper(model, cfg.optim_wrapper).optimizer
+    former_cfg = copy.deepcopy(cfg.optim_wrapper)
+    former_cfg.pop('constructor')
+    former_cfg.paramwise_cfg = dict(
+        norm_decay_mult=0.0,
+        bias_decay_mult=0.0,
+        flat_decay_mult=0.0,
+        custom_keys={'pos_embeds': dict(decay_mult=0.0)})
+    former = build_optim_wrapper(model, former_cfg).optimizer
+    new_settings = effective_settings(new, model)
+    assert new_settings == effective_settings(former, model)
+    assert set(new_settings) == {n for n, _ in model.named_parameters()}
+    wds = {n: s['weight_decay'] for n, s in new_settings.items()}
+    assert wds['backbone.pos_embeds.0'] == 0 and wds['head.fc.bias'] == 0
+    assert wds['backbone.stages.0.0.gamma'] == 0
+    assert wds['head.fc.weight'] == 0.05
+    assert wds['backbone.stages.0.0.peripheral_conv.weight'] == 0.05
+    assert {s['lr'] for s in new_settings.values()} == {4e-3}
+
+
+@pytest.mark.parametrize('name, decay_type, rate', [
+    ('upernet_pelk_t_ade20k.py', 'stage_wise', 0.9),
+    ('cascade_mask_rcnn_pelk_t_fpn_3x_coco.py', 'layer_wise', 0.7),
+])
+def test_downstream_config_groups(name, decay_type, rate):
+    """The T configs' groups against the documented ConvNeXt tables (mmseg's
+    own ``get_*_id_for_convnext`` for every name ConvNeXt has) and the
+    former weight-decay rule (1-D, ``.bias``, ``pos_embeds``)."""
+    from mmseg.engine.optimizers.layer_decay_optimizer_constructor import (
+        get_layer_id_for_convnext, get_stage_id_for_convnext)
+    cfg, model = build_config_model(name)
+    assert cfg.optim_wrapper.paramwise_cfg == dict(
+        decay_rate=rate, decay_type=decay_type, num_layers=6)
+    optimizer = build_optim_wrapper(model, cfg.optim_wrapper).optimizer
+    groups = optimizer.param_groups
+    found = group_of(groups, model)
+    params = dict(model.named_parameters())
+    assert set(found) == set(params)
+    table = (expected_layer_id
+             if decay_type == 'layer_wise' else expected_stage_id)
+    # mmseg's constructor passes num_layers (layer-wise), num_layers + 2
+    if decay_type == 'layer_wise':
+        mmseg_id = partial(get_layer_id_for_convnext, max_layer_id=6)
+    else:
+        mmseg_id = partial(get_stage_id_for_convnext, max_stage_id=8)
+    for name, group in found.items():
+        layer_id = table(name, 6)
+        if 'pos_embeds' not in name:
+            assert layer_id == mmseg_id(name), name
+        no_decay = no_weight_decay(name, params[name])
+        assert group['group_name'] == (
+            f'layer_{layer_id}_{"no_decay" if no_decay else "decay"}')
+        assert group['lr_scale'] == pytest.approx(rate**(7 - layer_id))
+        assert group['weight_decay'] == (0 if no_decay else 0.05), name

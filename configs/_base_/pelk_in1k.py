@@ -33,14 +33,12 @@ model = dict(
 
 train_dataloader = dict(batch_size=128)
 
+# No lr decay (rate 1); the parameters without weight decay are the ones
+# PeLK.no_weight_decay() declares, plus the head's bias.
 optim_wrapper = dict(
     optimizer=dict(lr=4e-3),
-    paramwise_cfg=dict(
-        _delete_=True,
-        norm_decay_mult=0.0,
-        bias_decay_mult=0.0,
-        flat_decay_mult=0.0,
-        custom_keys={'pos_embeds': dict(decay_mult=0.0)}),
+    constructor='PeLKLearningRateDecayOptimizerConstructor',
+    paramwise_cfg=dict(_delete_=True, decay_rate=1.0),
     clip_grad=None)
 
 # SLaK's defaults: SNIP mask init, prune rate 0.3 with cosine decay, magnitude

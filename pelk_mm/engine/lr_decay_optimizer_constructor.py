@@ -2,28 +2,32 @@
 
 mmseg's and mmdet's ``LearningRateDecayOptimizerConstructor`` only accept
 backbones whose class name contains "ConvNeXt". PeLK keeps ConvNeXt's frame
-(stem, 4 stages with the same depths, downsampling layers), so this constructor
-applies the same two rules, taking the layer of each parameter from the
-backbone's own ``get_layer_depth`` instead of a name table:
+(stem, stages, downsampling layers), so this constructor applies the same two
+rules, but asks the backbone for everything that depends on its module names
+(no name is parsed here):
 
 - ``layer_wise`` (detection, decay 0.7 in the paper): ``(layer_id, num_ids) =
-  backbone.get_layer_depth(name, prefix='backbone.')`` as mmpretrain's ConvNeXt
-  defines it (stem 0, stage 0 -> 1, stage 1 -> 2, every 3 blocks of stage 2 one
-  layer, stage 3 and the last downsampling ``num_layers``, anything after the
-  backbone ``num_layers + 1``), and ``lr_scale = decay_rate ** (num_ids - 1 -
-  layer_id)``.
+  backbone.get_layer_depth(name, prefix='backbone.')`` (for PeLK: stem 0, one
+  depth per 3 blocks of each stage, anything after the backbone's last block
+  ``num_layers + 1``; mmpretrain ConvNeXt's table for the 4-stage archs), and
+  ``lr_scale = decay_rate ** (num_ids - 1 - layer_id)``.
 - ``stage_wise`` (segmentation, decay 0.9 in the paper), exactly as ConvNeXt's
-  released segmentation code (which SLaK and PeLK follow): every downsampling
-  layer (stem included) gets id 0, stage ``i`` (its blocks and its positional
-  embedding) id ``i + 1``, everything else (the backbone's output norms, neck,
-  heads) id ``num_layers + 1``, and ``lr_scale = decay_rate ** (num_layers + 1 -
-  id)``. So with ``num_layers=6`` the heads get the base lr and stage 3 gets
+  released segmentation code (which SLaK and PeLK follow): ``stage_id =
+  backbone.get_stage_depth(name, prefix='backbone.')`` (every downsampling
+  layer 0, stage ``i`` with its positional embedding ``i + 1``), everything
+  else (the backbone's output norms, neck, heads) id ``num_layers + 1``, and
+  ``lr_scale = decay_rate ** (num_layers + 1 - id)``, where ``num_layers`` is
+  the layer-wise count above (6 for PeLK-T, 12 for S/B), not the number of
+  stages. So with ``num_layers=6`` the heads get the base lr and stage 3 gets
   ``0.9 ** 3`` of it.
 
-Weight decay is not applied (as in mmseg's ConvNeXt constructor) to 1-D
-parameters (norms, biases, layer scales), to any ``.bias`` and to the
-kernel-wise positional embeddings (``pos_embed`` in the name, Eq. 3); every
-other parameter gets the optimizer's ``weight_decay``. Parameters with
+Weight decay: the backbone's parameters named (relative to the backbone) in
+``backbone.no_weight_decay()`` (timm's convention; PeLK declares its
+positional embeddings, norms, biases and layer scales) take none; every other
+parameter of the model follows the generic rule of mmseg's ConvNeXt
+constructor: none for 1-D parameters (norms, biases, layer scales) and any
+``.bias``, the optimizer's ``weight_decay`` for the rest (also the whole
+backbone when it has no ``no_weight_decay``). Parameters with
 ``requires_grad=False`` (frozen stages) are left out.
 
 Example::
@@ -43,22 +47,6 @@ from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
 from torch import nn
 
 DECAY_TYPES = ('layer_wise', 'stage_wise')
-
-
-def _stage_id(name: str, num_layers: int) -> int:
-    """Stage-wise id of a parameter name (``backbone.`` prefixed)."""
-    if not name.startswith('backbone.'):
-        return num_layers + 1
-    parts = name.split('.')
-    if parts[1] == 'downsample_layers':
-        return 0
-    if parts[1] in ('stages', 'pos_embeds'):
-        return int(parts[2]) + 1
-    return num_layers + 1
-
-
-def _skip_weight_decay(name: str, param: nn.Parameter) -> bool:
-    return param.ndim <= 1 or name.endswith('.bias') or 'pos_embed' in name
 
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
@@ -88,7 +76,8 @@ class PeLKLearningRateDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
         Args:
             params (list[dict]): Param groups, extended in place.
             module (nn.Module): The whole model; must have a ``backbone`` with
-                ``get_layer_depth(name, prefix)``.
+                ``get_layer_depth(name, prefix)`` (and ``get_stage_depth`` for
+                ``'stage_wise'``), optionally ``no_weight_decay()``.
         """
         decay_rate = self.paramwise_cfg.get('decay_rate')
         decay_type = self.paramwise_cfg.get('decay_type', 'layer_wise')
@@ -99,25 +88,34 @@ class PeLKLearningRateDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
             raise ValueError('paramwise_cfg.decay_rate must be a number in '
                              f'(0, 1], got {decay_rate!r}')
         backbone = getattr(module, 'backbone', None)
-        if not hasattr(backbone, 'get_layer_depth'):
-            raise ValueError(
-                f'{type(self).__name__} needs model.backbone.get_layer_depth '
-                f'(as PeLK and mmpretrain ConvNeXt have); '
-                f'{type(module).__name__}.backbone is '
-                f'{type(backbone).__name__}')
+        depth_fn = ('get_layer_depth'
+                    if decay_type == 'layer_wise' else 'get_stage_depth')
+        for method in ('get_layer_depth', depth_fn):
+            if not hasattr(backbone, method):
+                raise ValueError(
+                    f'{type(self).__name__} with decay_type={decay_type!r} '
+                    f'needs model.backbone.{method} (as PeLK has); '
+                    f'{type(module).__name__}.backbone is '
+                    f'{type(backbone).__name__}')
         num_layers = self._num_layers(backbone)
+        no_decay_names = (
+            backbone.no_weight_decay()
+            if hasattr(backbone, 'no_weight_decay') else None)
 
         groups = {}
         for name, param in module.named_parameters():
             if not param.requires_grad:
                 continue
-            if decay_type == 'layer_wise':
-                layer_id, num_ids = backbone.get_layer_depth(
-                    name, prefix='backbone.')
-            else:
-                layer_id = _stage_id(name, num_layers)
+            layer_id, num_ids = getattr(backbone, depth_fn)(
+                name, prefix='backbone.')
+            if decay_type == 'stage_wise':
+                if layer_id == num_ids - 1:  # after the backbone's stages
+                    layer_id = num_layers + 1
                 num_ids = num_layers + 2
-            no_decay = _skip_weight_decay(name, param)
+            if no_decay_names is not None and name.startswith('backbone.'):
+                no_decay = name[len('backbone.'):] in no_decay_names
+            else:
+                no_decay = param.ndim <= 1 or name.endswith('.bias')
             group_name = (f'layer_{layer_id}_'
                           f'{"no_decay" if no_decay else "decay"}')
             if group_name not in groups:

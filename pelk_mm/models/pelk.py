@@ -472,10 +472,25 @@ class PeLK(BaseModule):
         self.deploy = True
 
     def get_layer_depth(self, param_name: str, prefix: str = ''):
-        """Get the layer-wise depth of a parameter (as mmpretrain ConvNeXt).
+        """Get the layer-wise depth of a parameter, for layer-wise lr decay.
 
-        A stage's positional embedding ``pos_embeds.{i}`` gets the depth of
-        the stage's first block, as the stage's downsampling layer does.
+        Every 3 consecutive blocks of a stage make one layer (BEiT / ConvNeXt
+        count 12 layers in a ViT-B-deep network), so stage ``i`` spans
+        ``ceil(depths[i] / 3)`` layers and ``num_layers = sum_i
+        ceil(depths[i] / 3)``. Depths are numbered in forward order:
+
+        - ``downsample_layers.0`` (the stem): 0;
+        - ``stages.{i}.{j}``: ``1 + sum_{k<i} ceil(depths[k] / 3) + j // 3``;
+        - ``downsample_layers.{i}`` (``i >= 1``) and ``pos_embeds.{i}``: the
+          depth of stage ``i``'s first block (they act right before it);
+        - anything else, the output norms ``norm{i}`` and every name without
+          ``prefix`` (neck, heads): ``num_layers + 1``.
+
+        The depths never decrease along the forward pass and hold for any
+        number of stages. For the 4-stage archs this is mmpretrain ConvNeXt's
+        table exactly: ``depths=[3, 3, 9, 3]`` (tiny) gives 6 layers, stage 2
+        spanning depths 3-5 and stage 3 depth 6; ``[3, 3, 27, 3]`` (small,
+        base) gives 12.
 
         Args:
             param_name (str): The name of the parameter.
@@ -483,40 +498,76 @@ class PeLK(BaseModule):
                 Defaults to an empty string.
 
         Returns:
-            Tuple[int, int]: The layer-wise depth and the num of layers.
+            Tuple[int, int]: The layer-wise depth and ``num_layers + 2`` (the
+            number of depths).
         """
-        max_layer_id = 12 if self.depths[-2] > 9 else 6
+        # first_layer[i]: the depth of stage i's first block
+        first_layer = [1]
+        for depth in self.depths:
+            first_layer.append(first_layer[-1] + (depth + 2) // 3)
+        num_layers = first_layer[-1] - 1
 
-        if not param_name.startswith(prefix):
-            # For subsequent module like head
-            return max_layer_id + 1, max_layer_id + 2
+        layer_id = num_layers + 1  # output norms, neck, heads
+        if param_name.startswith(prefix):
+            parts = param_name[len(prefix):].split('.')
+            if parts[0] in ('downsample_layers', 'pos_embeds', 'stages'):
+                stage_id = int(parts[1])
+                layer_id = first_layer[stage_id]
+                if parts[0] == 'downsample_layers' and stage_id == 0:
+                    layer_id = 0
+                elif parts[0] == 'stages':
+                    layer_id += int(parts[2]) // 3
+        return layer_id, num_layers + 2
 
-        param_name = param_name[len(prefix):]
-        if param_name.startswith('downsample_layers'):
-            stage_id = int(param_name.split('.')[1])
-            if stage_id == 0:
-                layer_id = 0
-            elif stage_id == 1 or stage_id == 2:
-                layer_id = stage_id + 1
-            else:  # stage_id == 3:
-                layer_id = max_layer_id
-        elif param_name.startswith('pos_embeds'):
-            stage_id = int(param_name.split('.')[1])
-            if stage_id == 0 or stage_id == 1 or stage_id == 2:
-                layer_id = stage_id + 1
-            else:  # stage_id == 3:
-                layer_id = max_layer_id
-        elif param_name.startswith('stages'):
-            stage_id = int(param_name.split('.')[1])
-            block_id = int(param_name.split('.')[2])
-            if stage_id == 0 or stage_id == 1:
-                layer_id = stage_id + 1
-            elif stage_id == 2:
-                layer_id = 3 + block_id // 3
-            else:  # stage_id == 3:
-                layer_id = max_layer_id
-        # final norm layer
-        else:
-            layer_id = max_layer_id + 1
+    def get_stage_depth(self, param_name: str, prefix: str = ''):
+        """Get the stage-wise depth of a parameter, for stage-wise lr decay.
 
-        return layer_id, max_layer_id + 2
+        As ConvNeXt's released segmentation code (which SLaK and PeLK follow)
+        and mmseg's ``get_stage_id_for_convnext``: every downsampling layer
+        (the stem included) 0, stage ``i`` (its blocks and its positional
+        embedding ``pos_embeds.{i}``) ``i + 1``, anything else (the output
+        norms, every name without ``prefix``) ``num_stages + 1``.
+
+        Args:
+            param_name (str): The name of the parameter.
+            prefix (str): The prefix for the parameter.
+                Defaults to an empty string.
+
+        Returns:
+            Tuple[int, int]: The stage-wise depth and ``num_stages + 2`` (the
+            number of depths).
+        """
+        stage_id = self.num_stages + 1
+        if param_name.startswith(prefix):
+            parts = param_name[len(prefix):].split('.')
+            if parts[0] == 'downsample_layers':
+                stage_id = 0
+            elif parts[0] in ('pos_embeds', 'stages'):
+                stage_id = int(parts[1]) + 1
+        return stage_id, self.num_stages + 2
+
+    def no_weight_decay(self) -> set:
+        """Names of the parameters that take no weight decay.
+
+        timm's convention: a set of parameter names relative to the backbone,
+        read by :class:`PeLKLearningRateDecayOptimizerConstructor`. They are
+        the kernel-wise positional embeddings ``pos_embeds.{i}`` (Eq. 3),
+        every weight and bias of the norm layers, every bias (peripheral conv,
+        pointwise convs, downsampling convs) and the layer scales ``gamma``;
+        every other parameter (the compact peripheral weights, the pointwise
+        and downsampling weights) decays.
+
+        Returns:
+            set[str]: e.g. ``{'pos_embeds.0', 'stages.0.0.gamma',
+            'stages.0.0.peripheral_conv.bias', 'norm3.weight', ...}``.
+        """
+        norm_types = (nn.LayerNorm, nn.GroupNorm,
+                      nn.modules.batchnorm._BatchNorm)
+        names = set()
+        for module_name, module in self.named_modules():
+            for name, _ in module.named_parameters(recurse=False):
+                layer_scale = isinstance(module, PeLKBlock) and name == 'gamma'
+                if (module is self.pos_embeds or name == 'bias' or layer_scale
+                        or isinstance(module, norm_types)):
+                    names.add(f'{module_name}.{name}' if module_name else name)
+        return names
