@@ -11,24 +11,19 @@ config's visualization hook; ``--tta`` wraps the model in the config's
 ``tta_model`` and tests with ``tta_pipeline``. The metrics are printed and
 saved as json in the work dir.
 """
-import argparse
-import importlib
-
-from mmengine.config import Config, ConfigDict, DictAction
-from mmengine.runner import Runner
+from mmengine.config import ConfigDict
 
 import pelk_mm  # noqa: F401  (registers PeLK and the torch>=2.6 load fixes)
-from launch_utils import (library_of, set_local_rank, set_work_dir,
-                          setup_cpu_distributed)
+from launch_utils import (build_runner, exit_with_error,
+                          is_missing_local_file, library_of, load_config,
+                          make_parser, parse_args)
 
 
-def parse_args():
-    parser = argparse.ArgumentParser(
-        description='Test (and evaluate) a PeLK model')
-    parser.add_argument('config', help='test config file path')
+def get_args():
+    parser = make_parser('Test (and evaluate) a PeLK model',
+                         'test config file path',
+                         'the dir to save the evaluation metrics (json)')
     parser.add_argument('checkpoint', help='checkpoint file')
-    parser.add_argument(
-        '--work-dir', help='the dir to save the evaluation metrics (json)')
     parser.add_argument(
         '--out',
         help='mmseg: dir for predicted label maps; mmdet / mmpretrain: '
@@ -41,20 +36,9 @@ def parse_args():
         '--wait-time', type=float, default=2, help='the interval of show (s)')
     parser.add_argument(
         '--tta', action='store_true', help='test time augmentation')
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
-        help='override settings of the config, key=value (lists as '
-        'key="[a,b]"), merged into the config')
-    parser.add_argument(
-        '--launcher',
-        choices=['none', 'pytorch', 'slurm', 'mpi'],
-        default='none',
-        help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    set_local_rank(args.local_rank)
+    args = parse_args(parser)
+    if is_missing_local_file(args.checkpoint):
+        exit_with_error(f'checkpoint {args.checkpoint!r} does not exist')
     return args
 
 
@@ -79,11 +63,7 @@ def enable_visualization(cfg, args, library):
 
 
 def merge_args(cfg, args):
-    """Apply the command-line options to the config."""
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    set_work_dir(cfg, args.work_dir, args.config)
+    """Apply the test-only command-line options to the config."""
     cfg.load_from = args.checkpoint
     library = library_of(cfg)
 
@@ -118,19 +98,10 @@ def add_dump_metric(runner, out, library):
 
 
 def main():
-    args = parse_args()
-    cfg = merge_args(Config.fromfile(args.config), args)
+    args = get_args()
+    cfg = merge_args(load_config(args), args)
     library = library_of(cfg)
-    if library == 'mmdet':
-        from mmdet.utils import setup_cache_size_limit_of_dynamo
-        setup_cache_size_limit_of_dynamo()
-    setup_cpu_distributed(cfg)
-
-    if 'runner_type' in cfg:
-        registry = importlib.import_module(f'{library}.registry')
-        runner = registry.RUNNERS.build(cfg)
-    else:
-        runner = Runner.from_cfg(cfg)
+    runner = build_runner(cfg)
     if args.out is not None and library != 'mmseg':
         add_dump_metric(runner, args.out, library)
     runner.test()

@@ -10,24 +10,20 @@ accepts the union of their common options). ``--resume`` without a path resumes
 from the latest checkpoint in the work dir. Importing ``pelk_mm`` registers the
 PeLK modules and the checkpoint-loading fixes for recent torch.
 """
-import argparse
-import importlib
 import logging
 from copy import deepcopy
 
-from mmengine.config import Config, ConfigDict, DictAction
+from mmengine.config import ConfigDict
 from mmengine.logging import print_log
-from mmengine.runner import Runner
 
 import pelk_mm  # noqa: F401  (registers PeLK and the torch>=2.6 load fixes)
-from launch_utils import (library_of, set_local_rank, set_work_dir,
-                          setup_cpu_distributed)
+from launch_utils import (build_runner, check_checkpoints, library_of,
+                          load_config, make_parser, parse_args)
 
 
-def parse_args():
-    parser = argparse.ArgumentParser(description='Train a PeLK model')
-    parser.add_argument('config', help='train config file path')
-    parser.add_argument('--work-dir', help='the dir to save logs and models')
+def get_args():
+    parser = make_parser('Train a PeLK model', 'train config file path',
+                         'the dir to save logs and models')
     parser.add_argument(
         '--resume',
         nargs='?',
@@ -43,30 +39,11 @@ def parse_args():
         '--auto-scale-lr',
         action='store_true',
         help='scale the lr by the actual / the config\'s base batch size')
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
-        help='override settings of the config, key=value (lists as '
-        'key="[a,b]"), merged into the config')
-    parser.add_argument(
-        '--launcher',
-        choices=['none', 'pytorch', 'slurm', 'mpi'],
-        default='none',
-        help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    set_local_rank(args.local_rank)
-    return args
+    return parse_args(parser)
 
 
 def merge_args(cfg, args):
-    """Apply the command-line options to the config."""
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    set_work_dir(cfg, args.work_dir, args.config)
-
+    """Apply the train-only command-line options to the config."""
     if args.amp:
         if cfg.optim_wrapper.get('type', 'OptimWrapper') == 'AmpOptimWrapper':
             print_log(
@@ -104,19 +81,10 @@ def merge_args(cfg, args):
 
 
 def main():
-    args = parse_args()
-    cfg = merge_args(Config.fromfile(args.config), args)
-    if library_of(cfg) == 'mmdet':
-        from mmdet.utils import setup_cache_size_limit_of_dynamo
-        setup_cache_size_limit_of_dynamo()
-    setup_cpu_distributed(cfg)
-
-    if 'runner_type' in cfg:
-        registry = importlib.import_module(f'{library_of(cfg)}.registry')
-        runner = registry.RUNNERS.build(cfg)
-    else:
-        runner = Runner.from_cfg(cfg)
-    runner.train()
+    args = get_args()
+    cfg = merge_args(load_config(args), args)
+    check_checkpoints(cfg)
+    build_runner(cfg).train()
 
 
 if __name__ == '__main__':
