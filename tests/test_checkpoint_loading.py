@@ -182,6 +182,13 @@ def test_load_checkpoint_refuses_and_loads_nothing(ckpt21):
         load_checkpoint(model, ckpt21, strict=False)
     check_message(str(error.value))
     assert_unchanged(model, before)
+    # torch's own load_state_dict, strict or not
+    state = torch.load(ckpt21, weights_only=True)['state_dict']
+    for strict in (False, True):
+        with pytest.raises(PeLKCheckpointMismatch) as error:
+            model.load_state_dict(state, strict=strict)
+        check_message(str(error.value))
+    assert_unchanged(model, before)
 
 
 def make_runner(work_dir, model, **kwargs):
