@@ -3,8 +3,10 @@
 ``gap_before_final_norm=None`` (the default) pools only when ``out_indices``
 is the last stage alone (mmpretrain-style classification); an explicit value
 wins. PeLK then drops into mmseg's and mmdet's own ResNet-50 base configs with
-only ``type``, ``arch`` and ``out_indices`` (plus the head / neck input
-channels any backbone swap needs), and a forward + loss runs.
+only ``type``, ``arch`` and ``out_indices`` (plus what any backbone swap needs:
+the head / neck input channels, and ``pretrained=None`` in mmseg's, whose
+model-level ``pretrained`` names the ResNet checkpoint), and a forward + loss
++ backward runs.
 """
 import pytest
 import torch
@@ -53,6 +55,7 @@ def test_mmseg_upernet_r50_base():
     cfg = Config.fromstring(
         "_base_ = ['mmseg::_base_/models/upernet_r50.py']\n"
         "model = dict(\n"
+        "    pretrained=None,  # the base's ResNet checkpoint\n"
         "    backbone=dict(_delete_=True, type='PeLK', out_indices=(0, 1, 2, 3),\n"
         f"                  arch={ARCH!r}),\n"
         "    decode_head=dict(in_channels=[16, 32, 64, 128], channels=32,\n"
@@ -81,10 +84,10 @@ def test_mmseg_upernet_r50_base():
 
 
 @pytest.mark.parametrize('base', [
-    'mmdet::_base_/models/mask_rcnn_r50_fpn.py',
-    'mmdet::_base_/models/cascade_mask_rcnn_r50_fpn.py',
+    'mmdet::_base_/models/mask-rcnn_r50_fpn.py',
+    'mmdet::_base_/models/cascade-mask-rcnn_r50_fpn.py',
 ])
-def test_mmdet_mask_rcnn_r50_base(base):
+def test_mmdet_r50_bases(base):
     from mmdet.registry import MODELS
     from mmdet.testing import demo_mm_inputs
     init_default_scope('mmdet')
