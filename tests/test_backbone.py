@@ -46,7 +46,7 @@ def test_multi_scale_outputs():
                                               (2, 32, 4, 6), (2, 40, 2, 3)]
     assert [hasattr(model, f'norm{i}') for i in range(4)] == [True] * 4
     # negative indices as in mmpretrain; gap_before_final_norm -> (N, C)
-    model = small_pelk(out_indices=(-2, -1))
+    model = small_pelk(out_indices=(-2, -1), gap_before_final_norm=True)
     assert model.out_indices == [2, 3]
     assert [o.shape for o in model(torch.randn(2, 3, 32, 32))] == [(2, 32),
                                                                    (2, 40)]

@@ -1,3 +1,4 @@
+from .arch_meta_hook import PeLKArchMetaHook
 from .compat import check_pkg_resources, patch_mmengine_checkpoint_loaders
 from .lr_decay_optimizer_constructor import \
     PeLKLearningRateDecayOptimizerConstructor
@@ -5,4 +6,4 @@ from .lr_decay_optimizer_constructor import \
 patch_mmengine_checkpoint_loaders()
 check_pkg_resources()
 
-__all__ = ['PeLKLearningRateDecayOptimizerConstructor']
+__all__ = ['PeLKLearningRateDecayOptimizerConstructor', 'PeLKArchMetaHook']

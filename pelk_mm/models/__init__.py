@@ -1,3 +1,4 @@
+from .checkpoint_meta import PeLKCheckpointMismatch, add_arch_meta
 from .pelk import PeLK, PeLKBlock
 
-__all__ = ['PeLK', 'PeLKBlock']
+__all__ = ['PeLK', 'PeLKBlock', 'PeLKCheckpointMismatch', 'add_arch_meta']

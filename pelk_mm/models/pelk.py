@@ -16,13 +16,18 @@ import torch.nn as nn
 import torch.utils.checkpoint as cp
 from mmcv.cnn import build_activation_layer
 from mmcv.cnn.bricks import DropPath
-from mmengine.model import BaseModule, ModuleList
+from mmengine.logging import print_log
+from mmengine.model import BaseModule, ModuleList, PretrainedInit
 from mmengine.model.weight_init import trunc_normal_
 from mmengine.registry import MODELS
+from mmengine.runner.checkpoint import _load_checkpoint, load_state_dict
 from mmpretrain.models.utils import build_norm_layer
 from torch import Tensor
 
 from ..ops import PeripheralConv2d, check_grid, pos_embed_bias, sharing_grid
+from .checkpoint_meta import (ARCH_META_KEY, PeLKCheckpointMismatch,
+                              check_state_dict, find_arch_record,
+                              save_arch_record, sub_state_dict)
 
 
 class PeLKBlock(BaseModule):
@@ -146,6 +151,12 @@ class PeLKBlock(BaseModule):
         self.peripheral_conv = conv
 
 
+def _is_pretrained(init_cfg: Optional[dict]) -> bool:
+    """Whether one ``init_cfg`` entry is ``Pretrained``."""
+    return bool(init_cfg) and init_cfg['type'] in ('Pretrained',
+                                                   PretrainedInit)
+
+
 @MODELS.register_module()
 class PeLK(BaseModule):
     """PeLK backbone.
@@ -196,16 +207,24 @@ class PeLK(BaseModule):
             Defaults to -1 (the last stage).
         frozen_stages (int): Number of stages (with their downsampling layer
             and positional embedding) to freeze. Defaults to 0.
-        gap_before_final_norm (bool): Globally average the feature maps
-            before the output norms (classification). Defaults to True.
+        gap_before_final_norm (bool, optional): Globally average the feature
+            maps before the output norms (classification). None pools only
+            when ``out_indices`` is the last stage alone (classification),
+            so multi-scale outputs are feature maps; True / False force it.
+            Defaults to None.
         impl (str): Implementation of every peripheral conv (see
             :class:`pelk_mm.PeripheralConv2d`). Defaults to ``'auto'``.
         with_cp (bool): Use gradient checkpointing. Defaults to False.
-        init_cfg (dict | list[dict], optional): Initialization config. The
-            positional embeddings are drawn at construction from a truncated
-            normal (std 0.02); ``Pretrained`` (with ``prefix`` for a
-            classifier checkpoint, e.g. ``prefix='backbone.'``) overwrites
-            everything.
+        init_cfg (dict | list[dict], optional): Initialization config,
+            applied by :meth:`init_weights`, where every initial value of the
+            backbone comes from (see there). ``Pretrained`` (with ``prefix``
+            for a classifier checkpoint, e.g. ``prefix='backbone.'``)
+            overwrites everything, strictly (see :meth:`init_weights`).
+
+    Checkpoints: every state dict of a PeLK records :meth:`arch_record` in
+    its metadata, and loading one that does not fit raises
+    :class:`~pelk_mm.models.checkpoint_meta.PeLKCheckpointMismatch` (see
+    :mod:`pelk_mm.models.checkpoint_meta`).
     """
     arch_settings = {
         'tiny': {
@@ -258,7 +277,7 @@ class PeLK(BaseModule):
                  layer_scale_init_value: float = 1e-6,
                  out_indices: Union[int, Sequence[int]] = -1,
                  frozen_stages: int = 0,
-                 gap_before_final_norm: bool = True,
+                 gap_before_final_norm: Optional[bool] = None,
                  impl: str = 'auto',
                  with_cp: bool = False,
                  init_cfg: Optional[Union[dict, List[dict]]] = [
@@ -282,6 +301,7 @@ class PeLK(BaseModule):
         if not 0 < conv_ratio <= 1:
             raise ValueError(
                 f'`conv_ratio` must be in (0, 1], got {conv_ratio!r}')
+        self.conv_ratio = conv_ratio
         self.conv_channels = [int(c * conv_ratio) for c in self.channels]
         if min(self.conv_channels) < 1:
             raise ValueError(
@@ -293,6 +313,8 @@ class PeLK(BaseModule):
             raise ValueError(f'`frozen_stages` must be in [0, '
                              f'{self.num_stages}], got {frozen_stages!r}')
         self.frozen_stages = frozen_stages
+        if gap_before_final_norm is None:
+            gap_before_final_norm = self.out_indices == [self.num_stages - 1]
         self.gap_before_final_norm = gap_before_final_norm
 
         # stochastic depth decay rule
@@ -343,16 +365,16 @@ class PeLK(BaseModule):
                 self.add_module(f'norm{i}',
                                 build_norm_layer(norm_cfg, channels))
 
-        if pos_embed:
+        self.with_pos_embed = pos_embed
+        if pos_embed:  # drawn in init_weights
             self.pos_embeds = nn.ParameterList([
-                nn.Parameter(torch.empty(g, k, k))
+                nn.Parameter(torch.zeros(g, k, k))
                 for g, k in zip(self.conv_channels, self.kernel_sizes)
             ])
-            for h in self.pos_embeds:
-                trunc_normal_(h, std=.02)
         else:
             self.pos_embeds = None
         self.deploy = False
+        self._register_state_dict_hook(save_arch_record)
 
         self._freeze_stages()
 
@@ -411,6 +433,142 @@ class PeLK(BaseModule):
                     f'{self.num_stages - 1}], got {list(out_indices)}')
             parsed.append(index % self.num_stages)
         return parsed
+
+    def arch_record(self) -> dict:
+        """Describe the architecture as plain data (ints, lists, str, bool).
+
+        It holds everything the state dict's keys and shapes depend on (plus
+        ``pos_embed_mode``, which changes what the embedding computes). Every
+        state dict of a PeLK carries it in its metadata and tools copy it to
+        ``checkpoint['meta']['pelk_arch']`` (see
+        :mod:`pelk_mm.models.checkpoint_meta`), so that a checkpoint says
+        which arch it is for.
+
+        Returns:
+            dict: ``depths``, ``channels``, ``kernel_sizes``, ``grids``,
+            ``conv_ratio``, ``conv_channels``, ``in_channels``,
+            ``stem_patch_size``, ``pos_embed``, ``pos_embed_mode``, ``deploy``.
+        """
+        stem = self.downsample_layers[0][0]
+        return dict(
+            depths=[int(d) for d in self.depths],
+            channels=[int(c) for c in self.channels],
+            kernel_sizes=[int(k) for k in self.kernel_sizes],
+            grids=[[int(b) for b in grid] for grid in self.grids],
+            conv_ratio=float(self.conv_ratio),
+            conv_channels=[int(g) for g in self.conv_channels],
+            in_channels=int(stem.in_channels),
+            stem_patch_size=int(stem.kernel_size[0]),
+            pos_embed=bool(self.with_pos_embed),
+            pos_embed_mode=str(getattr(self, 'pos_embed_mode', 'literal')),
+            deploy=bool(self.deploy))
+
+    def init_weights(self) -> None:
+        """Initialise the backbone: every initial value comes from here.
+
+        In this order:
+
+        1. ``init_cfg`` without its ``Pretrained`` entry; the default is
+           ConvNeXt's and SLaK's: trunc-normal std 0.02 for ``Conv2d``,
+           ``Linear`` and the compact ``PeripheralConv2d`` weights (SLaK's
+           dense kernels get std 0.02 per tap, which the compact weights
+           reproduce tap for tap), biases 0, LayerNorms 1 / 0;
+        2. the positional embeddings: trunc-normal std 0.02;
+        3. a ``Pretrained`` entry, loaded strictly: the whole checkpoint is
+           read (so that its arch record is seen), the keys under ``prefix``
+           are loaded, and a checkpoint that does not fit raises
+           :class:`~pelk_mm.models.checkpoint_meta.PeLKCheckpointMismatch`
+           before any weight is copied. Its positional embeddings replace
+           the drawn ones.
+
+        Until then the positional embeddings are zero. The standalone
+        :class:`~pelk_mm.PeripheralConv2d` keeps its own ``nn.Conv2d``-like
+        ``reset_parameters``, which this overwrites.
+        """
+        if self.is_init:  # mmengine warns about a second call and skips it
+            super().init_weights()
+            return
+        init_cfg = self.init_cfg
+        cfgs = init_cfg if isinstance(init_cfg, list) else [init_cfg]
+        pretrained = [c for c in cfgs if _is_pretrained(c)]
+        self.init_cfg = [c for c in cfgs if c and not _is_pretrained(c)]
+        try:
+            super().init_weights()
+        finally:
+            self.init_cfg = init_cfg
+        if self.pos_embeds is not None:
+            for h in self.pos_embeds:
+                trunc_normal_(h, std=.02)
+        for cfg in pretrained:
+            self.load_pretrained(cfg['checkpoint'], cfg.get('prefix'),
+                                 cfg.get('map_location', 'cpu'))
+
+    def load_pretrained(self,
+                        checkpoint: str,
+                        prefix: Optional[str] = None,
+                        map_location: str = 'cpu') -> None:
+        """Load a checkpoint strictly, as ``init_cfg=dict(type='Pretrained')``.
+
+        Unlike mmengine's ``Pretrained`` with ``prefix``, which keeps only
+        the tensors, the checkpoint's arch record (state-dict metadata or
+        ``meta['pelk_arch']``) comes along, so a mismatch error can say
+        which arch the checkpoint was made for.
+
+        Args:
+            checkpoint (str): Path or URL (anything mmengine's
+                ``CheckpointLoader`` reads).
+            prefix (str, optional): The backbone's keys in the checkpoint
+                start with it (e.g. ``'backbone.'``); keys outside it (heads)
+                are ignored. Without it, the keys are the backbone's own
+                (a ``module.`` of DDP is stripped, as mmengine does).
+            map_location (str): Where to load the tensors. Defaults to 'cpu'.
+
+        Raises:
+            PeLKCheckpointMismatch: No key starts with ``prefix``, or the
+                weights do not fit (see :func:`check_state_dict`).
+        """
+        print_log(f'load model from: {checkpoint}', logger='current')
+        loaded = _load_checkpoint(checkpoint, map_location=map_location)
+        state_dict = loaded.get('state_dict', loaded)
+        if prefix:
+            prefix = prefix if prefix.endswith('.') else prefix + '.'
+            path = prefix[:-1]
+        else:
+            prefix, path = '', ''
+            if state_dict and all(k.startswith('module.') for k in state_dict):
+                prefix, path = 'module.', 'module'
+        own = sub_state_dict(state_dict, prefix)
+        if not own:
+            raise PeLKCheckpointMismatch(
+                f'No key of {checkpoint} starts with prefix {prefix!r} '
+                f'(first keys: {list(state_dict)[:5]})')
+        record = find_arch_record(loaded, path)
+        if record is not None:
+            own._metadata.setdefault('', {})[ARCH_META_KEY] = record
+        try:
+            load_state_dict(self, own, strict=False, logger='current')
+        except PeLKCheckpointMismatch as e:
+            raise PeLKCheckpointMismatch(
+                f'Pretrained {checkpoint}, keys under prefix {prefix!r} '
+                f'(listed without it):\n{e}') from None
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata,
+                              strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        """Refuse weights that do not fit, before any is copied.
+
+        Every loader (torch's and mmengine's ``load_state_dict``, hence
+        ``Pretrained``, ``load_from``, resume and ``tools/test.py``) calls
+        this first for the backbone; see :func:`check_state_dict`.
+        """
+        check_state_dict(
+            self, {
+                k[len(prefix):]: v
+                for k, v in state_dict.items() if k.startswith(prefix)
+            }, local_metadata.get(ARCH_META_KEY), prefix)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata,
+                                      strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         """Forward images ``(N, 3, H, W)``.

@@ -17,16 +17,20 @@ DST is ``{'state_dict': {'backbone.<key>': tensor}, 'meta': {...}}``: what the
 downstream configs load with ``init_cfg=dict(type='Pretrained',
 checkpoint=DST, prefix='backbone.')`` (and what mmpretrain's ``load_from``
 understands). Its sparsity survives as exact zeros, which
-``DynamicSparsityHook(mode='fixed')`` turns into the fine-tuning masks.
+``DynamicSparsityHook(mode='fixed')`` turns into the fine-tuning masks. It
+records the target's architecture (:meth:`PeLK.arch_record`) in the state
+dict's metadata and in ``meta['pelk_arch'] = {'backbone': record}``.
 
 The keys are checked against a PeLK of ``--arch`` built as the downstream
 configs build it (``out_indices=(0, 1, 2, 3)``), or against the backbone of a
-downstream ``--config`` (any arch dict): missing keys (normally the
-output norms ``norm0``-``norm2`` that a classifier does not have; they start
-from their default initialisation) and unexpected keys (the classifier head,
-SLaK mask buffers, ...; dropped) are listed. A shape mismatch, such as a
-checkpoint of another arch or kernel size, is refused: nothing is written and
-the exit status is 1.
+downstream ``--config`` (any arch dict), as strictly as loading into PeLK
+checks them (:func:`pelk_mm.models.checkpoint_meta.check_state_dict`): only
+the output norms may be missing (``norm0``-``norm2``, which a classifier does
+not have; they start from their default initialisation) and unexpected keys
+(the classifier head, SLaK mask buffers, ...) are dropped; both are listed. A
+shape mismatch, a missing block key, or blocks / stages the target does not
+have (a checkpoint of another arch or kernel size) are refused with both
+archs named: nothing is written and the exit status is 1.
 
 Checkpoints are read with mmengine's ``CheckpointLoader`` (local paths and
 URLs), with torch's ``weights_only=True`` unpickler; one that needs arbitrary
@@ -45,6 +49,8 @@ from mmengine.runner import CheckpointLoader
 
 import pelk_mm  # noqa: F401  (registers the mmengine checkpoint classes)
 from pelk_mm import PeLK
+from pelk_mm.models.checkpoint_meta import (add_arch_meta, check_state_dict,
+                                            find_arch_record)
 
 STATE_DICT_KEYS = ('state_dict', 'model', 'model_ema', 'module')
 
@@ -105,15 +111,13 @@ def split_backbone(state_dict):
     return backbone, [k for k in state_dict if not k.startswith('backbone.')]
 
 
-def compare(state_dict, model):
-    """Missing keys, unexpected keys and shape mismatches against ``model``."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    mismatched = [(k, tuple(state_dict[k].shape), tuple(expected[k].shape))
-                  for k in state_dict
-                  if k in expected and state_dict[k].shape != expected[k].shape]
-    return missing, unexpected, mismatched
+def source_record(checkpoint):
+    """The arch record a (PeLK-written) source checkpoint carries, if any."""
+    for path in ('backbone', '', 'module.backbone', 'module'):
+        record = find_arch_record(checkpoint, path)
+        if record is not None:
+            return record
+    return None
 
 
 def target_backbone(arch=None, config=None) -> PeLK:
@@ -151,28 +155,31 @@ def convert(src: str, dst: str, model: PeLK, trust_pickle: bool = False):
     else:
         checkpoint = load_safely(src)
     state_dict, others = split_backbone(extract_state_dict(checkpoint))
-    missing, unexpected, mismatched = compare(state_dict, model)
-    if mismatched:
-        lines = '\n'.join(f'  {k}: checkpoint {a} vs model {b}'
-                           for k, a, b in mismatched)
-        raise ValueError(
-            f'{src} does not fit the target PeLK (kernel sizes '
-            f'{model.kernel_sizes}, channels {model.channels}): '
-            f'{len(mismatched)} shape mismatch(es) (another arch, width or '
-            f'kernel size?):\n{lines}')
-    kept = [k for k in state_dict if k not in unexpected]
-    unexpected = others + unexpected
-    if not kept:
+    own = model.state_dict()
+    if not any(k in own for k in state_dict):
         raise ValueError(f'{src} has no PeLK backbone key at all (first keys: '
                          f'{list(state_dict)[:5]})')
+    try:
+        missing = check_state_dict(model, state_dict,
+                                   source_record(checkpoint))
+    except ValueError as e:
+        raise ValueError(f'{src} does not fit the target PeLK.\n{e}') from e
+    kept = [k for k in state_dict if k in own]
+    unexpected = others + [k for k in state_dict if k not in own]
+    converted = OrderedDict((f'backbone.{k}', state_dict[k]) for k in kept)
+    converted._metadata = OrderedDict(
+        ('backbone' + (f'.{k}' if k else ''), v)
+        for k, v in own._metadata.items())  # the arch record included
     torch.save(
-        dict(
-            state_dict=OrderedDict(
-                (f'backbone.{k}', state_dict[k]) for k in kept),
-            meta=dict(
-                converted_from=src,
-                kernel_sizes=model.kernel_sizes,
-                channels=model.channels)), dst)
+        add_arch_meta(
+            dict(
+                state_dict=converted,
+                meta=dict(
+                    converted_from=src,
+                    kernel_sizes=model.kernel_sizes,
+                    channels=model.channels)),
+            model,
+            prefix='backbone.'), dst)
     return missing, unexpected
 
 
