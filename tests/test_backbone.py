@@ -7,7 +7,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pelk_mm import PeLK, PeripheralConv2d, SparsityMasks, count_parameters
+from pelk_mm import (PeLK, PeripheralConv2d, SparsityMasks, count_parameters,
+                     pos_embed_bias)
 
 # A reduced arch that keeps every feature (4 stages, > 1 block per stage,
 # kernels larger than the later feature maps) but runs in milliseconds.
@@ -34,6 +35,7 @@ def test_builds_in_every_scope(scope):
         'mmpretrain': 'mmpretrain.registry',
     }[scope]
     models = __import__(registry, fromlist=['MODELS']).MODELS
+    torch.manual_seed(0)
     model = models.build(dict(type='PeLK', arch=SMALL_ARCH, out_indices=3))
     assert isinstance(model, PeLK)
     assert model(torch.randn(1, 3, 32, 32))[0].shape == (1, 40)
@@ -86,7 +88,9 @@ def test_tiny_forward_small_input():
 
 
 def test_pos_embed_once_per_stage():
-    model = small_pelk()
+    # layer scale 1 (not 1e-6) so that the embedding's effect on the output
+    # is far above float32 round-off
+    model = small_pelk(layer_scale_init_value=1.)
     keys = [k for k in model.state_dict() if 'pos_embed' in k]
     assert keys == [f'pos_embeds.{i}' for i in range(4)]
     for i, (c, k) in enumerate(
@@ -95,15 +99,29 @@ def test_pos_embed_once_per_stage():
     # trunc-normal std 0.02
     values = torch.cat([h.flatten() for h in model.pos_embeds])
     assert 0.015 < values.std() < 0.025 and values.abs().max() <= 2
-    # every block of a stage uses the one embedding: its gradient is the
-    # sum of the blocks' gradients, so zeroing it changes every block
-    x = torch.randn(2, 3, 32, 32)
+    # every block of a stage is handed the stage's one embedding ...
+    received = []
+    hooks = [
+        block.peripheral_conv.register_forward_pre_hook(
+            lambda module, args, i=i: received.append((i, args[1])))
+        for i, stage in enumerate(model.stages) for block in stage
+    ]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 32, 32, generator=gen)
     out = model(x)[0]
-    (out * torch.randn_like(out)).sum().backward()
+    for hook in hooks:
+        hook.remove()
+    assert [i for i, _ in received] == [
+        i for i, depth in enumerate(SMALL_ARCH['depths'])
+        for _ in range(depth)
+    ]
+    assert all(h is model.pos_embeds[i] for i, h in received)
+    # ... so its gradient is the sum of the blocks' gradients
+    (out * torch.randn(out.shape, generator=gen)).sum().backward()
     assert all(h.grad is not None and h.grad.abs().sum() > 0
                for h in model.pos_embeds)
 
-    no_pe = small_pelk(pos_embed=False)
+    no_pe = small_pelk(pos_embed=False, layer_scale_init_value=1.)
     assert not [k for k in no_pe.state_dict() if 'pos_embed' in k]
     assert no_pe.pos_embeds is None
     no_pe.load_state_dict({
@@ -115,6 +133,34 @@ def test_pos_embed_once_per_stage():
         for h in model.pos_embeds:
             h.zero_()
         torch.testing.assert_close(model(x)[0], no_pe(x)[0])
+
+
+def test_pos_embed_effect_is_exactly_the_closed_form_term():
+    """Where the embedding acts, the block's token mixer: with the stage's
+    embedding its output differs from the one without by exactly
+    ``pos_embed_bias`` (a per-channel constant) on the convolved channels,
+    and not at all on the identity channels (float64, every stage, maps
+    smaller than the kernels)."""
+    model = small_pelk().double()
+    gen = torch.Generator().manual_seed(0)
+    for i, stage in enumerate(model.stages):
+        channels = SMALL_ARCH['channels'][i]
+        h = model.pos_embeds[i]
+        for block in stage:
+            g = block.conv_channels
+            x = torch.randn(2, channels, 5, 7, generator=gen,
+                            dtype=torch.float64)
+            with torch.no_grad():
+                diff = block.mix_tokens(x, h) - block.mix_tokens(x)
+            conv = block.peripheral_conv
+            term = pos_embed_bias(conv.weight, conv.grid, h).detach()
+            assert term.abs().min() > 1e-6  # a real, non-zero effect
+            torch.testing.assert_close(
+                diff[:, :g],
+                term.view(1, g, 1, 1).expand(2, g, 5, 7),
+                rtol=1e-12,
+                atol=1e-12)
+            assert torch.equal(diff[:, g:], torch.zeros_like(diff[:, g:]))
 
 
 @pytest.mark.parametrize('conv_ratio', [3 / 8, 0.5, 1.0])
@@ -146,6 +192,7 @@ def test_partial_conv_identity_half(conv_ratio):
 def test_classifier_forward_224():
     from mmpretrain.registry import MODELS
     from mmpretrain.structures import DataSample
+    torch.manual_seed(0)
     classifier = MODELS.build(
         dict(
             type='ImageClassifier',
@@ -196,7 +243,15 @@ def test_switch_to_deploy_equivalence():
         outs = model(x)
     for out, ref in zip(outs, expected):
         torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
-    model.switch_to_deploy()  # idempotent
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    model.switch_to_deploy()  # idempotent: nothing changes the second time
+    assert model.deploy and model.pos_embeds is None
+    again = model.state_dict()
+    assert list(again) == list(state)
+    assert all(torch.equal(again[k], v) for k, v in state.items())
+    with torch.no_grad():
+        assert all(
+            torch.equal(a, b) for a, b in zip(model(x), outs))
 
 
 def test_frozen_stages():
@@ -271,7 +326,9 @@ def test_init_weights_and_pretrained_prefix(tmp_path):
 
 
 def test_with_cp_same_gradients():
-    x = torch.randn(2, 3, 32, 32, requires_grad=True)
+    x = torch.randn(
+        2, 3, 32, 32, generator=torch.Generator().manual_seed(0),
+        requires_grad=True)
     grads = []
     for with_cp in (False, True):
         model = small_pelk(with_cp=with_cp)

@@ -32,10 +32,44 @@ def test_registered_under_every_scope(scope):
             pelk_mm.PeLKLearningRateDecayOptimizerConstructor
 
 
-def test_repeated_custom_imports_do_not_raise():
-    from mmengine.utils import import_modules_from_strings
-    for _ in range(2):
+def test_repeated_custom_imports_do_not_raise(tmp_path):
+    """In a fresh interpreter (so that the first import really registers):
+    two configs with ``custom_imports``, mmengine's own import helper again
+    and an ``importlib.reload`` of the package must not raise mmengine's
+    ``KeyError: ... is already registered``, and ``type='PeLK'`` must still
+    build the one registered class."""
+    configs = []
+    for name in ('first', 'second'):
+        cfg = tmp_path / f'{name}.py'
+        cfg.write_text(textwrap.dedent(f"""
+            custom_imports = dict(imports=['pelk_mm'],
+                                  allow_failed_imports=False)
+            backbone = dict(type='PeLK', arch={SMALL_ARCH!r})
+        """))
+        configs.append(str(cfg))
+    script = textwrap.dedent(f"""
+        import importlib
+        import sys
+        from mmengine.config import Config
+        from mmengine.registry import MODELS
+        from mmengine.utils import import_modules_from_strings
+        assert 'pelk_mm' not in sys.modules
+        first = Config.fromfile({configs[0]!r})  # imports and registers
+        import pelk_mm
+        registered = MODELS.get('PeLK')
+        assert registered is pelk_mm.PeLK
+        second = Config.fromfile({configs[1]!r})
         assert import_modules_from_strings(['pelk_mm']) == [pelk_mm]
+        importlib.reload(pelk_mm)
+        assert MODELS.get('PeLK') is registered
+        for cfg in (first, second):
+            assert type(MODELS.build(cfg.backbone)) is registered
+        print('ok')
+    """)
+    out = subprocess.run([sys.executable, '-c', script], capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == 'ok'
 
 
 def test_custom_imports_in_a_fresh_interpreter(tmp_path):

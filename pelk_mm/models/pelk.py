@@ -24,7 +24,8 @@ from mmengine.runner.checkpoint import _load_checkpoint, load_state_dict
 from mmpretrain.models.utils import build_norm_layer
 from torch import Tensor
 
-from ..ops import PeripheralConv2d, check_grid, pos_embed_bias, sharing_grid
+from ..ops import (POS_EMBED_MODES, PeripheralConv2d, check_grid,
+                   pos_embed_bias, sharing_grid)
 from .checkpoint_meta import (ARCH_META_KEY, PeLKCheckpointMismatch,
                               check_state_dict, find_arch_record,
                               save_arch_record, sub_state_dict)
@@ -53,6 +54,10 @@ class PeLKBlock(BaseModule):
             ``gamma``; 0 disables it. Defaults to 1e-6.
         impl (str): Implementation of the peripheral conv (see
             :class:`pelk_mm.PeripheralConv2d`). Defaults to ``'auto'``.
+        pos_embed_mode (str): Where the positional embedding is added,
+            ``'literal'`` (every tap) or ``'in_image'`` (taps inside the
+            image), see :func:`pelk_mm.peripheral_conv2d`. Defaults to
+            ``'literal'``.
         with_cp (bool): Use gradient checkpointing. Defaults to False.
         init_cfg (dict, optional): Initialization config. Defaults to None.
     """
@@ -67,13 +72,20 @@ class PeLKBlock(BaseModule):
                  drop_path_rate: float = 0.,
                  layer_scale_init_value: float = 1e-6,
                  impl: str = 'auto',
+                 pos_embed_mode: str = 'literal',
                  with_cp: bool = False,
                  init_cfg: Optional[dict] = None):
         super().__init__(init_cfg=init_cfg)
         self.with_cp = with_cp
         self.conv_channels = int(in_channels * conv_ratio)
+        self.pos_embed_mode = pos_embed_mode
         self.peripheral_conv = PeripheralConv2d(
-            self.conv_channels, sum(grid), grid=grid, bias=True, impl=impl)
+            self.conv_channels,
+            sum(grid),
+            grid=grid,
+            bias=True,
+            impl=impl,
+            pos_embed_mode=pos_embed_mode)
         self.norm = build_norm_layer(norm_cfg, in_channels)
         mid_channels = int(mlp_ratio * in_channels)
         self.pointwise_conv1 = nn.Linear(in_channels, mid_channels)
@@ -214,6 +226,13 @@ class PeLK(BaseModule):
             Defaults to None.
         impl (str): Implementation of every peripheral conv (see
             :class:`pelk_mm.PeripheralConv2d`). Defaults to ``'auto'``.
+        pos_embed_mode (str): Reading of Eq. 3 at the image border:
+            ``'literal'`` adds ``h`` at every tap, zero padding included (a
+            per-channel constant that deploy folds into the bias);
+            ``'in_image'`` adds it only at taps inside the image (a
+            position-dependent map that depends on the map size, so
+            :meth:`switch_to_deploy` keeps only ``'literal'``). See
+            :func:`pelk_mm.peripheral_conv2d`. Defaults to ``'literal'``.
         with_cp (bool): Use gradient checkpointing. Defaults to False.
         init_cfg (dict | list[dict], optional): Initialization config,
             applied by :meth:`init_weights`, where every initial value of the
@@ -279,6 +298,7 @@ class PeLK(BaseModule):
                  frozen_stages: int = 0,
                  gap_before_final_norm: Optional[bool] = None,
                  impl: str = 'auto',
+                 pos_embed_mode: str = 'literal',
                  with_cp: bool = False,
                  init_cfg: Optional[Union[dict, List[dict]]] = [
                      dict(
@@ -316,6 +336,10 @@ class PeLK(BaseModule):
         if gap_before_final_norm is None:
             gap_before_final_norm = self.out_indices == [self.num_stages - 1]
         self.gap_before_final_norm = gap_before_final_norm
+        if pos_embed_mode not in POS_EMBED_MODES:
+            raise ValueError(f'`pos_embed_mode` must be one of '
+                             f'{POS_EMBED_MODES}, got {pos_embed_mode!r}')
+        self.pos_embed_mode = pos_embed_mode
 
         # stochastic depth decay rule
         dpr = torch.linspace(
@@ -358,6 +382,7 @@ class PeLK(BaseModule):
                         drop_path_rate=dpr[block_idx + j],
                         layer_scale_init_value=layer_scale_init_value,
                         impl=impl,
+                        pos_embed_mode=pos_embed_mode,
                         with_cp=with_cp) for j in range(self.depths[i])
                 ]))
             block_idx += self.depths[i]

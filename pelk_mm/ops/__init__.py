@@ -1,14 +1,16 @@
 from .blocksum_conv import blocksum_peripheral_conv
 from .fft_conv import fft_peripheral_conv
 from .impl_selection import select_impl
-from .peripheral_conv import (PERIPHERAL_CONV_IMPLS, PeripheralConv2d,
-                              dense_peripheral_conv, peripheral_conv2d,
-                              pos_embed_bias)
+from .peripheral_conv import (PERIPHERAL_CONV_IMPLS, POS_EMBED_MODES,
+                              PeripheralConv2d, dense_peripheral_conv,
+                              peripheral_conv2d, pos_embed_bias,
+                              pos_embed_map)
 from .sharing_grid import check_grid, expand_weight, sharing_grid
 
 __all__ = [
     'sharing_grid', 'check_grid', 'expand_weight', 'peripheral_conv2d',
-    'dense_peripheral_conv', 'pos_embed_bias', 'PERIPHERAL_CONV_IMPLS',
+    'dense_peripheral_conv', 'pos_embed_bias', 'pos_embed_map',
+    'POS_EMBED_MODES', 'PERIPHERAL_CONV_IMPLS',
     'PeripheralConv2d', 'fft_peripheral_conv', 'blocksum_peripheral_conv',
     'select_impl'
 ]

@@ -7,7 +7,8 @@ kernel-wise positional embedding ``h`` of Eq. 3.
 
 The convolution itself is computed by ONE swappable function picked by name
 from :data:`PERIPHERAL_CONV_IMPLS` (``fn(x, weight, grid) -> Tensor``, no bias
-and no positional embedding). ``'dense'`` materialises the kernel and calls
+and no positional embedding); the bias and the positional-embedding term are
+added outside it, so every implementation has them. ``'dense'`` materialises the kernel and calls
 ``F.conv2d``; faster exact implementations register themselves in the same
 dict, and ``'auto'`` chooses among them.
 """
@@ -96,12 +97,74 @@ def pos_embed_bias(weight: Tensor, grid: Sequence[int],
     return (weight[:, 0] * block_sums).sum(dim=(1, 2))
 
 
+#: Readings of Eq. 3 at the border (``pos_embed_mode``): ``'literal'`` adds
+#: ``h`` at every tap, zero padding included (a per-channel constant,
+#: :func:`pos_embed_bias`); ``'in_image'`` adds it only at taps that fall
+#: inside the image (a position-dependent map, :func:`pos_embed_map`).
+POS_EMBED_MODES = ('literal', 'in_image')
+
+
+def check_pos_embed_mode(pos_embed_mode: str) -> str:
+    """Validate ``pos_embed_mode`` (one of :data:`POS_EMBED_MODES`)."""
+    if pos_embed_mode not in POS_EMBED_MODES:
+        raise ValueError(f'`pos_embed_mode` must be one of {POS_EMBED_MODES}, '
+                         f'got {pos_embed_mode!r}')
+    return pos_embed_mode
+
+
+def _taps_inside(kernel_size: int, size: int, like: Tensor) -> Tensor:
+    """0/1 matrix ``(n, K)``: entry ``[x, u]`` is 1 where tap ``u`` of output
+    ``x`` reads inside a map of length ``n`` (``0 <= x + u - K // 2 < n``)."""
+    position = torch.arange(size, device=like.device)[:, None]
+    tap = torch.arange(kernel_size, device=like.device)[None, :]
+    read = position + tap - kernel_size // 2
+    return ((read >= 0) & (read < size)).to(like.dtype)
+
+
+def pos_embed_map(weight: Tensor, grid: Sequence[int], pos_embed: Tensor,
+                  height: int, width: int) -> Tensor:
+    """Term of Eq. 3 when ``h`` is added only at taps inside the image.
+
+    ``T_c(x, y) = sum_{ij : (x+i, y+j) inside} w_c(i, j) h_c(i, j)`` (the
+    ``'in_image'`` reading): the window of valid taps of output ``(x, y)`` is
+    the rectangle ``rows(x) x cols(y)``, so ``T_c = R (w_c * h_c) Q^T`` with
+    the 0/1 matrices ``R[x, u]``, ``Q[y, v]`` of the taps that read inside
+    the map, i.e. the response of the all-ones image to the kernel
+    ``w * h``. It equals :func:`pos_embed_bias` at every output whose whole
+    window is inside the image and differs near the borders (everywhere on
+    maps smaller than the kernel). Two matrix products per channel, batch
+    independent; deterministic (no scatter in the backward). Computed in at
+    least float32 with autocast off (under autocast a matmul would run in
+    16 bits).
+
+    Args:
+        weight (Tensor): Compact weights ``(C, 1, k', k')``.
+        grid (Sequence[int]): Sharing grid of ``k'`` widths summing to ``K``.
+        pos_embed (Tensor): Positional embedding ``h`` of shape ``(C, K, K)``.
+        height (int): Map height ``H``.
+        width (int): Map width ``W``.
+
+    Returns:
+        Tensor: Shape ``(C, H, W)``, dtype at least float32.
+    """
+    dtype = torch.promote_types(
+        torch.promote_types(weight.dtype, pos_embed.dtype), torch.float32)
+    kernel_size = sum(grid)
+    with torch.autocast(pos_embed.device.type, enabled=False):
+        taps = expand_weight(weight.to(dtype), grid)[:, 0] * pos_embed.to(
+            dtype)
+        rows = _taps_inside(kernel_size, height, taps)
+        cols = _taps_inside(kernel_size, width, taps)
+        return rows @ taps @ cols.t()
+
+
 def peripheral_conv2d(x: Tensor,
                       weight: Tensor,
                       grid: Sequence[int],
                       bias: Optional[Tensor] = None,
                       pos_embed: Optional[Tensor] = None,
-                      impl: str = 'auto') -> Tensor:
+                      impl: str = 'auto',
+                      pos_embed_mode: str = 'literal') -> Tensor:
     """Depthwise peripheral convolution with stride 1 and "same" padding.
 
     Computes Eq. 3 of the paper with zero padding::
@@ -110,11 +173,14 @@ def peripheral_conv2d(x: Tensor,
                                                           + h_c(i, j))
 
     where ``w = expand_weight(weight, grid)`` (Eq. 1) and ``r = K // 2``.
-    The positional embedding ``h`` is added at every tap, also where the tap
-    falls on the zero padding, so its contribution is the per-channel
-    constant ``sum_ij w_c(i, j) h_c(i, j)`` (:func:`pos_embed_bias`, closed
-    form, never a second convolution). The result therefore equals
-    ``F.conv2d(x, w, bias + pos_embed_bias(...), padding=r, groups=C)``.
+    With ``pos_embed_mode='literal'`` the positional embedding ``h`` is
+    added at every tap, also where the tap falls on the zero padding, so its
+    contribution is the per-channel constant ``sum_ij w_c(i, j) h_c(i, j)``
+    (:func:`pos_embed_bias`, closed form, never a second convolution) and
+    the result equals ``F.conv2d(x, w, bias + pos_embed_bias(...),
+    padding=r, groups=C)``. With ``'in_image'`` ``h`` is added only at taps
+    inside the image: the term is the map :func:`pos_embed_map`
+    ``(C, H, W)``, also in closed form.
 
     Args:
         x (Tensor): Input of shape ``(N, C, H, W)``; any ``H, W >= 1``,
@@ -128,6 +194,8 @@ def peripheral_conv2d(x: Tensor,
             ``(C, K, K)``. Defaults to None.
         impl (str): Name of the convolution implementation in
             :data:`PERIPHERAL_CONV_IMPLS`. Defaults to ``'auto'``.
+        pos_embed_mode (str): Where ``h`` is added, one of
+            :data:`POS_EMBED_MODES`. Defaults to ``'literal'``.
 
     Returns:
         Tensor: Output of shape ``(N, C, H, W)``.
@@ -135,6 +203,7 @@ def peripheral_conv2d(x: Tensor,
     if impl not in PERIPHERAL_CONV_IMPLS:
         raise ValueError(f'`impl` must be one of '
                          f'{sorted(PERIPHERAL_CONV_IMPLS)}, got {impl!r}')
+    check_pos_embed_mode(pos_embed_mode)
     if weight.dim() != 4 or weight.shape[1] != 1:
         raise ValueError('`weight` must have shape (C, 1, k\', k\'), '
                          f'got {tuple(weight.shape)}')
@@ -156,7 +225,10 @@ def peripheral_conv2d(x: Tensor,
             f'{kernel_size}), got {tuple(pos_embed.shape)}')
 
     out = PERIPHERAL_CONV_IMPLS[impl](x, weight, grid)
-    if pos_embed is not None:
+    if pos_embed is not None and pos_embed_mode == 'in_image':
+        out = out + pos_embed_map(weight, grid, pos_embed, *x.shape[-2:]).to(
+            out.dtype)
+    elif pos_embed is not None:
         pe_bias = pos_embed_bias(weight, grid, pos_embed)
         bias = pe_bias if bias is None else bias + pe_bias
     if bias is not None:
@@ -187,6 +259,9 @@ class PeripheralConv2d(nn.Module):
             Defaults to False.
         impl (str): Implementation of the convolution, a key of
             :data:`PERIPHERAL_CONV_IMPLS`. Defaults to ``'auto'``.
+        pos_embed_mode (str): Where the positional embedding is added, one
+            of :data:`POS_EMBED_MODES` (see :func:`peripheral_conv2d`).
+            Defaults to ``'literal'``.
 
     Shape:
         - Input: ``(N, C, H, W)``; positional embedding ``(C, K, K)``.
@@ -200,7 +275,8 @@ class PeripheralConv2d(nn.Module):
                  base: int = 2,
                  grid: Optional[Sequence[int]] = None,
                  bias: bool = False,
-                 impl: str = 'auto'):
+                 impl: str = 'auto',
+                 pos_embed_mode: str = 'literal'):
         super().__init__()
         if (isinstance(channels, bool) or not isinstance(channels, int)
                 or channels < 1):
@@ -215,6 +291,7 @@ class PeripheralConv2d(nn.Module):
         self.channels = channels
         self.kernel_size = kernel_size
         self.impl = impl
+        self.pos_embed_mode = check_pos_embed_mode(pos_embed_mode)
         num_bands = len(self.grid)
         self.weight = nn.Parameter(
             torch.empty(channels, 1, num_bands, num_bands))
@@ -255,11 +332,13 @@ class PeripheralConv2d(nn.Module):
                 f'PeripheralConv2d(channels={self.channels}), got '
                 f'{tuple(x.shape)}')
         return peripheral_conv2d(x, self.weight, self.grid, self.bias,
-                                 pos_embed, self.impl)
+                                 pos_embed, self.impl, self.pos_embed_mode)
 
     def extra_repr(self) -> str:
         s = (f'{self.channels}, kernel_size={self.kernel_size}, '
              f'grid={self.grid}, impl={self.impl!r}')
         if self.bias is None:
             s += ', bias=False'
+        if self.pos_embed_mode != 'literal':
+            s += f', pos_embed_mode={self.pos_embed_mode!r}'
         return s
