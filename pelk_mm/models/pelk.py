@@ -25,6 +25,22 @@ from torch import Tensor
 from ..ops import PeripheralConv2d, check_grid, pos_embed_bias, sharing_grid
 
 
+def deployed_conv(channels: int, kernel_size: int) -> nn.Conv2d:
+    """The deployed token mixer: a depthwise ``K x K`` conv with bias.
+
+    Weights ``(channels, 1, K, K)``, zero padding ``K // 2``: what
+    :meth:`PeLKBlock.switch_to_deploy` folds a peripheral conv into and what
+    ``PeLK(deploy=True)`` builds directly.
+    """
+    return nn.Conv2d(
+        channels,
+        channels,
+        kernel_size,
+        padding=kernel_size // 2,
+        groups=channels,
+        bias=True)
+
+
 class PeLKBlock(BaseModule):
     """ConvNeXt block whose token mixer is a partial peripheral conv.
 
@@ -49,6 +65,9 @@ class PeLKBlock(BaseModule):
         impl (str): Implementation of the peripheral conv (see
             :class:`pelk_mm.PeripheralConv2d`). Defaults to ``'auto'``.
         with_cp (bool): Use gradient checkpointing. Defaults to False.
+        deploy (bool): Build the token mixer in its deployed form, the plain
+            depthwise ``nn.Conv2d`` that :meth:`switch_to_deploy` gives.
+            Defaults to False.
         init_cfg (dict, optional): Initialization config. Defaults to None.
     """
 
@@ -63,12 +82,17 @@ class PeLKBlock(BaseModule):
                  layer_scale_init_value: float = 1e-6,
                  impl: str = 'auto',
                  with_cp: bool = False,
+                 deploy: bool = False,
                  init_cfg: Optional[dict] = None):
         super().__init__(init_cfg=init_cfg)
         self.with_cp = with_cp
         self.conv_channels = int(in_channels * conv_ratio)
-        self.peripheral_conv = PeripheralConv2d(
-            self.conv_channels, sum(grid), grid=grid, bias=True, impl=impl)
+        if deploy:
+            self.peripheral_conv = deployed_conv(self.conv_channels, sum(grid))
+        else:
+            self.peripheral_conv = PeripheralConv2d(
+                self.conv_channels, sum(grid), grid=grid, bias=True,
+                impl=impl)
         self.norm = build_norm_layer(norm_cfg, in_channels)
         mid_channels = int(mlp_ratio * in_channels)
         self.pointwise_conv1 = nn.Linear(in_channels, mid_channels)
@@ -131,13 +155,7 @@ class PeLKBlock(BaseModule):
             pos_embed (Tensor, optional): The stage's positional embedding.
         """
         src = self.peripheral_conv
-        conv = nn.Conv2d(
-            src.channels,
-            src.channels,
-            src.kernel_size,
-            padding=src.kernel_size // 2,
-            groups=src.channels,
-            bias=True).to(src.weight)
+        conv = deployed_conv(src.channels, src.kernel_size).to(src.weight)
         conv.weight.copy_(src.dense_weight())
         bias = src.bias.clone()
         if pos_embed is not None:
@@ -163,8 +181,8 @@ class PeLK(BaseModule):
       ``norm``, ``pointwise_conv1``, ``pointwise_conv2`` (``nn.Linear``),
       ``gamma``;
     - ``pos_embeds.{i}``: the positional embedding ``h`` of stage ``i``,
-      ``(g_i, K_i, K_i)``, once per stage (absent with ``pos_embed=False``
-      and after :meth:`switch_to_deploy`);
+      ``(g_i, K_i, K_i)``, once per stage (absent with ``pos_embed=False``,
+      after :meth:`switch_to_deploy` and with ``deploy=True``);
     - ``norm{i}`` for each ``i`` in ``out_indices``.
 
     The norms are LayerNorms (no running statistics), so there is no
@@ -201,6 +219,14 @@ class PeLK(BaseModule):
         impl (str): Implementation of every peripheral conv (see
             :class:`pelk_mm.PeripheralConv2d`). Defaults to ``'auto'``.
         with_cp (bool): Use gradient checkpointing. Defaults to False.
+        deploy (bool): Build the deployed form directly, with exactly the
+            modules and state-dict keys that :meth:`switch_to_deploy` leaves
+            (plain depthwise ``nn.Conv2d`` token mixers with ``(g, 1, K, K)``
+            weights, the positional-embedding term in their bias, no
+            ``pos_embeds``), so that a deployed checkpoint loads through
+            ``init_cfg`` / ``load_from`` with the config override
+            ``model.backbone.deploy=True``. Only for the literal
+            positional-embedding reading. Defaults to False.
         init_cfg (dict | list[dict], optional): Initialization config. The
             positional embeddings are drawn at construction from a truncated
             normal (std 0.02); ``Pretrained`` (with ``prefix`` for a
@@ -261,6 +287,7 @@ class PeLK(BaseModule):
                  gap_before_final_norm: bool = True,
                  impl: str = 'auto',
                  with_cp: bool = False,
+                 deploy: bool = False,
                  init_cfg: Optional[Union[dict, List[dict]]] = [
                      dict(
                          type='TruncNormal',
@@ -336,14 +363,15 @@ class PeLK(BaseModule):
                         drop_path_rate=dpr[block_idx + j],
                         layer_scale_init_value=layer_scale_init_value,
                         impl=impl,
-                        with_cp=with_cp) for j in range(self.depths[i])
+                        with_cp=with_cp,
+                        deploy=deploy) for j in range(self.depths[i])
                 ]))
             block_idx += self.depths[i]
             if i in self.out_indices:
                 self.add_module(f'norm{i}',
                                 build_norm_layer(norm_cfg, channels))
 
-        if pos_embed:
+        if pos_embed and not deploy:
             self.pos_embeds = nn.ParameterList([
                 nn.Parameter(torch.empty(g, k, k))
                 for g, k in zip(self.conv_channels, self.kernel_sizes)
@@ -352,7 +380,9 @@ class PeLK(BaseModule):
                 trunc_normal_(h, std=.02)
         else:
             self.pos_embeds = None
-        self.deploy = False
+        self.deploy = deploy
+        if deploy:
+            self._check_deployable(pos_embed)
 
         self._freeze_stages()
 
@@ -459,17 +489,38 @@ class PeLK(BaseModule):
         kernel (whatever they hold, masked zeros included) and the stage's
         positional embedding is folded into the conv bias, so outputs are
         unchanged. Afterwards ``pos_embeds`` is None and
-        ``stages.{i}.{j}.peripheral_conv`` holds ``(g, 1, K, K)`` weights.
-        Irreversible.
+        ``stages.{i}.{j}.peripheral_conv`` holds ``(g, 1, K, K)`` weights,
+        as ``PeLK(..., deploy=True)`` builds them. Irreversible.
+
+        Raises:
+            ValueError: with ``pos_embed_mode='in_image'``, whose term
+                cannot be folded into a bias.
         """
         if self.deploy:
             return
+        self._check_deployable(self.pos_embeds is not None)
         for i, stage in enumerate(self.stages):
             pos_embed = None if self.pos_embeds is None else self.pos_embeds[i]
             for block in stage:
                 block.switch_to_deploy(pos_embed)
         self.pos_embeds = None
         self.deploy = True
+
+    def _check_deployable(self, pos_embed: bool) -> None:
+        """Refuse to deploy a positional embedding that a bias cannot hold.
+
+        The literal reading of Eq. 3 adds the per-channel constant
+        ``sum_ij w(i, j) h(i, j)``, which folds into the conv bias; with
+        ``pos_embed_mode='in_image'`` the term depends on the position and the
+        map size, so no fixed depthwise conv reproduces it.
+        """
+        mode = getattr(self, 'pos_embed_mode', 'literal')
+        if pos_embed and mode != 'literal':
+            raise ValueError(
+                f"deploy supports only pos_embed_mode='literal', got "
+                f'pos_embed_mode={mode!r}: its positional-embedding term '
+                'depends on the position in the map and on the map size, so '
+                'it cannot be folded into a conv bias')
 
     def get_layer_depth(self, param_name: str, prefix: str = ''):
         """Get the layer-wise depth of a parameter (as mmpretrain ConvNeXt).
