@@ -36,7 +36,7 @@ model = dict(
     'classifier': """
 _base_ = ['{root}/configs/pelk_t_in1k.py']
 model = dict(
-    backbone=dict(arch={arch}),
+    backbone=dict(arch=dict(_delete_=True, **{arch})),
     head=dict(in_channels=128, num_classes=10))
 """,
     'backbone': """
@@ -51,7 +51,7 @@ DEPLOY = {
     'backbone': ['model.deploy=True'],
 }
 OUTPUTS = {
-    'segmentor': [(3, 7, 16, 16)],  # the demo's 7 classes at 1/4
+    'segmentor': [(3, 150, 16, 16)],  # ADE20K's 150 classes at 1/4
     'classifier': [(3, 10)],
     'backbone': [(3, 16, 16, 16), (3, 32, 8, 8), (3, 64, 4, 4),
                  (3, 128, 2, 2)],

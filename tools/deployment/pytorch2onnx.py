@@ -26,16 +26,19 @@ peripheral convs is refused before anything is exported (exit status 1).
 CKPT is loaded strictly (every key and shape; with ``--backbone``, the keys
 under ``backbone.`` of a whole-model checkpoint). The exporter is
 ``torch.onnx.export(..., dynamo=False)`` (TorchScript-based), opset 17, with
-the batch dimension dynamic. ``--verify`` runs onnxruntime (CPU) on a seeded
+the batch dimension dynamic and H, W fixed. It refuses adaptive average
+pooling to sizes that do not divide the input (mmseg's PPM pools to 1, 2, 3
+and 6), so the exported copy computes those as two exact matrix products
+(:class:`AdaptiveAvgPoolAsMatMul`). ``--verify`` runs onnxruntime (CPU) on a seeded
 random input of batch 2 (the export traces batch 1, so this also exercises the
 dynamic batch) and prints the max abs and relative error against PyTorch
 (relative: max abs error / max abs value, per output); the exit status is 1
 if the relative error exceeds ``--tol``.
 """
 import argparse
+import copy
 import os.path as osp
 import sys
-import warnings
 from collections import OrderedDict
 from typing import List
 
@@ -66,7 +69,9 @@ def parse_args(argv=None):
         metavar=('H', 'W'),
         help='input height and width')
     parser.add_argument(
-        '--out', help='output file (default: CKPT with .onnx suffix)')
+        '--out',
+        help="output file (default: CKPT's file name with .onnx, in the "
+        'current directory)')
     parser.add_argument(
         '--verify',
         action='store_true',
@@ -129,24 +134,67 @@ def load_backbone(backbone: nn.Module, checkpoint: str) -> None:
     load_state_dict(backbone, state_dict, strict=True)
 
 
+class AdaptiveAvgPoolAsMatMul(nn.Module):
+    """``nn.AdaptiveAvgPool2d`` for a fixed input size, as two matrix products.
+
+    Adaptive average pooling from ``n`` to ``o`` averages bin ``i`` over
+    ``[floor(i n / o), ceil((i + 1) n / o))``, i.e. ``P_h @ x @ P_w^T`` with
+    row-normalised 0/1 matrices ``P``: exact, and exportable for every size,
+    while the TorchScript exporter only exports output sizes that divide the
+    input size (mmseg's PPM pools to 1, 2, 3 and 6).
+    """
+
+    def __init__(self, output_size):
+        super().__init__()
+        self.output_size = output_size
+
+    @staticmethod
+    def pool_matrix(n: int, o: int) -> torch.Tensor:
+        matrix = torch.zeros(o, n)
+        for i in range(o):
+            start, end = (i * n) // o, -(-((i + 1) * n) // o)
+            matrix[i, start:end] = 1. / (end - start)
+        return matrix
+
+    def forward(self, x):
+        height, width = (int(s) for s in x.shape[-2:])
+        out_h, out_w = _pair(self.output_size)
+        rows = self.pool_matrix(height, out_h or height).to(x)
+        cols = self.pool_matrix(width, out_w or width).to(x)
+        return torch.matmul(torch.matmul(rows, x), cols.t())
+
+
+def _pair(size):
+    return tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+
+
+def exportable_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every adaptive average pooling whose output
+    is not ``1 x 1`` replaced by :class:`AdaptiveAvgPoolAsMatMul`."""
+    model = copy.deepcopy(model)
+    for name, module in list(model.named_modules()):
+        if (isinstance(module, nn.AdaptiveAvgPool2d)
+                and _pair(module.output_size) != (1, 1)):
+            parent, _, child = name.rpartition('.')
+            setattr(model.get_submodule(parent), child,
+                    AdaptiveAvgPoolAsMatMul(module.output_size))
+    return model
+
+
 def export(model: nn.Module, shape, out: str) -> List[str]:
     """Export ``model`` (deploy form, eval) to ``out``; return output names."""
     names = output_names(model)
-    dummy = torch.randn(1, 3, *shape, generator=torch.Generator().manual_seed(0))
-    dynamic_axes = {name: {0: 'batch'} for name in ['input', *names]}
-    with warnings.catch_warnings():
-        # the TorchScript exporter is deprecated in favour of dynamo, which
-        # needs onnxscript and does not handle mmseg's PPM pooling as well
-        warnings.simplefilter('ignore', DeprecationWarning)
-        torch.onnx.export(
-            TensorForward(model),
-            (dummy, ),
-            out,
-            input_names=['input'],
-            output_names=names,
-            dynamic_axes=dynamic_axes,
-            opset_version=OPSET,
-            dynamo=False)
+    dummy = torch.randn(
+        1, 3, *shape, generator=torch.Generator().manual_seed(0))
+    torch.onnx.export(
+        TensorForward(exportable_copy(model)),
+        (dummy, ),
+        out,
+        input_names=['input'],
+        output_names=names,
+        dynamic_axes={name: {0: 'batch'} for name in ['input', *names]},
+        opset_version=OPSET,
+        dynamo=False)
     return names
 
 
@@ -165,7 +213,7 @@ def verify(model: nn.Module, onnx_file: str, shape, batch: int = 2):
 
 def main(argv=None):
     args = parse_args(argv)
-    out = args.out or osp.splitext(args.checkpoint.split('/')[-1])[0] + '.onnx'
+    out = args.out or osp.splitext(osp.basename(args.checkpoint))[0] + '.onnx'
     try:
         model = build_model(args.config, args.cfg_options)
         if args.backbone:

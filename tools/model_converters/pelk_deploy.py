@@ -66,12 +66,8 @@ def deploy(model: torch.nn.Module, shape, tol: float):
     """Fold ``model`` in place; return (max abs error, max rel error).
 
     Raises:
-        ValueError: ``model`` has no peripheral conv to fold, or its deployed
-            outputs differ by more than ``tol``.
+        ValueError: the deployed outputs differ by more than ``tol``.
     """
-    if not peripheral_convs(model):
-        raise ValueError('the model has no PeripheralConv2d to fold: is the '
-                         'config already deploy=True, or not a PeLK model?')
     inputs = torch.randn(
         1, 3, *shape, generator=torch.Generator().manual_seed(0))
     expected = tensor_outputs(model, inputs)
@@ -102,6 +98,10 @@ def main(argv=None):
     args = parse_args(argv)
     model = build_model(args.config, args.cfg_options)
     try:
+        if not peripheral_convs(model):
+            raise ValueError('the model has no PeripheralConv2d to fold: is '
+                             'the config already deploy=True, or not a PeLK '
+                             'model?')
         source = load_strictly(model, args.checkpoint)
         max_abs, max_rel = deploy(model, args.shape, args.tol)
     except (ValueError, RuntimeError) as e:
