@@ -18,16 +18,30 @@ globals: :func:`patch_mmengine_checkpoint_loaders` re-registers every
 object is still refused, and a plain ``torch.load`` elsewhere in the process
 is not affected. Importing :mod:`pelk_mm` applies the patch once.
 
+Checkpoints by URL (``http://`` / ``https://``: ``load_from``,
+``tools/test.py CONFIG URL``, ``init_cfg=dict(type='Pretrained',
+checkpoint=URL)``): mmengine's loader calls
+``torch.hub.load_state_dict_from_url`` with its defaults, ``check_hash=False``
+and ``weights_only=False``, so the sha256 prefix in a released file's name
+(``name_YYYYMMDD-<sha256[:8]>.pth``) is ignored and the downloaded file may
+unpickle anything. :func:`load_from_http` replaces it with the same download
+(torch hub cache, rank 0 first under DDP) but ``check_hash=True`` (torch.hub
+compares the file's sha256 with the hex digits after the last ``-`` of the
+name, when the name has them, and refuses a mismatch with a RuntimeError,
+deleting the download) and ``weights_only=True`` with the globals above.
+
 mmengine also needs ``pkg_resources`` (setuptools < 81) to resolve
 ``mmseg::`` / ``mmdet::`` / ``mmpretrain::`` base configs; :func:`check_pkg_resources`
 turns the bare ``ModuleNotFoundError`` into an actionable message.
 """
 import functools
 import importlib.util
+import os
 import warnings
 
 import numpy as np
 import torch
+from mmengine.dist import get_dist_info
 from mmengine.logging import HistoryBuffer
 from mmengine.runner import CheckpointLoader
 
@@ -65,12 +79,52 @@ def _with_mmengine_globals(loader):
     return load
 
 
+def load_from_http(filename: str,
+                   map_location=None,
+                   model_dir=None,
+                   progress: bool = os.isatty(0)):
+    """mmengine's ``http://`` / ``https://`` loader, hash-checked, weights only.
+
+    As mmengine's: downloads into the torch hub cache (``model_dir``, default
+    ``$TORCH_HOME/hub/checkpoints``), local rank 0 first in distributed runs.
+    Unlike it, the sha256 prefix in the file name is checked on download and
+    the file is loaded with ``weights_only=True``.
+
+    Raises:
+        RuntimeError: the downloaded file's sha256 does not start with the
+            hash in its name (``invalid hash value``).
+    """
+
+    def load():
+        return torch.hub.load_state_dict_from_url(
+            filename,
+            model_dir=model_dir,
+            map_location=map_location,
+            progress=progress,
+            check_hash=True,
+            weights_only=True)
+
+    rank, world_size = get_dist_info()
+    if rank == 0:
+        checkpoint = load()
+    if world_size > 1:
+        torch.distributed.barrier()
+        if rank > 0:
+            checkpoint = load()
+    return checkpoint
+
+
 def patch_mmengine_checkpoint_loaders() -> None:
     """Make every registered mmengine checkpoint scheme load mmengine globals.
 
-    Idempotent. A no-op on torch without ``safe_globals`` (< 2.5), where
-    ``torch.load`` does not restrict unpickling by default anyway.
+    Also replaces the ``http://`` / ``https://`` scheme by
+    :func:`load_from_http`. Idempotent. The globals are not registered on
+    torch without ``safe_globals`` (< 2.5), where ``torch.load`` does not
+    restrict unpickling by default anyway.
     """
+    CheckpointLoader.register_scheme(('http://', 'https://'),
+                                     load_from_http,
+                                     force=True)
     if not hasattr(torch.serialization, 'safe_globals'):
         return
     for prefix, loader in list(CheckpointLoader._schemes.items()):

@@ -31,6 +31,22 @@ from .checkpoint_meta import (ARCH_META_KEY, PeLKCheckpointMismatch,
                               save_arch_record, sub_state_dict)
 
 
+def deployed_conv(channels: int, kernel_size: int) -> nn.Conv2d:
+    """The deployed token mixer: a depthwise ``K x K`` conv with bias.
+
+    Weights ``(channels, 1, K, K)``, zero padding ``K // 2``: what
+    :meth:`PeLKBlock.switch_to_deploy` folds a peripheral conv into and what
+    ``PeLK(deploy=True)`` builds directly.
+    """
+    return nn.Conv2d(
+        channels,
+        channels,
+        kernel_size,
+        padding=kernel_size // 2,
+        groups=channels,
+        bias=True)
+
+
 class PeLKBlock(BaseModule):
     """ConvNeXt block whose token mixer is a partial peripheral conv.
 
@@ -59,6 +75,9 @@ class PeLKBlock(BaseModule):
             image), see :func:`pelk_mm.peripheral_conv2d`. Defaults to
             ``'literal'``.
         with_cp (bool): Use gradient checkpointing. Defaults to False.
+        deploy (bool): Build the token mixer in its deployed form, the plain
+            depthwise ``nn.Conv2d`` that :meth:`switch_to_deploy` gives.
+            Defaults to False.
         init_cfg (dict, optional): Initialization config. Defaults to None.
     """
 
@@ -74,18 +93,22 @@ class PeLKBlock(BaseModule):
                  impl: str = 'auto',
                  pos_embed_mode: str = 'literal',
                  with_cp: bool = False,
+                 deploy: bool = False,
                  init_cfg: Optional[dict] = None):
         super().__init__(init_cfg=init_cfg)
         self.with_cp = with_cp
         self.conv_channels = int(in_channels * conv_ratio)
         self.pos_embed_mode = pos_embed_mode
-        self.peripheral_conv = PeripheralConv2d(
-            self.conv_channels,
-            sum(grid),
-            grid=grid,
-            bias=True,
-            impl=impl,
-            pos_embed_mode=pos_embed_mode)
+        if deploy:
+            self.peripheral_conv = deployed_conv(self.conv_channels, sum(grid))
+        else:
+            self.peripheral_conv = PeripheralConv2d(
+                self.conv_channels,
+                sum(grid),
+                grid=grid,
+                bias=True,
+                impl=impl,
+                pos_embed_mode=pos_embed_mode)
         self.norm = build_norm_layer(norm_cfg, in_channels)
         mid_channels = int(mlp_ratio * in_channels)
         self.pointwise_conv1 = nn.Linear(in_channels, mid_channels)
@@ -148,13 +171,7 @@ class PeLKBlock(BaseModule):
             pos_embed (Tensor, optional): The stage's positional embedding.
         """
         src = self.peripheral_conv
-        conv = nn.Conv2d(
-            src.channels,
-            src.channels,
-            src.kernel_size,
-            padding=src.kernel_size // 2,
-            groups=src.channels,
-            bias=True).to(src.weight)
+        conv = deployed_conv(src.channels, src.kernel_size).to(src.weight)
         conv.weight.copy_(src.dense_weight())
         bias = src.bias.clone()
         if pos_embed is not None:
@@ -186,8 +203,8 @@ class PeLK(BaseModule):
       ``norm``, ``pointwise_conv1``, ``pointwise_conv2`` (``nn.Linear``),
       ``gamma``;
     - ``pos_embeds.{i}``: the positional embedding ``h`` of stage ``i``,
-      ``(g_i, K_i, K_i)``, once per stage (absent with ``pos_embed=False``
-      and after :meth:`switch_to_deploy`);
+      ``(g_i, K_i, K_i)``, once per stage (absent with ``pos_embed=False``,
+      after :meth:`switch_to_deploy` and with ``deploy=True``);
     - ``norm{i}`` for each ``i`` in ``out_indices``.
 
     The norms are LayerNorms (no running statistics), so there is no
@@ -234,6 +251,14 @@ class PeLK(BaseModule):
             :meth:`switch_to_deploy` keeps only ``'literal'``). See
             :func:`pelk_mm.peripheral_conv2d`. Defaults to ``'literal'``.
         with_cp (bool): Use gradient checkpointing. Defaults to False.
+        deploy (bool): Build the deployed form directly, with exactly the
+            modules and state-dict keys that :meth:`switch_to_deploy` leaves
+            (plain depthwise ``nn.Conv2d`` token mixers with ``(g, 1, K, K)``
+            weights, the positional-embedding term in their bias, no
+            ``pos_embeds``), so that a deployed checkpoint loads through
+            ``init_cfg`` / ``load_from`` with the config override
+            ``model.backbone.deploy=True``. Only for the literal
+            positional-embedding reading. Defaults to False.
         init_cfg (dict | list[dict], optional): Initialization config,
             applied by :meth:`init_weights`, where every initial value of the
             backbone comes from (see there). ``Pretrained`` (with ``prefix``
@@ -300,6 +325,7 @@ class PeLK(BaseModule):
                  impl: str = 'auto',
                  pos_embed_mode: str = 'literal',
                  with_cp: bool = False,
+                 deploy: bool = False,
                  init_cfg: Optional[Union[dict, List[dict]]] = [
                      dict(
                          type='TruncNormal',
@@ -383,7 +409,8 @@ class PeLK(BaseModule):
                         layer_scale_init_value=layer_scale_init_value,
                         impl=impl,
                         pos_embed_mode=pos_embed_mode,
-                        with_cp=with_cp) for j in range(self.depths[i])
+                        with_cp=with_cp,
+                        deploy=deploy) for j in range(self.depths[i])
                 ]))
             block_idx += self.depths[i]
             if i in self.out_indices:
@@ -391,14 +418,16 @@ class PeLK(BaseModule):
                                 build_norm_layer(norm_cfg, channels))
 
         self.with_pos_embed = pos_embed
-        if pos_embed:  # drawn in init_weights
+        if pos_embed and not deploy:  # drawn in init_weights
             self.pos_embeds = nn.ParameterList([
                 nn.Parameter(torch.zeros(g, k, k))
                 for g, k in zip(self.conv_channels, self.kernel_sizes)
             ])
         else:
             self.pos_embeds = None
-        self.deploy = False
+        self.deploy = deploy
+        if deploy:
+            self._check_deployable(pos_embed)
         self._register_state_dict_hook(save_arch_record)
 
         self._freeze_stages()
@@ -642,17 +671,38 @@ class PeLK(BaseModule):
         kernel (whatever they hold, masked zeros included) and the stage's
         positional embedding is folded into the conv bias, so outputs are
         unchanged. Afterwards ``pos_embeds`` is None and
-        ``stages.{i}.{j}.peripheral_conv`` holds ``(g, 1, K, K)`` weights.
-        Irreversible.
+        ``stages.{i}.{j}.peripheral_conv`` holds ``(g, 1, K, K)`` weights,
+        as ``PeLK(..., deploy=True)`` builds them. Irreversible.
+
+        Raises:
+            ValueError: with ``pos_embed_mode='in_image'``, whose term
+                cannot be folded into a bias.
         """
         if self.deploy:
             return
+        self._check_deployable(self.pos_embeds is not None)
         for i, stage in enumerate(self.stages):
             pos_embed = None if self.pos_embeds is None else self.pos_embeds[i]
             for block in stage:
                 block.switch_to_deploy(pos_embed)
         self.pos_embeds = None
         self.deploy = True
+
+    def _check_deployable(self, pos_embed: bool) -> None:
+        """Refuse to deploy a positional embedding that a bias cannot hold.
+
+        The literal reading of Eq. 3 adds the per-channel constant
+        ``sum_ij w(i, j) h(i, j)``, which folds into the conv bias; with
+        ``pos_embed_mode='in_image'`` the term depends on the position and the
+        map size, so no fixed depthwise conv reproduces it.
+        """
+        mode = getattr(self, 'pos_embed_mode', 'literal')
+        if pos_embed and mode != 'literal':
+            raise ValueError(
+                f"deploy supports only pos_embed_mode='literal', got "
+                f'pos_embed_mode={mode!r}: its positional-embedding term '
+                'depends on the position in the map and on the map size, so '
+                'it cannot be folded into a conv bias')
 
     def get_layer_depth(self, param_name: str, prefix: str = ''):
         """Get the layer-wise depth of a parameter, for layer-wise lr decay.

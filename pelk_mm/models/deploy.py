@@ -1,0 +1,143 @@
+"""Deploy form of whole models: fold every PeLK backbone, compare outputs.
+
+Used by ``tools/model_converters/pelk_deploy.py`` (fold a checkpoint) and
+``tools/deployment/pytorch2onnx.py`` (export the folded model). A model is in
+its deploy form when it holds no :class:`~pelk_mm.PeripheralConv2d`: every
+token mixer is then a plain depthwise ``nn.Conv2d``, which exporters and
+inference engines know, while the peripheral conv's FFT and summed-area-table
+paths do not export.
+"""
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from mmengine.config import Config
+from mmengine.registry import MODELS, init_default_scope
+from mmengine.runner import CheckpointLoader, load_state_dict
+from torch import Tensor
+
+from ..ops import PeripheralConv2d
+from .pelk import PeLK
+
+
+def build_model(config: str, cfg_options: Optional[dict] = None) -> nn.Module:
+    """Build a config's ``model`` in eval mode, under its ``default_scope``.
+
+    No weights are loaded (``init_weights`` is not called).
+    """
+    cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    init_default_scope(cfg.get('default_scope', 'mmengine'))
+    return MODELS.build(cfg.model).eval()
+
+
+def load_strictly(model: nn.Module, checkpoint: str) -> dict:
+    """Load ``checkpoint`` (path or URL) into ``model``, every key and shape.
+
+    Returns:
+        dict: The whole checkpoint (``state_dict``, ``meta``, ...).
+
+    Raises:
+        RuntimeError: missing or unexpected keys, or a shape mismatch.
+    """
+    ckpt = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
+    load_state_dict(model, ckpt.get('state_dict', ckpt), strict=True)
+    return ckpt
+
+
+def peripheral_convs(model: nn.Module) -> List[str]:
+    """Names of the :class:`PeripheralConv2d` modules left in ``model``."""
+    return [
+        name for name, module in model.named_modules()
+        if isinstance(module, PeripheralConv2d)
+    ]
+
+
+def switch_to_deploy(model: nn.Module) -> int:
+    """Call :meth:`PeLK.switch_to_deploy` on every PeLK inside ``model``.
+
+    Returns:
+        int: The number of PeLK backbones found.
+    """
+    backbones = [m for m in model.modules() if isinstance(m, PeLK)]
+    for backbone in backbones:
+        backbone.switch_to_deploy()
+    return len(backbones)
+
+
+def check_deploy_form(model: nn.Module) -> None:
+    """Raise a ValueError naming the fix if ``model`` is not deployed."""
+    names = peripheral_convs(model)
+    if names:
+        raise ValueError(
+            f'the model is not in its deploy form: {len(names)} '
+            f'PeripheralConv2d module(s) (first: {names[0]}) compute the '
+            'large kernels with FFT / summed-area tables, which do not '
+            'export. Use the deploy form: fold the checkpoint with '
+            'tools/model_converters/pelk_deploy.py CONFIG CKPT OUT, then '
+            'build the model with deploy=True (--cfg-options '
+            'model.backbone.deploy=True, or model.deploy=True for a bare '
+            'PeLK config) and load OUT.')
+
+
+def _flatten(outputs) -> List[Tensor]:
+    if isinstance(outputs, Tensor):
+        return [outputs]
+    if isinstance(outputs, dict):
+        outputs = outputs.values()
+    if isinstance(outputs, (list, tuple, type({}.values()))):
+        return [t for out in outputs for t in _flatten(out)]
+    raise TypeError(f'cannot compare outputs of type {type(outputs)}')
+
+
+def is_detector(model: nn.Module) -> bool:
+    """Whether ``model`` is an mmdet detector (without importing mmdet)."""
+    return any(cls.__module__.startswith('mmdet.') and
+               cls.__name__ == 'BaseDetector' for cls in type(model).__mro__)
+
+
+def tensor_outputs(model: nn.Module, inputs: Tensor) -> List[Tensor]:
+    """The model's raw tensor outputs on ``inputs`` ``(N, 3, H, W)``.
+
+    A bare PeLK returns its feature maps; a segmentor or classifier its
+    tensor-mode forward (``mode='tensor'``: segmentation logits at the decode
+    head's resolution, classification scores). An mmdet detector returns
+    ``extract_feat`` (backbone + neck): its heads' tensor forward needs image
+    metadata and its proposals are a top-k selection, so the features are
+    what can be compared exactly.
+    """
+    if isinstance(model, PeLK):
+        outputs = model(inputs)
+    elif is_detector(model):
+        outputs = model.extract_feat(inputs)
+    else:
+        outputs = model(inputs, mode='tensor')
+    return _flatten(outputs)
+
+
+def compare_outputs(outputs: Sequence[Tensor],
+                    references: Sequence[Tensor]) -> Tuple[float, float]:
+    """Max abs error and max relative error over matching outputs.
+
+    The relative error of one output is its max abs error divided by the
+    reference's max abs value (the output's scale), so that values near zero
+    do not dominate.
+
+    Returns:
+        tuple[float, float]: ``(max_abs, max_rel)`` over all outputs.
+    """
+    if len(outputs) != len(references):
+        raise ValueError(f'{len(outputs)} outputs vs {len(references)} '
+                         'references')
+    max_abs = max_rel = 0.
+    for out, ref in zip(outputs, references):
+        out, ref = torch.as_tensor(out), torch.as_tensor(ref)
+        if out.shape != ref.shape:
+            raise ValueError(f'output shape {tuple(out.shape)} vs reference '
+                             f'{tuple(ref.shape)}')
+        err = float((out.double() - ref.double()).abs().max())
+        scale = float(ref.double().abs().max())
+        max_abs = max(max_abs, err)
+        max_rel = max(max_rel, err / scale if scale > 0 else err)
+    return max_abs, max_rel

@@ -1,0 +1,210 @@
+"""Deploy form: ``PeLK(deploy=True)`` is what ``switch_to_deploy()`` leaves,
+deployed checkpoints load through ``init_cfg``, and
+``tools/model_converters/pelk_deploy.py`` folds whole segmentor / detector
+checkpoints after checking their outputs."""
+import importlib.util
+import inspect
+import os.path as osp
+
+import pytest
+import torch
+
+from pelk_mm import PeLK, PeripheralConv2d
+from pelk_mm.models.deploy import (build_model, compare_outputs, load_strictly,
+                                   tensor_outputs)
+from pelk_mm.models.pelk import PeLKBlock
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+SMALL_ARCH = dict(
+    depths=[2, 1, 3, 1],
+    channels=[16, 24, 32, 40],
+    kernel_sizes=[13, 11, 9, 5],
+    center_sizes=3)
+KWARGS = dict(arch=SMALL_ARCH, out_indices=(0, 1, 2, 3),
+              gap_before_final_norm=False)
+
+
+def load_tool(name, *path):
+    spec = importlib.util.spec_from_file_location(
+        name, osp.join(ROOT, 'tools', *path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def randomize(model):
+    """Non-trivial biases, masked (zero) weights and positional embeddings."""
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for conv in model.modules():
+            if isinstance(conv, PeripheralConv2d):
+                conv.bias.normal_(generator=gen)
+                conv.weight.mul_(
+                    torch.rand(conv.weight.shape, generator=gen) > 0.4)
+        for pelk in model.modules():
+            if isinstance(pelk, PeLK) and pelk.pos_embeds is not None:
+                for h in pelk.pos_embeds:
+                    h.normal_(generator=gen)
+    return model
+
+
+def trained_like(**kwargs):
+    torch.manual_seed(0)
+    model = PeLK(**kwargs)
+    model.init_weights()
+    return randomize(model).eval()
+
+
+def structure(model):
+    return [(name, type(m)) for name, m in model.named_modules()]
+
+
+def shapes(model):
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize('pos_embed', [True, False])
+def test_deploy_constructor_is_switch_to_deploy(pos_embed):
+    source = trained_like(pos_embed=pos_embed, **KWARGS)
+    x = torch.randn(2, 3, 48, 40)
+    with torch.no_grad():
+        expected = source(x)
+    source.switch_to_deploy()
+
+    built = PeLK(deploy=True, pos_embed=pos_embed, **KWARGS).eval()
+    assert built.deploy and built.pos_embeds is None
+    assert structure(built) == structure(source)
+    assert shapes(built) == shapes(source)
+    assert shapes(built)['stages.0.0.peripheral_conv.weight'] == (6, 1, 13, 13)
+    assert not any(isinstance(m, PeripheralConv2d) for m in built.modules())
+    built.load_state_dict(source.state_dict(), strict=True)
+    with torch.no_grad():
+        outs = built(x)
+    for out, ref in zip(outs, expected):
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    built.switch_to_deploy()  # already deployed: nothing to do
+    assert shapes(built) == shapes(source)
+
+
+def test_deploy_frozen_stages_and_train_mode():
+    model = PeLK(deploy=True, frozen_stages=2, **KWARGS)
+    model.train()
+    assert not model.stages[0].training and model.stages[2].training
+    assert not any(p.requires_grad for p in model.stages[1].parameters())
+    model(torch.randn(1, 3, 32, 32))[3].sum().backward()
+
+
+def test_deployed_backbone_loads_through_init_cfg(tmp_path):
+    source = trained_like(**KWARGS)
+    source.switch_to_deploy()
+    path = str(tmp_path / 'deployed.pth')
+    torch.save({'state_dict': {f'backbone.{k}': v
+                               for k, v in source.state_dict().items()}},
+               path)
+    model = PeLK(
+        deploy=True,
+        init_cfg=dict(type='Pretrained', checkpoint=path, prefix='backbone.'),
+        **KWARGS)
+    model.init_weights()
+    for name, value in source.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name
+
+
+def test_switch_to_deploy_refuses_in_image_pos_embed():
+    model = trained_like(**KWARGS)
+    model.pos_embed_mode = 'in_image'
+    with pytest.raises(ValueError, match="pos_embed_mode='in_image'"):
+        model.switch_to_deploy()
+    assert not model.deploy and model.pos_embeds is not None  # untouched
+    assert isinstance(model.stages[0][0].peripheral_conv, PeripheralConv2d)
+
+
+@pytest.mark.skipif(
+    'pos_embed_mode' not in inspect.signature(PeLK).parameters,
+    reason='the pos_embed_mode argument is not in this branch')
+def test_deploy_constructor_refuses_in_image_pos_embed():
+    with pytest.raises(ValueError, match='pos_embed_mode'):
+        PeLK(deploy=True, pos_embed_mode='in_image', **KWARGS)
+
+
+SEG_CONFIG = """
+_base_ = ['{root}/configs/demo/upernet_pelk_demo_ade20k.py']
+model = dict(backbone=dict(init_cfg=None))
+"""
+DET_CONFIG = """
+_base_ = ['mmdet::retinanet/retinanet_r50_fpn_1x_coco.py']
+custom_imports = dict(imports=['pelk_mm'], allow_failed_imports=False)
+model = dict(
+    backbone=dict(
+        _delete_=True, type='PeLK',
+        arch=dict(depths=[1, 1, 1, 1], channels=[16, 32, 64, 128],
+                  kernel_sizes=[31, 29, 27, 13]),
+        out_indices=(1, 2, 3), gap_before_final_norm=False),
+    neck=dict(in_channels=[32, 64, 128]))
+"""
+
+
+def save_trained_like(config, path):
+    """A checkpoint as training writes one: whole model, sparse, PE != 0."""
+    torch.manual_seed(0)
+    model = build_model(config)
+    model.init_weights()
+    randomize(model)
+    torch.save({'state_dict': model.state_dict(), 'meta': {'iter': 2}}, path)
+    return model
+
+
+@pytest.mark.parametrize('kind', ['segmentor', 'detector'])
+def test_pelk_deploy_tool_whole_checkpoint(kind, tmp_path):
+    tool = load_tool('pelk_deploy', 'model_converters', 'pelk_deploy.py')
+    config = tmp_path / f'{kind}.py'
+    config.write_text((SEG_CONFIG if kind == 'segmentor' else DET_CONFIG)
+                      .format(root=ROOT))
+    src, dst = str(tmp_path / 'trained.pth'), str(tmp_path / 'deployed.pth')
+    source = save_trained_like(str(config), src)
+    tool.main([str(config), src, dst, '--shape', '64', '64'])
+
+    ckpt = torch.load(dst, weights_only=True)
+    assert ckpt['meta']['deploy'] is True and ckpt['meta']['iter'] == 2
+    assert ckpt['meta']['deploy_check']['max_rel_error'] <= 1e-4
+    # The deploy form built from the config (an ordinary override) loads it
+    # strictly and computes what the trained model computes.
+    deployed = build_model(str(config), {'model.backbone.deploy': True})
+    load_strictly(deployed, dst)
+    x = torch.randn(2, 3, 96, 64, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        _, rel = compare_outputs(
+            tensor_outputs(deployed, x), tensor_outputs(source, x))
+    assert rel <= 1e-4
+
+
+def test_pelk_deploy_tool_refuses_a_wrong_fold(tmp_path, monkeypatch,
+                                               capsys):
+    """The output check gates the write: a fold that forgets the positional
+    embedding is caught and nothing is written."""
+    tool = load_tool('pelk_deploy', 'model_converters', 'pelk_deploy.py')
+    config = tmp_path / 'segmentor.py'
+    config.write_text(SEG_CONFIG.format(root=ROOT))
+    src, dst = str(tmp_path / 'trained.pth'), str(tmp_path / 'deployed.pth')
+    save_trained_like(str(config), src)
+    fold = PeLKBlock.switch_to_deploy
+    monkeypatch.setattr(PeLKBlock, 'switch_to_deploy',
+                        lambda self, pos_embed=None: fold(self, None))
+    with pytest.raises(SystemExit) as exc:
+        tool.main([str(config), src, dst, '--shape', '64', '64'])
+    assert exc.value.code == 1
+    assert 'deployed outputs differ' in capsys.readouterr().err
+    assert not osp.exists(dst)
+
+
+def test_pelk_deploy_tool_refuses_a_deploy_config(tmp_path, capsys):
+    tool = load_tool('pelk_deploy', 'model_converters', 'pelk_deploy.py')
+    config = tmp_path / 'segmentor.py'
+    config.write_text(SEG_CONFIG.format(root=ROOT))
+    src = str(tmp_path / 'trained.pth')
+    save_trained_like(str(config), src)
+    with pytest.raises(SystemExit, match='1'):
+        tool.main([str(config), src, str(tmp_path / 'out.pth'),
+                   '--cfg-options', 'model.backbone.deploy=True'])
+    assert 'already deploy=True' in capsys.readouterr().err
+    assert not osp.exists(tmp_path / 'out.pth')

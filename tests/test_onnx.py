@@ -1,0 +1,151 @@
+"""ONNX export of the deploy form, checked with onnxruntime (CPU).
+
+A small PeLK with real large kernels (101, 51, 31 and 13) inside a UperNet,
+inside a classifier, and bare, goes the way a user takes: a trained-like
+checkpoint (sparse weights, non-zero positional embeddings), folded by
+``tools/model_converters/pelk_deploy.py``, exported by
+``tools/deployment/pytorch2onnx.py --verify``; onnxruntime must then match
+the original (non-deploy, FFT) PyTorch model within 1e-4 relative, at another
+batch size than the exported one (dynamic batch).
+"""
+import importlib.util
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from pelk_mm import PeLK, PeripheralConv2d
+from pelk_mm.models.deploy import build_model, compare_outputs, tensor_outputs
+
+onnx = pytest.importorskip('onnx')
+ort = pytest.importorskip('onnxruntime')
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ARCH = """dict(depths=[1, 1, 1, 1], channels=[16, 32, 64, 128],
+           kernel_sizes=[101, 51, 31, 13], center_sizes=5)"""
+CONFIGS = {
+    'segmentor': """
+_base_ = ['{root}/configs/demo/upernet_pelk_demo_ade20k.py']
+model = dict(
+    backbone=dict(arch={arch}, init_cfg=None),
+    decode_head=dict(in_channels=[16, 32, 64, 128], channels=16),
+    auxiliary_head=dict(in_channels=64, channels=16))
+""",
+    'classifier': """
+_base_ = ['{root}/configs/pelk_t_in1k.py']
+model = dict(
+    backbone=dict(arch=dict(_delete_=True, **{arch})),
+    head=dict(in_channels=128, num_classes=10))
+""",
+    'backbone': """
+custom_imports = dict(imports=['pelk_mm'], allow_failed_imports=False)
+model = dict(type='PeLK', arch={arch}, out_indices=(0, 1, 2, 3),
+             gap_before_final_norm=False)
+""",
+}
+DEPLOY = {
+    'segmentor': ['model.backbone.deploy=True'],
+    'classifier': ['model.backbone.deploy=True'],
+    'backbone': ['model.deploy=True'],
+}
+OUTPUTS = {
+    'segmentor': [(3, 150, 16, 16)],  # ADE20K's 150 classes at 1/4
+    'classifier': [(3, 10)],
+    'backbone': [(3, 16, 16, 16), (3, 32, 8, 8), (3, 64, 4, 4),
+                 (3, 128, 2, 2)],
+}
+
+
+def load_tool(name, *path):
+    spec = importlib.util.spec_from_file_location(
+        name, osp.join(ROOT, 'tools', *path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_config(tmp_path, kind):
+    path = tmp_path / f'{kind}.py'
+    path.write_text(CONFIGS[kind].format(root=ROOT, arch=ARCH))
+    return str(path)
+
+
+def trained_like_checkpoint(config, path):
+    """Whole-model checkpoint with sparse weights and non-zero PEs."""
+    torch.manual_seed(0)
+    model = build_model(config)
+    model.init_weights()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, PeripheralConv2d):
+                m.bias.normal_(generator=gen)
+                m.weight.mul_(torch.rand(m.weight.shape, generator=gen) > 0.4)
+            if isinstance(m, PeLK):
+                for h in m.pos_embeds:
+                    h.normal_(std=0.1, generator=gen)
+    torch.save({'state_dict': model.state_dict()}, path)
+    return model
+
+
+@pytest.mark.parametrize('kind', ['segmentor', 'classifier', 'backbone'])
+def test_export_matches_onnxruntime(kind, tmp_path, capsys):
+    config = write_config(tmp_path, kind)
+    trained = str(tmp_path / 'trained.pth')
+    deployed, out = str(tmp_path / 'deployed.pth'), str(tmp_path / 'm.onnx')
+    original = trained_like_checkpoint(config, trained)
+    load_tool('pelk_deploy', 'model_converters', 'pelk_deploy.py').main(
+        [config, trained, deployed, '--shape', '64', '64'])
+    load_tool('pytorch2onnx', 'deployment', 'pytorch2onnx.py').main([
+        config, deployed, '--shape', '64', '64', '--out', out, '--verify',
+        '--cfg-options', *DEPLOY[kind]
+    ])
+    log = capsys.readouterr().out
+    assert 'onnxruntime (CPU) vs PyTorch' in log and 'max relative error' in log
+
+    graph = onnx.load(out)
+    onnx.checker.check_model(graph)
+    assert [o.version for o in graph.opset_import if o.domain in ('', 'ai.onnx')
+            ] == [17]
+    assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param
+    kernels = {
+        tuple(a.ints) for n in graph.graph.node if n.op_type == 'Conv'
+        for a in n.attribute if a.name == 'kernel_shape'
+    }
+    assert {(101, 101), (51, 51), (31, 31), (13, 13)} <= kernels
+    assert not {n.op_type for n in graph.graph.node} & {'DFT', 'STFT'}
+
+    # onnxruntime against the original, non-deploy model, batch 3 (exported
+    # with batch 1)
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(7))
+    session = ort.InferenceSession(out, providers=['CPUExecutionProvider'])
+    outputs = [torch.from_numpy(o) for o in session.run(None,
+                                                         {'input': x.numpy()})]
+    assert [tuple(o.shape) for o in outputs] == OUTPUTS[kind]
+    with torch.no_grad():
+        max_abs, max_rel = compare_outputs(outputs,
+                                           tensor_outputs(original, x))
+    assert max_rel <= 1e-4, (max_abs, max_rel)
+
+
+def test_non_deploy_form_is_refused_before_export(tmp_path):
+    config = write_config(tmp_path, 'segmentor')
+    trained = str(tmp_path / 'trained.pth')
+    trained_like_checkpoint(config, trained)
+    out = tmp_path / 'm.onnx'
+    proc = subprocess.run([
+        sys.executable, 'tools/deployment/pytorch2onnx.py', config, trained,
+        '--shape', '64', '64', '--out', str(out)
+    ],
+                          cwd=ROOT,
+                          capture_output=True,
+                          text=True,
+                          timeout=300)
+    assert proc.returncode == 1
+    assert 'not in its deploy form' in proc.stderr
+    assert 'pelk_deploy.py' in proc.stderr
+    assert 'model.backbone.deploy=True' in proc.stderr
+    assert 'Traceback' not in proc.stderr
+    assert not out.exists()
