@@ -16,7 +16,8 @@ per output (default 1e-4); otherwise nothing is written and the exit
 status is 1.
 
 OUT holds ``state_dict`` (the whole model, deployed) and ``meta``: CKPT's
-meta plus ``deploy=True``, ``deployed_from`` and the measured errors. Optimizer,
+meta plus ``deploy=True``, ``deployed_from``, the measured errors and the
+arch record of the deployed backbone (``meta['pelk_arch']``). Optimizer,
 scheduler, message-hub and sparsity state are not carried over (the dense
 kernels keep the zeros of sparse weights). Load it with the same config and
 ``--cfg-options model.backbone.deploy=True`` (``model.deploy=True`` for a bare
@@ -29,6 +30,7 @@ import torch
 from mmengine.config import DictAction
 
 import pelk_mm  # noqa: F401  (registers PeLK and the checkpoint loaders)
+from pelk_mm.models.checkpoint_meta import add_arch_meta
 from pelk_mm.models.deploy import (build_model, compare_outputs, load_strictly,
                                    peripheral_convs, switch_to_deploy,
                                    tensor_outputs)
@@ -91,7 +93,7 @@ def deployed_checkpoint(model, source: dict, source_name: str, max_abs,
         deploy_check=dict(
             input_shape=[1, 3, *shape], max_abs_error=max_abs,
             max_rel_error=max_rel))
-    return dict(state_dict=model.state_dict(), meta=meta)
+    return add_arch_meta(dict(state_dict=model.state_dict(), meta=meta), model)
 
 
 def main(argv=None):
