@@ -45,6 +45,7 @@ needed; deterministic for a given ``--seed``).
 """
 import argparse
 import json
+import logging
 import os
 import os.path as osp
 import tempfile
@@ -62,6 +63,7 @@ import torch.nn.functional as F  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from mmengine import Config  # noqa: E402
 from mmengine.hub import get_config  # noqa: E402
+from mmengine.logging import MMLogger  # noqa: E402
 from mmengine.registry import MODELS, init_default_scope  # noqa: E402
 from mmengine.runner import CheckpointLoader  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -426,6 +428,8 @@ def plot(results: Sequence[dict], out: str, source: str) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
+    # init_weights() logs every parameter's initialisation
+    MMLogger.get_current_instance().setLevel(logging.ERROR)
     models = [(args.config, args.checkpoint)]
     if args.compare is not None:
         models.append((args.compare[0], (args.compare[1:] or [None])[0]))
