@@ -278,6 +278,14 @@ def test_build_backbone_weights(tmp_path):
         erf.build_backbone(cfg, str(tmp_path / 'other.pth'))
 
 
+def test_package_config_resolves():
+    cfg = erf.load_config('mmpretrain::convnext/convnext-tiny_32xb128_in1k.py')
+    assert cfg.model.backbone.type == 'ConvNeXt'
+    mean, _, rgb = erf.normalisation(cfg)
+    assert mean.flatten().tolist() == pytest.approx([123.675, 116.28, 103.53])
+    assert rgb
+
+
 def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match='--num-images'):
         erf.parse_args(['cfg.py', '--demo', '--num-images', '0'])
