@@ -58,21 +58,26 @@ class DynamicSparsityHook(Hook):
     is stored in the checkpoint, so ``--resume`` continues in the same mode
     (the weights of a dynamic run are sparse by then).
 
-    In all modes the masks are applied right after every real optimizer
-    step, through a step post-hook on ``runner.optim_wrapper.optimizer``: the
-    hook counts optimizer steps, not iterations, so gradient accumulation
-    (``accumulative_counts``) and loss-scaler skips (``AmpOptimWrapper``:
-    ``GradScaler`` does not call ``optimizer.step()`` on inf / NaN gradients,
-    or, for fused optimizers, calls it with ``optimizer.found_inf`` set) are
-    followed exactly, and no pruned weight is ever non-zero at the end of an
-    iteration. The moments of pruned positions (Adam / AdamW ``exp_avg`` /
-    ``exp_avg_sq``, SGD ``momentum_buffer``) are zeroed after every step as
-    well, so a regrown weight starts from zero weight AND zero moments, like
-    a newly added parameter (RigL does the same); Adam's per-tensor bias
-    correction then makes its first update about
-    ``(1 - beta1) / sqrt(1 - beta2)`` times ``lr`` (3.2 lr with the
-    defaults). The per-step work is two ``torch._foreach_mul_`` calls and no
-    host synchronisation: a fused optimizer's ``found_inf`` is summed on the
+    In all modes pruned weights and their optimizer moments are zero at the
+    start (:meth:`SparsityMasks.apply`) and stay exactly zero: right before
+    every real optimizer step (a step pre-hook on
+    ``runner.optim_wrapper.optimizer``) the gradients of the pruned weights
+    are zeroed (:meth:`SparsityMasks.mask_grads`), and with zero weight,
+    gradient and moments the step leaves an entry at zero in every
+    element-wise optimizer (SGD with momentum, Adam, AdamW, ..., weight
+    decay included). The hook counts optimizer steps, not iterations, so
+    gradient accumulation (``accumulative_counts``) and loss-scaler skips
+    (``AmpOptimWrapper``: ``GradScaler`` does not call ``optimizer.step()``
+    on inf / NaN gradients, or, for fused optimizers, calls it with
+    ``optimizer.found_inf`` set) are followed exactly. Updates run in the
+    same pre-hook, on the gradients of that step before masking: the newly
+    pruned weights and their moments are zeroed, and a regrown weight starts
+    from zero weight AND zero moments, like a newly added parameter (RigL
+    does the same), and takes its first step at once; Adam's per-tensor bias
+    correction then makes that update about ``(1 - beta1) / sqrt(1 -
+    beta2)`` times ``lr`` (3.2 lr with the defaults). The per-step work is
+    one multiplication of each masked gradient by its 0 / 1 mask and no host
+    synchronisation: a fused optimizer's ``found_inf`` is summed on the
     device and read only when an update may be due.
 
     The density of every layer group (:func:`layer_group`: stem, downsample
@@ -260,8 +265,8 @@ class DynamicSparsityHook(Hook):
 
         if self._handle is not None:
             self._handle.remove()
-        self._handle = optimizer.register_step_post_hook(
-            self._after_optimizer_step)
+        self._handle = optimizer.register_step_pre_hook(
+            self._before_optimizer_step)
         runner.logger.info(
             f'DynamicSparsityHook: {how}; {len(self.masks.masks)} masked '
             f'parameters')
@@ -369,24 +374,26 @@ class DynamicSparsityHook(Hook):
         return SparsityMasks(synced)
 
     # ------------------------------------------------------------ every step
-    def _after_optimizer_step(self, optimizer, args, kwargs) -> None:
-        """Optimizer step post-hook: apply masks, count, maybe update.
+    def _before_optimizer_step(self, optimizer, args, kwargs) -> None:
+        """Optimizer step pre-hook: count, maybe update, mask the gradients.
 
         No host synchronisation unless an update may be due. A step that a
-        fused optimizer skipped (``found_inf``) left weights and moments as
-        they were, so applying the masks is a no-op then.
+        fused optimizer skips (``found_inf``) is counted and then subtracted.
         """
-        self.masks.apply(self._model, optimizer)
         self._step += 1
         found_inf = getattr(optimizer, 'found_inf', None)
         if isinstance(found_inf, Tensor):
             flag = found_inf.detach().float().sum()
             self._skipped = flag if self._skipped is None else (
                 self._skipped + flag)
-        if self._step < self._next_update:
-            return  # `_step` >= the real step count: no update due yet
-        if self.step < self._next_update:  # exact count (one sync)
-            return
+        # `_step` >= the real step count, so below `_next_update` no update
+        # is due; otherwise `step` makes the count exact (one sync).
+        if self._step >= self._next_update and self.step >= self._next_update:
+            self._update(optimizer)
+        self.masks.mask_grads(self._model)
+
+    def _update(self, optimizer) -> None:
+        """Prune and regrow at optimizer step ``self._step``; log it."""
         self._next_update = self._first_update(self._step)
         rate = cosine_prune_rate(self._step, self._total_steps,
                                  self.prune_rate, self.min_prune_rate)

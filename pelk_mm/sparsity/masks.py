@@ -88,20 +88,48 @@ def layer_group(name: str) -> str:
     return name.rpartition('.')[0] or name
 
 
-def _top_k(scores: Tensor, k: int) -> Tensor:
-    """Bool mask of the ``k`` largest of the 1-D ``scores``; ties go to the
+def _kth_smallest(scores: Tensor, k: int) -> Tuple[Tensor, int, int]:
+    """The ``k``-th smallest of the 1-D ``scores`` (``1 <= k <= numel``) and
+    how many scores are below it and equal to it.
+
+    Exact, in a few linear passes: a strided sample of 2^14 scores brackets
+    the value, and ``kthvalue`` runs over the scores inside the bracket only;
+    over all of them when the bracket misses (or the tensor is small).
+    """
+    n = scores.numel()
+    if n > 2**18:
+        sample = scores[::n // 2**14].sort().values
+        rank = k / n * sample.numel()
+        margin = 4 * math.sqrt(sample.numel()) + 2
+        lo = sample[max(int(rank - margin), 0)]
+        hi = sample[min(int(rank + margin), sample.numel() - 1)]
+        below = int(torch.count_nonzero(scores < lo))
+        inside = scores[(scores >= lo) & (scores <= hi)]
+        if below < k <= below + inside.numel():
+            kth = inside.kthvalue(k - below).values
+            return (kth, below + int(torch.count_nonzero(inside < kth)),
+                    int(torch.count_nonzero(inside == kth)))
+    kth = scores.kthvalue(k).values
+    return (kth, int(torch.count_nonzero(scores < kth)),
+            int(torch.count_nonzero(scores == kth)))
+
+
+def _bottom_k(scores: Tensor, k: int) -> Tensor:
+    """Bool mask of the ``k`` smallest of the 1-D ``scores``; ties go to the
     lower indices.
 
-    One ``kthvalue`` (linear-time selection) instead of a full sort: every
-    score above the ``k``-th largest is taken, then the first of the scores
-    equal to it, in index order, until ``k`` are taken.
+    Linear time (:func:`_kth_smallest`) instead of a sort: every score below
+    the ``k``-th smallest is taken, then the first of the scores equal to it,
+    in index order, until ``k`` are taken.
     """
     if k <= 0:
         return torch.zeros_like(scores, dtype=torch.bool)
-    kth = scores.kthvalue(scores.numel() - k + 1).values
-    above = scores > kth
+    kth, below, equal = _kth_smallest(scores, k)
+    if below + equal == k:
+        return scores <= kth
     ties = scores == kth
-    return above | (ties & (ties.cumsum(0) <= k - above.sum()))
+    ties &= ties.cumsum(0) <= k - below
+    return ties.logical_or_(scores < kth)
 
 
 def _random_mask(shape: torch.Size, count: int,
@@ -261,8 +289,8 @@ class SparsityMasks:
         tensors of the parameter's dtype, in mask order.
 
         Built once per model and set of masks (:meth:`update` and
-        :meth:`load_state_dict` rebuild them), so that :meth:`apply` costs
-        two ``torch._foreach_mul_`` calls and no look-up by name.
+        :meth:`load_state_dict` rebuild them), so that :meth:`apply` and
+        :meth:`mask_grads` look nothing up by name.
         """
         model = unwrap_model(model)
         if self._bound is None or self._bound[0] is not model:
@@ -279,11 +307,8 @@ class SparsityMasks:
               optimizer: Optional[torch.optim.Optimizer] = None) -> None:
         """Zero the pruned weights and, given ``optimizer``, their moments.
 
-        Weights and moments are multiplied by the 0 / 1 mask (one
-        ``torch._foreach_mul_`` each): active entries are unchanged bit for
-        bit, pruned finite entries become exactly zero. No host
-        synchronisation, so it is cheap enough to run after every optimizer
-        step on any device.
+        Weights and moments are multiplied by the 0 / 1 mask: active entries
+        are unchanged bit for bit, pruned finite entries become exactly zero.
 
         Args:
             model: The model, wrapped or not.
@@ -291,16 +316,29 @@ class SparsityMasks:
                 masked parameters are zeroed at the pruned positions.
         """
         params, keep = self._bind(model)
-        torch._foreach_mul_(params, keep)
-        if optimizer is None:
-            return
-        buffers, buffer_keep = [], []
-        for p, k in zip(params, keep):
-            for buf in _moments(optimizer, p):
-                buffers.append(buf)
-                buffer_keep.append(k)
-        if buffers:
-            torch._foreach_mul_(buffers, buffer_keep)
+        tensors, factors = list(params), list(keep)
+        if optimizer is not None:
+            for p, k in zip(params, keep):
+                for buf in _moments(optimizer, p):
+                    tensors.append(buf)
+                    factors.append(k)
+        _mul_(tensors, factors)
+
+    @torch.no_grad()
+    def mask_grads(self, model: nn.Module) -> None:
+        """Zero the gradients of the pruned weights (multiply by the mask).
+
+        Called right before an optimizer step on weights and moments that
+        are zero where pruned, it keeps them exactly zero there for every
+        optimizer whose update of an entry vanishes when its weight,
+        gradient and moments do (SGD with momentum, Adam, AdamW, ... and
+        their weight decay): one multiplication per masked gradient, no
+        host synchronisation.
+        """
+        params, keep = self._bind(model)
+        grads = [(p.grad, k) for p, k in zip(params, keep)
+                 if p.grad is not None]
+        _mul_([g for g, _ in grads], [k for _, k in grads])
 
     @torch.no_grad()
     def update(self,
@@ -345,24 +383,24 @@ class SparsityMasks:
         if not 0.0 <= prune_rate <= 1.0:
             raise ValueError(f'prune_rate must be in [0, 1], got {prune_rate}')
         moved = 0
+        inf = float('inf')
         for name, p in self._parameters(model).items():
             mask = self.masks[name].flatten()
-            active = int(mask.sum())
+            active = int(torch.count_nonzero(mask))
             if p.grad is None or active in (0, mask.numel()):
                 continue
             num = math.ceil(prune_rate * active)
-            inf = torch.tensor(float('inf'), device=p.device)
             # Prune: the `num` active weights of smallest magnitude.
-            mask &= ~_top_k(
-                torch.where(mask, -p.detach().flatten().abs().float(), -inf),
-                num)
+            mask &= _bottom_k(
+                torch.where(mask, p.detach().flatten().abs().float(), inf),
+                num).logical_not_()
             # Regrow as many among the inactive positions.
             if growth == 'random':
                 score = torch.rand(mask.numel(),
                                    generator=generator).to(p.device)
             else:
-                score = p.grad.detach().flatten().abs().float()
-            mask |= _top_k(torch.where(mask, -inf, score), num)
+                score = p.grad.detach().flatten().abs().float().neg_()
+            mask |= _bottom_k(score.masked_fill_(mask, inf), num)
             self.masks[name] = mask.view(p.shape)
             moved += num
         self._bound = None
@@ -380,6 +418,17 @@ class SparsityMasks:
         self.masks = OrderedDict((n, m.detach().to(torch.bool, copy=True))
                                  for n, m in state_dict.items())
         self._bound = None
+
+
+def _mul_(tensors: List[Tensor], factors: List[Tensor]) -> None:
+    """``t.mul_(f)`` for each pair: one ``torch._foreach_mul_`` on CUDA (few
+    kernel launches), a loop elsewhere (on CPU the loop is several times
+    faster than ``_foreach_mul_``, which falls back to a slow path there)."""
+    if tensors and tensors[0].is_cuda:
+        torch._foreach_mul_(tensors, factors)
+    else:
+        for t, f in zip(tensors, factors):
+            t.mul_(f)
 
 
 def _moments(optimizer: torch.optim.Optimizer, p: nn.Parameter):
