@@ -13,7 +13,6 @@ is scored by tools/test.py too.
 """
 import glob
 import json
-import os
 import os.path as osp
 import subprocess
 import sys

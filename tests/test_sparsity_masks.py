@@ -318,7 +318,7 @@ def test_cosine_prune_rate():
 def test_bottom_k_matches_a_stable_sort(case, k):
     """The linear-time selection (sampled bracket, then kthvalue inside it,
     or over everything when the bracket misses) against a stable sort."""
-    from pelk_mm.sparsity.masks import _bottom_k
+    from pelk_mm.sparsity.selection import bottom_k
     gen = torch.Generator().manual_seed(k)
     n = 300_000  # above 2**18: the bracketed path
     scores = torch.rand(n, generator=gen)
@@ -328,4 +328,4 @@ def test_bottom_k_matches_a_stable_sort(case, k):
         scores[torch.rand(n, generator=gen) < 0.4] = float('inf')
     expected = torch.zeros(n, dtype=torch.bool)
     expected[torch.sort(scores, stable=True).indices[:k]] = True
-    assert torch.equal(_bottom_k(scores, k), expected)
+    assert torch.equal(bottom_k(scores, k), expected)

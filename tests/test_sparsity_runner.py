@@ -150,7 +150,9 @@ def test_prune_regrow_exact_on_real_pelk(dynamic_run):
     assert hook.masks.density == round(0.6 * total) / total
     # Every update moved weights, in the peripheral convs too.
     records = checker.records
-    update_iters = [i for i, r in enumerate(records) if r['hook_step'] % 2 == 0]
+    update_iters = [
+        i for i, r in enumerate(records) if r['hook_step'] % 2 == 0
+    ]
     assert len(update_iters) == 5
     for i in update_iters:
         before = records[i - 1]['masks'] if i else None
@@ -173,7 +175,8 @@ def test_density_logged_per_group_at_start_and_every_update(dynamic_run):
     groups = lines[-1][2]
     assert list(groups) == [
         'stem', 'downsample', 'stage0.peripheral_conv',
-        'stage0.pointwise_conv', 'stage1.peripheral_conv', 'stage1.pointwise_conv',
+        'stage0.pointwise_conv', 'stage1.peripheral_conv',
+        'stage1.pointwise_conv',
         'stage2.peripheral_conv', 'stage2.pointwise_conv',
         'stage3.peripheral_conv', 'stage3.pointwise_conv', 'head'
     ]
@@ -282,9 +285,9 @@ def test_auto_decision_survives_resume(tmp_path):
     assert hook.step == 8
     for name, mask in full_hook.masks.masks.items():
         assert torch.equal(hook.masks.masks[name], mask), name
-    assert not torch.equal(
-        checker.records[0]['masks']['backbone.stages.0.0.peripheral_conv.weight'],
-        hook.masks.masks['backbone.stages.0.0.peripheral_conv.weight'])
+    name = 'backbone.stages.0.0.peripheral_conv.weight'
+    assert not torch.equal(checker.records[0]['masks'][name],
+                           hook.masks.masks[name])  # updated after resume
     # A checkpoint that does not record the mode cannot be resumed in 'auto'.
     del ckpt['sparsity']['mode']
     old = str(tmp_path / 'old.pth')

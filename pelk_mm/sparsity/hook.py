@@ -241,7 +241,8 @@ class DynamicSparsityHook(Hook):
             broadcast_object_list(seed)
             self.generator.manual_seed(int(seed[0]))
             self._step = 0
-            if self.active_mode == 'dynamic' and self._loaded_masks is not None:
+            if (self.active_mode == 'dynamic'
+                    and self._loaded_masks is not None):
                 self.masks = SparsityMasks(self._loaded_masks)
                 how += '; masks of the loaded checkpoint'
             else:

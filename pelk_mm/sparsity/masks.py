@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from .densities import (densities_to_counts, erk_densities, snip_densities,
                         uniform_densities)
+from .selection import bottom_k
 
 INIT_MODES = ('ERK', 'uniform', 'snip', 'from_weights')
 GROWTH_MODES = ('random', 'gradient')
@@ -86,50 +87,6 @@ def layer_group(name: str) -> str:
     if match:
         return f'stage{match[1]}.{match[2]}'
     return name.rpartition('.')[0] or name
-
-
-def _kth_smallest(scores: Tensor, k: int) -> Tuple[Tensor, int, int]:
-    """The ``k``-th smallest of the 1-D ``scores`` (``1 <= k <= numel``) and
-    how many scores are below it and equal to it.
-
-    Exact, in a few linear passes: a strided sample of 2^14 scores brackets
-    the value, and ``kthvalue`` runs over the scores inside the bracket only;
-    over all of them when the bracket misses (or the tensor is small).
-    """
-    n = scores.numel()
-    if n > 2**18:
-        sample = scores[::n // 2**14].sort().values
-        rank = k / n * sample.numel()
-        margin = 4 * math.sqrt(sample.numel()) + 2
-        lo = sample[max(int(rank - margin), 0)]
-        hi = sample[min(int(rank + margin), sample.numel() - 1)]
-        below = int(torch.count_nonzero(scores < lo))
-        inside = scores[(scores >= lo) & (scores <= hi)]
-        if below < k <= below + inside.numel():
-            kth = inside.kthvalue(k - below).values
-            return (kth, below + int(torch.count_nonzero(inside < kth)),
-                    int(torch.count_nonzero(inside == kth)))
-    kth = scores.kthvalue(k).values
-    return (kth, int(torch.count_nonzero(scores < kth)),
-            int(torch.count_nonzero(scores == kth)))
-
-
-def _bottom_k(scores: Tensor, k: int) -> Tensor:
-    """Bool mask of the ``k`` smallest of the 1-D ``scores``; ties go to the
-    lower indices.
-
-    Linear time (:func:`_kth_smallest`) instead of a sort: every score below
-    the ``k``-th smallest is taken, then the first of the scores equal to it,
-    in index order, until ``k`` are taken.
-    """
-    if k <= 0:
-        return torch.zeros_like(scores, dtype=torch.bool)
-    kth, below, equal = _kth_smallest(scores, k)
-    if below + equal == k:
-        return scores <= kth
-    ties = scores == kth
-    ties &= ties.cumsum(0) <= k - below
-    return ties.logical_or_(scores < kth)
 
 
 def _random_mask(shape: torch.Size, count: int,
@@ -391,7 +348,7 @@ class SparsityMasks:
                 continue
             num = math.ceil(prune_rate * active)
             # Prune: the `num` active weights of smallest magnitude.
-            mask &= _bottom_k(
+            mask &= bottom_k(
                 torch.where(mask, p.detach().flatten().abs().float(), inf),
                 num).logical_not_()
             # Regrow as many among the inactive positions.
@@ -400,7 +357,7 @@ class SparsityMasks:
                                    generator=generator).to(p.device)
             else:
                 score = p.grad.detach().flatten().abs().float().neg_()
-            mask |= _bottom_k(score.masked_fill_(mask, inf), num)
+            mask |= bottom_k(score.masked_fill_(mask, inf), num)
             self.masks[name] = mask.view(p.shape)
             moved += num
         self._bound = None
