@@ -30,6 +30,7 @@ Examples::
 
     python benchmarks/bench_backbone.py --size 256 --iters 2
     python benchmarks/bench_backbone.py --size 512 --json
+    python benchmarks/bench_backbone.py --modes hook --iters 2
 """
 import argparse
 import json
@@ -208,12 +209,13 @@ def time_sparsity_hook(args, device):
     warm-up:
 
     - ``train_step``: forward + backward + AdamW step without the hook;
-    - ``per_step``: ``SparsityMasks.apply(model, optimizer)`` after a real
-      step (AdamW moments present), which is all the hook does after every
-      optimizer step besides an integer increment;
+    - ``per_step``: ``SparsityMasks.mask_grads(model)`` on the gradients of
+      a real step, which is all the hook does before every optimizer step
+      besides counting it;
     - ``update``: one prune-and-regrow (``SparsityMasks.update``, prune rate
-      0.3, random growth, gradients of the last step) plus the density per
-      layer group the hook logs after it.
+      0.3, random growth, on the last step's gradients, zeroing the pruned
+      weights and AdamW moments) plus the density per layer group the hook
+      logs after it.
 
     Returns:
         dict of seconds and the ``per_step`` / ``update`` fractions of
@@ -237,9 +239,9 @@ def time_sparsity_hook(args, device):
     times = dict(train_step=[], per_step=[], update=[])
     for rep in range(args.iters + 1):  # the first round is the warm-up
         step = timed(runner.train)
-        per_step = timed(lambda: masks.apply(model, optimizer))
         update = timed(lambda: (masks.update(model, 0.3, 'random', generator,
                                              optimizer), masks.group_counts()))
+        per_step = timed(lambda: masks.mask_grads(model))
         if rep:
             times['train_step'].append(step)
             times['per_step'].append(per_step)
