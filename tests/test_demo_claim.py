@@ -26,7 +26,12 @@ from pelk_mm.datasets import ADE20K_DEMO_CLASSES, make_ade20k_demo
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 PY = sys.executable
-MARGIN = 20.0  # mIoU points above the best image-blind predictor
+# mIoU points the trained model must score above the best image-blind
+# predictor (20.8 on this data: any model that ignores the image scores at
+# most that), and above the untrained model (which scores about 0: it
+# predicts classes that are not in the data).
+MARGIN_BLIND = 10.0
+MARGIN_UNTRAINED = 25.0
 
 SMALL_DEMO = """
 _base_ = ['{root}/configs/demo/upernet_pelk_demo_ade20k.py']
@@ -127,10 +132,10 @@ def demo_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('demo_claim')
     data = make_ade20k_demo(str(tmp / 'ade'), 64, 24, size=(64, 64))
     cfg = tmp / 'small_demo.py'
-    cfg.write_text(SMALL_DEMO.format(root=ROOT, data=data, iters=60))
+    cfg.write_text(SMALL_DEMO.format(root=ROOT, data=data, iters=80))
     train = str(tmp / 'train')
     log = run(PY, 'tools/train.py', str(cfg), '--work-dir', train)
-    run(PY, 'tools/test.py', str(cfg), osp.join(train, 'iter_60.pth'),
+    run(PY, 'tools/test.py', str(cfg), osp.join(train, 'iter_80.pth'),
         '--work-dir', str(tmp / 'test_trained'))
     untrained = str(tmp / 'untrained.pth')
     run(PY, '-c', UNTRAINED, str(cfg), untrained)
@@ -156,15 +161,15 @@ def test_trained_beats_every_image_blind_predictor(demo_run):
     print(f'mIoU trained {trained:.2f}, untrained {untrained:.2f}, '
           f'position prior {prior_miou:.2f}, constant <= {constant_bound:.2f}')
     assert untrained <= constant_bound
-    assert trained >= best_blind + MARGIN
-    assert trained - untrained >= MARGIN
+    assert trained >= best_blind + MARGIN_BLIND
+    assert trained - untrained >= MARGIN_UNTRAINED
 
 
 def test_trained_demo_model_is_sparse(demo_run):
     log = demo_run['log']
     assert "mode='auto' -> 'dynamic'" in log
-    assert log.count('DynamicSparsityHook update at optimizer step') == 4
-    ckpt = torch.load(osp.join(demo_run['train'], 'iter_60.pth'),
+    assert log.count('DynamicSparsityHook update at optimizer step') == 5
+    ckpt = torch.load(osp.join(demo_run['train'], 'iter_80.pth'),
                       map_location='cpu', weights_only=False)
     masks, state = ckpt['sparsity']['masks'], ckpt['state_dict']
     total = sum(m.numel() for m in masks.values())
@@ -172,3 +177,19 @@ def test_trained_demo_model_is_sparse(demo_run):
     active = sum(int(m.sum()) for m in masks.values())
     assert active == round(0.6 * total)
     assert zeros == total - active  # pruned exactly, regrown ones trained
+
+
+def test_demo_script_refuses_a_work_dir_it_did_not_make(tmp_path):
+    """tools/demo.sh empties WORK_DIR only when its marker file is there."""
+    work_dir = tmp_path / 'results'
+    work_dir.mkdir()
+    (work_dir / 'keep.txt').write_text('precious')
+    proc = subprocess.run(['bash', 'tools/demo.sh', str(work_dir)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert 'refusing to use' in proc.stderr and '.pelk_demo_work_dir' in (
+        proc.stderr)
+    assert (work_dir / 'keep.txt').read_text() == 'precious'
+    proc = subprocess.run(['bash', 'tools/demo.sh', 'a', 'b'], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and 'usage' in proc.stderr
