@@ -95,7 +95,7 @@ torch.save({'state_dict': model.state_dict(), 'meta': {}}, sys.argv[2])
 
 def run(*args):
     proc = subprocess.run(list(args), cwd=ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=600)
+                          stderr=subprocess.STDOUT, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-6000:]
     return proc.stdout
 
