@@ -30,6 +30,7 @@ Examples::
 
     python benchmarks/bench_backbone.py --size 256 --iters 2
     python benchmarks/bench_backbone.py --size 512 --json
+    python benchmarks/bench_backbone.py --modes hook --iters 2
 """
 import argparse
 import json
@@ -59,7 +60,10 @@ def parse_args(argv=None):
     parser.add_argument('--models', nargs='+', default=list(MODELS),
                         choices=MODELS)
     parser.add_argument('--modes', nargs='+', default=['train', 'infer'],
-                        choices=['train', 'infer'])
+                        choices=['train', 'infer', 'hook'],
+                        help="'hook': the DynamicSparsityHook's per-step and "
+                        'update cost on UperNet + PeLK-T, as a fraction of '
+                        'its train step (see time_sparsity_hook)')
     parser.add_argument('--no-memory', action='store_true',
                         help='skip the peak-memory measurement')
     parser.add_argument('--json', action='store_true')
@@ -195,11 +199,75 @@ def peak_memory_mib(runner, mode, device):
     return _proc_status_mib('VmHWM') - base
 
 
+def time_sparsity_hook(args, device):
+    """The sparsity hook's cost on UperNet + PeLK-T (``impl='auto'``).
+
+    Masks as the downstream configs train from scratch: 40 % of every 2-D /
+    4-D backbone weight (``SparsityMasks.init`` with the hook's default
+    ``include``; ERK densities, as the per-layer split does not change the
+    cost). Timed in one run, medians over ``--iters`` repetitions after one
+    warm-up:
+
+    - ``train_step``: forward + backward + AdamW step without the hook;
+    - ``per_step``: ``SparsityMasks.mask_grads(model)`` on the gradients of
+      a real step, which is all the hook does before every optimizer step
+      besides counting it;
+    - ``update``: one prune-and-regrow (``SparsityMasks.update``, prune rate
+      0.3, random growth, on the last step's gradients, zeroing the pruned
+      weights and AdamW moments) plus the density per layer group the hook
+      logs after it.
+
+    Returns:
+        dict of seconds and the ``per_step`` / ``update`` fractions of
+        ``train_step``.
+    """
+    from pelk_mm.sparsity import SparsityMasks
+    runner = Runner('pelk', args, device)
+    model, optimizer = runner.model, runner.optimizer
+    generator = torch.Generator().manual_seed(0)
+    masks = SparsityMasks.init(model, sparsity=0.4, init='ERK',
+                               generator=generator)
+    masks.apply(model, optimizer)
+
+    def timed(fn):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        return time.perf_counter() - start
+
+    times = dict(train_step=[], per_step=[], update=[])
+    for rep in range(args.iters + 1):  # the first round is the warm-up
+        step = timed(runner.train)
+        update = timed(lambda: (masks.update(model, 0.3, 'random', generator,
+                                             optimizer), masks.group_counts()))
+        per_step = timed(lambda: masks.mask_grads(model))
+        if rep:
+            times['train_step'].append(step)
+            times['per_step'].append(per_step)
+            times['update'].append(update)
+    result = {key: statistics.median(value) for key, value in times.items()}
+    result['per_step_fraction'] = result['per_step'] / result['train_step']
+    result['update_fraction'] = result['update'] / result['train_step']
+    result['masked_weights'] = sum(m.numel() for m in masks.masks.values())
+    result['masked_tensors'] = len(masks.masks)
+    return result
+
+
 def main(argv=None):
     args = parse_args(argv)
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     import pelk_mm  # noqa: F401  (registers PeLK)
+    if 'hook' in args.modes:
+        hook = time_sparsity_hook(args, device)
+        print(json.dumps(dict(sparsity_hook=hook, device=str(device),
+                              size=args.size, batch=args.batch,
+                              threads=torch.get_num_threads(),
+                              torch=torch.__version__), indent=1))
+        args.modes = [mode for mode in args.modes if mode != 'hook']
+        if not args.modes:
+            return
     times, memory = time_models(args, device)
     machine = dict(
         device=(torch.cuda.get_device_name(device) if device.type == 'cuda'

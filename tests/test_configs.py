@@ -74,13 +74,14 @@ def test_config_builds(path):
 
     if '/_base_/models/' in path:
         return
-    # downstream: sparse ImageNet backbone loaded, its zeros kept
+    # downstream: sparse ImageNet backbone loaded; the hook decides from it
+    # ('auto': its zeros kept, or dynamic sparsity when trained from scratch)
     hooks = [HOOKS.build(dict(h)) for h in cfg.get('custom_hooks', [])]
     modes = [h.mode for h in hooks if type(h).__name__ == 'DynamicSparsityHook']
     if scope == 'mmpretrain':
         assert modes == ['dynamic']
     else:
-        assert modes == ['fixed']
+        assert modes == ['auto']
         if size is not None and '/_base_/' not in path:
             init_cfg = cfg.model.backbone.init_cfg
             assert init_cfg.type == 'Pretrained'

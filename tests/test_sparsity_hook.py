@@ -384,3 +384,42 @@ def test_ddp_masks_identical_on_both_ranks(tmp_path):
         assert torch.equal(ranks[0]['masks'][name], ranks[1]['masks'][name])
         assert torch.equal(ranks[0]['weights'][name],
                            ranks[1]['weights'][name])
+
+
+def test_no_host_sync_between_updates(tmp_path, monkeypatch):
+    """Before an optimizer step, the hook reads no tensor value on the host
+    (``item`` / ``int`` / ``float`` / ``bool``) unless an update may be due,
+    also with a fused optimizer under the loss scaler (``found_inf``)."""
+    monkeypatch.setattr(amp_optimizer_wrapper, 'is_cuda_available',
+                        lambda: True)
+    monkeypatch.setattr(amp_optimizer_wrapper, 'GradScaler',
+                        functools.partial(torch.amp.GradScaler, 'cpu'))
+    cfg = dict(HOOK_CFG, init='ERK', update_interval=4)
+    runner, hook, checker = make_runner(
+        tmp_path, 'no_sync', 8, cfg,
+        optim_wrapper=dict(type='AmpOptimWrapper', dtype='bfloat16',
+                           optimizer=dict(type='AdamW', lr=0.01, fused=True)))
+    reads, inside = [], []
+    for name in ('item', '__int__', '__float__', '__bool__', 'tolist'):
+        original = getattr(torch.Tensor, name)
+
+        def spy(self, *args, _original=original, _name=name):
+            if inside:
+                reads.append((hook._step, _name))
+            return _original(self, *args)
+
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    pre_hook = hook._before_optimizer_step
+
+    def watched(*args):
+        inside.append(True)
+        try:
+            pre_hook(*args)
+        finally:
+            inside.pop()
+
+    hook._before_optimizer_step = watched  # registered in before_train
+    runner.train()
+    check_records(checker.records, cfg)
+    assert hook.step == 8
+    assert reads and {step for step, _ in reads} <= {4, 8}

@@ -311,3 +311,21 @@ def test_cosine_prune_rate():
     assert cosine_prune_rate(50, 100, 0.3, 0.005) == pytest.approx(0.1525)
     assert cosine_prune_rate(100, 100, 0.3, 0.005) == pytest.approx(0.005)
     assert cosine_prune_rate(500, 100, 0.3, 0.005) == pytest.approx(0.005)
+
+
+@pytest.mark.parametrize('case', ['continuous', 'ties', 'inf'])
+@pytest.mark.parametrize('k', [1, 1000, 150_000, 299_999, 300_000])
+def test_bottom_k_matches_a_stable_sort(case, k):
+    """The linear-time selection (sampled bracket, then kthvalue inside it,
+    or over everything when the bracket misses) against a stable sort."""
+    from pelk_mm.sparsity.selection import bottom_k
+    gen = torch.Generator().manual_seed(k)
+    n = 300_000  # above 2**18: the bracketed path
+    scores = torch.rand(n, generator=gen)
+    if case == 'ties':  # few distinct values: the k-th is tied many times
+        scores = (scores * 7).floor()
+    elif case == 'inf':  # inactive entries, as the update passes them
+        scores[torch.rand(n, generator=gen) < 0.4] = float('inf')
+    expected = torch.zeros(n, dtype=torch.bool)
+    expected[torch.sort(scores, stable=True).indices[:k]] = True
+    assert torch.equal(bottom_k(scores, k), expected)

@@ -7,8 +7,8 @@
 #   iterations (the *_160k configs: 160K);
 # - auxiliary FCN head on stage 3 (loss weight 0.4), sliding-window inference
 #   (512x512 windows, stride 341);
-# - the sparse ImageNet backbone's zero pattern is kept by the
-#   DynamicSparsityHook in 'fixed' mode (masks = pretrained weight != 0).
+# - sparsity: the sparse ImageNet backbone's zero pattern kept, or 40 %
+#   dynamic sparsity when training from scratch (see custom_hooks below).
 # fp32 by default; `tools/train.py --amp` switches to AmpOptimWrapper.
 _base_ = [
     './models/upernet_pelk.py', 'mmseg::_base_/datasets/ade20k.py',
@@ -42,7 +42,24 @@ param_scheduler = [
         end=max_iters)
 ]
 
-custom_hooks = [dict(type='DynamicSparsityHook', mode='fixed')]
+# Sparsity (DynamicSparsityHook, mode='auto'): decided from the backbone as
+# loaded, before the first iteration, and logged. A sparse ImageNet backbone
+# (>= 10 % exact zeros, min_zero_fraction) is fine-tuned with its zero pattern
+# kept ('fixed'); dense weights, e.g. with
+# `--cfg-options model.backbone.init_cfg=None` (training from scratch), get
+# the paper's 40 % dynamic sparsity (SNIP init, magnitude pruning + random
+# regrowth every 100 optimizer steps from a prune rate of 0.3, SLaK's
+# defaults). The decision is stored in the checkpoints, so --resume keeps it.
+custom_hooks = [
+    dict(
+        type='DynamicSparsityHook',
+        mode='auto',
+        sparsity=0.4,
+        init='snip',
+        growth='random',
+        prune_rate=0.3,
+        update_interval=100)
+]
 
 # 8 GPUs x 2 images per GPU
 train_dataloader = dict(batch_size=2)

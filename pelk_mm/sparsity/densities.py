@@ -11,6 +11,8 @@ from typing import Dict, Mapping, Sequence
 
 import torch
 
+from .selection import bottom_k
+
 Shapes = Mapping[str, Sequence[int]]
 
 
@@ -131,10 +133,7 @@ def snip_densities(scores: Mapping[str, torch.Tensor],
     _check_density(density)
     flat = torch.cat(
         [s.detach().flatten().float().cpu() for s in scores.values()])
-    keep = round(density * flat.numel())
-    order = torch.sort(flat, descending=True, stable=True).indices[:keep]
-    kept = torch.zeros(flat.numel(), dtype=torch.bool)
-    kept[order] = True
+    kept = bottom_k(flat.neg_(), round(density * flat.numel()))
     densities = {}
     start = 0
     for name, s in scores.items():

@@ -11,9 +11,9 @@ from mmengine.registry import HOOKS
 from torch import Tensor
 
 from .masks import (DEFAULT_INCLUDE, GROWTH_MODES, INIT_MODES, SparsityMasks,
-                    unwrap_model)
+                    select_parameters, unwrap_model)
 
-MODES = ('dynamic', 'fixed')
+MODES = ('auto', 'dynamic', 'fixed')
 CHECKPOINT_KEY = 'sparsity'
 
 
@@ -28,6 +28,14 @@ def cosine_prune_rate(step: int, total_steps: int, initial: float,
     return final + 0.5 * (initial - final) * (1.0 + math.cos(math.pi * t))
 
 
+def zero_fraction(params) -> float:
+    """Fraction of exact zeros over all entries of ``params`` (0 if none)."""
+    params = list(params)
+    total = sum(p.numel() for p in params)
+    zeros = sum(p.numel() - int(torch.count_nonzero(p)) for p in params)
+    return zeros / total if total else 0.0
+
+
 @HOOKS.register_module()
 class DynamicSparsityHook(Hook):
     """Train with sparse weights: SLaK's dynamic sparsity, or fixed masks.
@@ -39,43 +47,66 @@ class DynamicSparsityHook(Hook):
     ``min_prune_rate`` over ``decay_steps``, is pruned by magnitude and as many
     positions are regrown (:meth:`SparsityMasks.update`). ``fixed``
     (fine-tuning a sparse pretrained model): mask = weight != 0 of the loaded
-    weights, kept unchanged.
+    weights, kept unchanged; covered weights with fewer than
+    ``min_zero_fraction`` exact zeros are an error (nothing sparse to keep).
+    ``auto`` (the downstream configs) decides from the weights as loaded
+    (``init_cfg`` / ``Pretrained`` and ``load_from`` are applied before
+    ``before_train``): ``fixed`` when at least ``min_zero_fraction`` of the
+    covered weights are exact zeros (a sparse checkpoint: keep its pattern),
+    else ``dynamic`` at ``sparsity`` (training from scratch). The decision,
+    the measured zero fraction and the reason are logged, and the decision
+    is stored in the checkpoint, so ``--resume`` continues in the same mode
+    (the weights of a dynamic run are sparse by then).
 
-    In both modes the masks are applied right after every real optimizer
-    step, through a step post-hook on ``runner.optim_wrapper.optimizer``: the
-    hook counts optimizer steps, not iterations, so gradient accumulation
-    (``accumulative_counts``) and loss-scaler skips (``AmpOptimWrapper``:
-    ``GradScaler`` does not call ``optimizer.step()`` on inf / NaN gradients,
-    or, for fused optimizers, calls it with ``optimizer.found_inf`` set, which
-    the hook reads) are followed exactly, and no pruned weight is ever
-    non-zero at the end of an iteration. The moments of pruned positions
-    (Adam / AdamW ``exp_avg`` / ``exp_avg_sq``, SGD ``momentum_buffer``) are
-    zeroed after every step as well, so a regrown weight starts from zero
-    weight AND zero moments, like a newly added parameter (RigL does the
-    same); Adam's per-tensor bias correction then makes its first update about
-    ``(1 - beta1) / sqrt(1 - beta2)`` times ``lr`` (3.2 lr with the defaults).
+    In all modes pruned weights and their optimizer moments are zero at the
+    start (:meth:`SparsityMasks.apply`) and stay exactly zero: right before
+    every real optimizer step (a step pre-hook on
+    ``runner.optim_wrapper.optimizer``) the gradients of the pruned weights
+    are zeroed (:meth:`SparsityMasks.mask_grads`), and with zero weight,
+    gradient and moments the step leaves an entry at zero in every
+    element-wise optimizer (SGD with momentum, Adam, AdamW, ..., weight
+    decay included). The hook counts optimizer steps, not iterations, so
+    gradient accumulation (``accumulative_counts``) and loss-scaler skips
+    (``AmpOptimWrapper``: ``GradScaler`` does not call ``optimizer.step()``
+    on inf / NaN gradients, or, for fused optimizers, calls it with
+    ``optimizer.found_inf`` set) are followed exactly. Updates run in the
+    same pre-hook, on the gradients of that step before masking: the newly
+    pruned weights and their moments are zeroed, and a regrown weight starts
+    from zero weight AND zero moments, like a newly added parameter (RigL
+    does the same), and takes its first step at once; Adam's per-tensor bias
+    correction then makes that update about ``(1 - beta1) / sqrt(1 -
+    beta2)`` times ``lr`` (3.2 lr with the defaults). The per-step work is
+    one multiplication of each masked gradient by its 0 / 1 mask and no host
+    synchronisation: a fused optimizer's ``found_inf`` is summed on the
+    device and read only when an update may be due.
+
+    The density of every layer group (:func:`layer_group`: stem, downsample
+    layers, peripheral and pointwise weights per stage, head) is logged at
+    the start and after every update.
 
     Parameters are found by name in ``model.named_parameters()`` after
     unwrapping DDP / mmengine wrappers (:func:`select_parameters`): for an mm
     model the defaults cover ``backbone.*`` and a classifier's ``head.*``; for
     a bare backbone pass ``include=('',)``.
 
-    DDP: the initial masks and the generator seed are broadcast from rank 0
-    once, in ``before_train``. Updates then use only the synchronised weights
-    and gradients and a generator in the same state on every rank, so the
-    masks stay identical without any further communication.
+    DDP: the mode decision, the initial masks and the generator seed are
+    broadcast from rank 0 once, in ``before_train``. Updates then use only
+    the synchronised weights and gradients and a generator in the same state
+    on every rank, so the masks stay identical without any further
+    communication.
 
     Checkpoints: ``before_save_checkpoint`` stores
-    ``checkpoint['sparsity'] = dict(masks=..., step=..., generator=...)``
-    (bool masks on CPU, optimizer steps counted, random-growth generator
-    state). On ``resume`` all three are restored, so masks and the next update
-    are identical to an uninterrupted run. On ``load_from`` (not resume), in
-    ``dynamic`` mode, the checkpoint's masks are kept (step counter and
-    generator start afresh); ``fixed`` mode always derives its masks from the
-    loaded weights.
+    ``checkpoint['sparsity'] = dict(masks=..., step=..., generator=...,
+    mode=...)`` (bool masks on CPU, optimizer steps counted, random-growth
+    generator state, the mode in use). On ``resume`` all of it is restored
+    (``mode='auto'`` takes the stored mode; an explicit ``'dynamic'`` or
+    ``'fixed'`` wins), so masks and the next update are identical to an
+    uninterrupted run. On ``load_from`` (not resume), a ``dynamic`` run keeps
+    the checkpoint's masks (step counter and generator start afresh);
+    ``fixed`` always derives its masks from the loaded weights.
 
     Args:
-        mode: ``'dynamic'`` or ``'fixed'``.
+        mode: ``'auto'``, ``'dynamic'`` or ``'fixed'``.
         sparsity: Fraction of the covered weights pruned (``dynamic``).
         init: Mask initialisation (``dynamic``): ``'snip'`` (SLaK's default;
             one batch of random training samples, see :meth:`_snip_grad_fn`),
@@ -93,6 +124,11 @@ class DynamicSparsityHook(Hook):
         growth: ``'random'`` or ``'gradient'``.
         seed: Seed of the growth / init generator; default: ``runner.seed``.
         erk_power_scale: Exponent of the ERK raw score.
+        min_zero_fraction: Fraction of exact zeros over the covered weights
+            from which they count as sparse (``auto`` picks ``fixed``;
+            ``fixed`` needs it). Default 0.1: dense weights hold almost no
+            exact zeros (a float init draws one in ~10^7), every sparse
+            checkpoint of this project 40 %.
     """
 
     def __init__(self,
@@ -108,7 +144,8 @@ class DynamicSparsityHook(Hook):
                  stop_step: Optional[int] = None,
                  growth: str = 'random',
                  seed: Optional[int] = None,
-                 erk_power_scale: float = 1.0):
+                 erk_power_scale: float = 1.0,
+                 min_zero_fraction: float = 0.1):
         if mode not in MODES:
             raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
         if init not in INIT_MODES:
@@ -131,6 +168,9 @@ class DynamicSparsityHook(Hook):
         if stop_step is not None and stop_step < 0:
             raise ValueError(
                 f'stop_step must be >= 0 or None, got {stop_step}')
+        if not 0.0 < min_zero_fraction < 1.0:
+            raise ValueError('min_zero_fraction must be in (0, 1), got '
+                             f'{min_zero_fraction}')
         self.mode = mode
         self.sparsity = sparsity
         self.init = init
@@ -144,19 +184,37 @@ class DynamicSparsityHook(Hook):
         self.growth = growth
         self.seed = seed
         self.erk_power_scale = erk_power_scale
+        self.min_zero_fraction = min_zero_fraction
 
         self.masks: Optional[SparsityMasks] = None
-        self.step = 0  # real optimizer steps taken so far
+        self.active_mode: Optional[str] = None  # 'dynamic' / 'fixed' in use
         self.generator = torch.Generator()
+        # Optimizer steps: `_step` counts every optimizer.step() call as a
+        # step; `_skipped` sums, on the device, the fused optimizer's
+        # `found_inf` flags not yet subtracted from it (see `step`).
+        self._step = 0
+        self._skipped: Optional[Tensor] = None
+        self._next_update = math.inf
         self._loaded: Optional[dict] = None  # checkpoint state, resume only
         self._loaded_masks: Optional[dict] = None  # load_from's masks
         self._handle = None
         self._runner = None
+        self._model = None
         self._total_steps = 1
+
+    @property
+    def step(self) -> int:
+        """Real optimizer steps taken so far (reading it may synchronise
+        with the device once, when a fused optimizer skipped steps)."""
+        if self._skipped is not None:
+            self._step -= int(self._skipped.item())
+            self._skipped = None
+        return self._step
 
     # ------------------------------------------------------------------ setup
     def before_train(self, runner) -> None:
-        """Build (or restore) the masks, apply them, hook the optimizer."""
+        """Decide the mode, build (or restore) the masks, apply them, hook
+        the optimizer."""
         if isinstance(runner.optim_wrapper, OptimWrapperDict):
             raise ValueError(
                 'DynamicSparsityHook needs a single OptimWrapper, '
@@ -164,25 +222,32 @@ class DynamicSparsityHook(Hook):
         model = unwrap_model(runner.model)
         optimizer = runner.optim_wrapper.optimizer
         self._runner = runner
+        self._model = model
         self._total_steps = self.decay_steps or math.ceil(
             runner.max_iters /
             getattr(runner.optim_wrapper, '_accumulative_counts', 1))
+        self._skipped = None
 
         if self._loaded is not None:
+            self.active_mode = self._resumed_mode(self._loaded)
             self.masks = SparsityMasks(self._loaded['masks'])
-            self.step = int(self._loaded['step'])
+            self._step = int(self._loaded['step'])
             self.generator.set_state(self._loaded['generator'])
-            how = f'resumed at optimizer step {self.step}'
+            how = (f'resumed at optimizer step {self._step} in '
+                   f'{self.active_mode!r} mode')
         else:
+            self.active_mode, how = self._decide_mode(model)
             seed = [self.seed if self.seed is not None else runner.seed]
             broadcast_object_list(seed)
             self.generator.manual_seed(int(seed[0]))
-            self.step = 0
-            if self.mode == 'dynamic' and self._loaded_masks is not None:
+            self._step = 0
+            if (self.active_mode == 'dynamic'
+                    and self._loaded_masks is not None):
                 self.masks = SparsityMasks(self._loaded_masks)
-                how = 'masks of the loaded checkpoint'
+                how += '; masks of the loaded checkpoint'
             else:
-                init = 'from_weights' if self.mode == 'fixed' else self.init
+                init = ('from_weights'
+                        if self.active_mode == 'fixed' else self.init)
                 self.masks = self._broadcast(
                     SparsityMasks.init(model,
                                        sparsity=self.sparsity,
@@ -194,18 +259,83 @@ class DynamicSparsityHook(Hook):
                                            runner, model),
                                        erk_power_scale=self.erk_power_scale),
                     model)
-                how = f'init={init!r}'
+                how += f'; masks init={init!r}'
         self._loaded = self._loaded_masks = None
         self.masks.apply(model, optimizer)
+        self._next_update = self._first_update(self._step)
 
         if self._handle is not None:
             self._handle.remove()
-        self._handle = optimizer.register_step_post_hook(
-            self._after_optimizer_step)
+        self._handle = optimizer.register_step_pre_hook(
+            self._before_optimizer_step)
         runner.logger.info(
-            f'DynamicSparsityHook ({self.mode}, {how}): '
-            f'{len(self.masks.masks)} masked parameters, density '
-            f'{self.masks.density:.4f}')
+            f'DynamicSparsityHook: {how}; {len(self.masks.masks)} masked '
+            f'parameters')
+        self._log_densities(f'optimizer step {self._step}')
+
+    def _decide_mode(self, model):
+        """``(mode in use, why)`` from the covered weights as loaded.
+
+        Rank 0 decides and broadcasts, so all ranks agree.
+        """
+        zeros = zero_fraction(
+            select_parameters(model, self.include, self.exclude).values())
+        decision = [zeros]
+        broadcast_object_list(decision)
+        zeros = decision[0]
+        sparse = zeros >= self.min_zero_fraction
+        measured = (f'{zeros:.2%} of the covered weights are exact zeros '
+                    f'(min_zero_fraction={self.min_zero_fraction})')
+        if self.mode == 'fixed' and not sparse:
+            raise ValueError(
+                "DynamicSparsityHook(mode='fixed') keeps the zero pattern of "
+                f'sparse weights, but only {measured}: there is nothing '
+                'sparse to keep. Load a sparse checkpoint (init_cfg='
+                "dict(type='Pretrained', ...) or load_from), or train sparse "
+                f"from these weights with mode='dynamic' (or mode='auto', "
+                'which decides from the loaded weights)')
+        if self.mode != 'auto':
+            return self.mode, f'mode={self.mode!r} ({measured})'
+        if sparse:
+            return 'fixed', (
+                f"mode='auto' -> 'fixed': {measured}, so the loaded weights "
+                'are sparse and their zero pattern is kept')
+        return 'dynamic', (
+            f"mode='auto' -> 'dynamic': only {measured}, so the weights are "
+            f'dense and are trained with dynamic sparsity {self.sparsity}')
+
+    def _resumed_mode(self, state: dict) -> str:
+        """The mode of a resumed run: an explicit mode wins, ``'auto'``
+        takes the one stored in the checkpoint."""
+        if self.mode != 'auto':
+            return self.mode
+        if state.get('mode') not in ('dynamic', 'fixed'):
+            raise ValueError(
+                "DynamicSparsityHook(mode='auto') cannot resume from this "
+                f"checkpoint: its {CHECKPOINT_KEY!r} state does not record "
+                "the mode (written before mode='auto' existed); set "
+                "mode='dynamic' or mode='fixed' explicitly")
+        return state['mode']
+
+    def _first_update(self, step: int) -> float:
+        """The first optimizer step after ``step`` at which masks update
+        (``inf`` if none)."""
+        if self.active_mode != 'dynamic':
+            return math.inf
+        nxt = (step // self.update_interval + 1) * self.update_interval
+        return math.inf if self.stop_step is not None and (
+            nxt > self.stop_step) else nxt
+
+    def _log_densities(self, when: str) -> None:
+        """One log line: the density of every layer group and the total."""
+        counts = self.masks.group_counts()
+        active = sum(a for a, _ in counts.values())
+        total = sum(t for _, t in counts.values())
+        groups = ', '.join(f'{g} {a / t:.4f}' for g, (a, t) in counts.items())
+        self._runner.logger.info(
+            f'DynamicSparsityHook density ({self.active_mode}, {when}): '
+            f'{groups}; total {active / total:.4f} ({active} of {total} '
+            'weights active)')
 
     def _snip_grad_fn(self, runner, model):
         """SNIP's batch: forward + backward on the unwrapped model.
@@ -245,28 +375,40 @@ class DynamicSparsityHook(Hook):
         return SparsityMasks(synced)
 
     # ------------------------------------------------------------ every step
-    def _after_optimizer_step(self, optimizer, args, kwargs) -> None:
-        """Optimizer step post-hook: count, maybe update, apply masks."""
+    def _before_optimizer_step(self, optimizer, args, kwargs) -> None:
+        """Optimizer step pre-hook: count, maybe update, mask the gradients.
+
+        No host synchronisation unless an update may be due. A step that a
+        fused optimizer skips (``found_inf``) is counted and then subtracted.
+        """
+        self._step += 1
         found_inf = getattr(optimizer, 'found_inf', None)
-        if isinstance(found_inf, Tensor) and found_inf.item():
-            return  # fused optimizer: GradScaler skipped this step
-        self.step += 1
-        model = unwrap_model(self._runner.model)
-        self.masks.apply(model, optimizer)
-        if (self.mode == 'dynamic' and self.step % self.update_interval == 0
-                and (self.stop_step is None or self.step <= self.stop_step)):
-            rate = cosine_prune_rate(self.step, self._total_steps,
-                                     self.prune_rate, self.min_prune_rate)
-            moved = self.masks.update(model, rate, self.growth, self.generator,
-                                      optimizer)
-            density = self.masks.density
-            hub = self._runner.message_hub
-            hub.update_scalar('train/sparsity_density', density)
-            hub.update_scalar('train/prune_rate', rate)
-            self._runner.logger.info(
-                f'DynamicSparsityHook: optimizer step {self.step}, prune rate '
-                f'{rate:.4f}: {moved} weights pruned and regrown '
-                f'({self.growth}), density {density:.4f}')
+        if isinstance(found_inf, Tensor):
+            flag = found_inf.detach().float().sum()
+            self._skipped = flag if self._skipped is None else (
+                self._skipped + flag)
+        # `_step` >= the real step count, so below `_next_update` no update
+        # is due; otherwise `step` makes the count exact (one sync).
+        if self._step >= self._next_update and self.step >= self._next_update:
+            self._update(optimizer)
+        self.masks.mask_grads(self._model)
+
+    def _update(self, optimizer) -> None:
+        """Prune and regrow at optimizer step ``self._step``; log it."""
+        self._next_update = self._first_update(self._step)
+        rate = cosine_prune_rate(self._step, self._total_steps,
+                                 self.prune_rate, self.min_prune_rate)
+        moved = self.masks.update(self._model, rate, self.growth,
+                                  self.generator, optimizer)
+        density = self.masks.density
+        hub = self._runner.message_hub
+        hub.update_scalar('train/sparsity_density', density)
+        hub.update_scalar('train/prune_rate', rate)
+        self._runner.logger.info(
+            f'DynamicSparsityHook update at optimizer step {self._step}, '
+            f'prune rate {rate:.4f}: {moved} weights pruned and regrown '
+            f'({self.growth}), density {density:.4f}')
+        self._log_densities(f'optimizer step {self._step}')
 
     def after_train(self, runner) -> None:
         if self._handle is not None:
@@ -279,7 +421,8 @@ class DynamicSparsityHook(Hook):
             checkpoint[CHECKPOINT_KEY] = dict(
                 masks=self.masks.state_dict(),
                 step=self.step,
-                generator=self.generator.get_state())
+                generator=self.generator.get_state(),
+                mode=self.active_mode)
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         state = checkpoint.get(CHECKPOINT_KEY)

@@ -14,7 +14,8 @@ unwrapping a DDP / mmengine model wrapper, e.g. ``backbone.stages.0.0.dwconv
 import math
 import re
 from collections import OrderedDict
-from typing import Callable, Dict, Mapping, Optional, Sequence
+from typing import (Callable, Dict, List, Mapping, Optional, Sequence,
+                    Tuple)
 
 import torch
 from mmengine.model import is_model_wrapper
@@ -22,6 +23,7 @@ from torch import Tensor, nn
 
 from .densities import (densities_to_counts, erk_densities, snip_densities,
                         uniform_densities)
+from .selection import bottom_k
 
 INIT_MODES = ('ERK', 'uniform', 'snip', 'from_weights')
 GROWTH_MODES = ('random', 'gradient')
@@ -68,9 +70,23 @@ def select_parameters(
                                          for pat in exclude))
 
 
-def _top_k(scores: Tensor, k: int) -> Tensor:
-    """Flat indices of the ``k`` largest scores; ties go to lower indices."""
-    return torch.sort(scores, descending=True, stable=True).indices[:k]
+def layer_group(name: str) -> str:
+    """The group a masked parameter's density is reported under.
+
+    PeLK / ConvNeXt names (with or without a ``backbone.`` prefix):
+    ``downsample_layers.0`` is ``'stem'``, ``downsample_layers.{1,2,3}``
+    are ``'downsample'``, and the blocks of stage ``i`` give one group per
+    kind of layer, e.g. ``'stage2.peripheral_conv'`` and
+    ``'stage2.pointwise_conv'`` (``pointwise_conv1`` and ``2`` together).
+    Any other name is grouped by its module, e.g. ``'head.fc'``.
+    """
+    match = re.search(r'(?:^|\.)downsample_layers\.(\d+)\.', name)
+    if match:
+        return 'stem' if match[1] == '0' else 'downsample'
+    match = re.search(r'(?:^|\.)stages\.(\d+)\.\d+\.([A-Za-z_]+?)\d*\.', name)
+    if match:
+        return f'stage{match[1]}.{match[2]}'
+    return name.rpartition('.')[0] or name
 
 
 def _random_mask(shape: torch.Size, count: int,
@@ -113,6 +129,8 @@ class SparsityMasks:
 
     def __init__(self, masks: Optional[Mapping[str, Tensor]] = None):
         self.masks: Dict[str, Tensor] = OrderedDict()
+        # (model, parameters, 0 / 1 masks) of the last apply: see _bind.
+        self._bound: Optional[tuple] = None
         if masks is not None:
             self.load_state_dict(masks)
 
@@ -196,6 +214,16 @@ class SparsityMasks:
         """``{name: fraction of active weights}``."""
         return {n: int(m.sum()) / m.numel() for n, m in self.masks.items()}
 
+    def group_counts(self) -> Dict[str, Tuple[int, int]]:
+        """``{group: (active weights, weights)}`` per :func:`layer_group`,
+        in mask order."""
+        counts: Dict[str, Tuple[int, int]] = OrderedDict()
+        for name, mask in self.masks.items():
+            active, total = counts.get(layer_group(name), (0, 0))
+            counts[layer_group(name)] = (active + int(mask.sum()),
+                                         total + mask.numel())
+        return counts
+
     def _parameters(self, model: nn.Module) -> Dict[str, nn.Parameter]:
         """The masked parameters of ``model``; masks follow their device."""
         named = dict(unwrap_model(model).named_parameters())
@@ -213,23 +241,61 @@ class SparsityMasks:
             params[name] = named[name]
         return params
 
+    def _bind(self, model: nn.Module) -> Tuple[List[Tensor], List[Tensor]]:
+        """The masked parameters of ``model`` and their masks as 0 / 1
+        tensors of the parameter's dtype, in mask order.
+
+        Built once per model and set of masks (:meth:`update` and
+        :meth:`load_state_dict` rebuild them), so that :meth:`apply` and
+        :meth:`mask_grads` look nothing up by name.
+        """
+        model = unwrap_model(model)
+        if self._bound is None or self._bound[0] is not model:
+            params = list(self._parameters(model).values())
+            keep = [
+                m.to(p.dtype) for m, p in zip(self.masks.values(), params)
+            ]
+            self._bound = (model, params, keep)
+        return self._bound[1], self._bound[2]
+
     @torch.no_grad()
     def apply(self,
               model: nn.Module,
               optimizer: Optional[torch.optim.Optimizer] = None) -> None:
         """Zero the pruned weights and, given ``optimizer``, their moments.
 
+        Weights and moments are multiplied by the 0 / 1 mask: active entries
+        are unchanged bit for bit, pruned finite entries become exactly zero.
+
         Args:
             model: The model, wrapped or not.
             optimizer: Optimizer whose :data:`MOMENT_KEYS` buffers of the
                 masked parameters are zeroed at the pruned positions.
         """
-        for name, p in self._parameters(model).items():
-            pruned = ~self.masks[name]
-            p.masked_fill_(pruned, 0)
-            if optimizer is not None:
+        params, keep = self._bind(model)
+        tensors, factors = list(params), list(keep)
+        if optimizer is not None:
+            for p, k in zip(params, keep):
                 for buf in _moments(optimizer, p):
-                    buf.masked_fill_(pruned, 0)
+                    tensors.append(buf)
+                    factors.append(k)
+        _mul_(tensors, factors)
+
+    @torch.no_grad()
+    def mask_grads(self, model: nn.Module) -> None:
+        """Zero the gradients of the pruned weights (multiply by the mask).
+
+        Called right before an optimizer step on weights and moments that
+        are zero where pruned, it keeps them exactly zero there for every
+        optimizer whose update of an entry vanishes when its weight,
+        gradient and moments do (SGD with momentum, Adam, AdamW, ... and
+        their weight decay): one multiplication per masked gradient, no
+        host synchronisation.
+        """
+        params, keep = self._bind(model)
+        grads = [(p.grad, k) for p, k in zip(params, keep)
+                 if p.grad is not None]
+        _mul_([g for g, _ in grads], [k for _, k in grads])
 
     @torch.no_grad()
     def update(self,
@@ -245,9 +311,12 @@ class SparsityMasks:
         positions among the inactive ones (just-pruned ones included, as in
         SLaK) become active: uniformly at random (``'random'``) or those of
         largest ``|grad|`` (``'gradient'``). Every layer keeps its density.
-        Pruned and regrown weights and their optimizer moments are set to
-        zero. Ties go to the lower flat index, so identical weights,
-        gradients and generator states give identical masks (DDP ranks).
+        Pruned weights and their optimizer moments are set to zero; regrown
+        positions were inactive, so they start at zero (weight and moments)
+        as long as the masks were applied before. Ties go to the lower flat
+        index, so identical weights, gradients and generator states give
+        identical masks (DDP ranks). Selection is linear-time per layer
+        (``kthvalue``), not a sort.
 
         Layers are left as they are when dense (nothing to regrow into),
         empty, or without a gradient (frozen or unused parameters).
@@ -271,33 +340,28 @@ class SparsityMasks:
         if not 0.0 <= prune_rate <= 1.0:
             raise ValueError(f'prune_rate must be in [0, 1], got {prune_rate}')
         moved = 0
+        inf = float('inf')
         for name, p in self._parameters(model).items():
             mask = self.masks[name].flatten()
-            active = int(mask.sum())
+            active = int(torch.count_nonzero(mask))
             if p.grad is None or active in (0, mask.numel()):
                 continue
             num = math.ceil(prune_rate * active)
-            inf = torch.tensor(float('inf'), device=p.device)
             # Prune: the `num` active weights of smallest magnitude.
-            pruned = _top_k(
-                torch.where(mask, -p.detach().flatten().abs().float(), -inf),
-                num)
-            mask[pruned] = False
-            zeroed = torch.zeros_like(mask)
-            zeroed[pruned] = True
-            zeroed = zeroed.view(p.shape)
-            p.masked_fill_(zeroed, 0)
-            for buf in _moments(optimizer, p) if optimizer else ():
-                buf.masked_fill_(zeroed, 0)
-            # Regrow as many among the inactive positions (at zero already).
+            mask &= bottom_k(
+                torch.where(mask, p.detach().flatten().abs().float(), inf),
+                num).logical_not_()
+            # Regrow as many among the inactive positions.
             if growth == 'random':
                 score = torch.rand(mask.numel(),
                                    generator=generator).to(p.device)
             else:
-                score = p.grad.detach().flatten().abs().float()
-            mask[_top_k(torch.where(mask, -inf, score), num)] = True
+                score = p.grad.detach().flatten().abs().float().neg_()
+            mask |= bottom_k(score.masked_fill_(mask, inf), num)
             self.masks[name] = mask.view(p.shape)
             moved += num
+        self._bound = None
+        self.apply(model, optimizer)
         return moved
 
     def state_dict(self) -> Dict[str, Tensor]:
@@ -310,6 +374,18 @@ class SparsityMasks:
         :meth:`state_dict`); they are checked against the model when used."""
         self.masks = OrderedDict((n, m.detach().to(torch.bool, copy=True))
                                  for n, m in state_dict.items())
+        self._bound = None
+
+
+def _mul_(tensors: List[Tensor], factors: List[Tensor]) -> None:
+    """``t.mul_(f)`` for each pair: one ``torch._foreach_mul_`` on CUDA (few
+    kernel launches), a loop elsewhere (on CPU the loop is several times
+    faster than ``_foreach_mul_``, which falls back to a slow path there)."""
+    if tensors and tensors[0].is_cuda:
+        torch._foreach_mul_(tensors, factors)
+    else:
+        for t, f in zip(tensors, factors):
+            t.mul_(f)
 
 
 def _moments(optimizer: torch.optim.Optimizer, p: nn.Parameter):
