@@ -69,7 +69,11 @@ def test_matches_tap_by_tap_reference(mode, channels, grid, height, width):
             x, weight, grid, bias, pos_embed, impl=impl, pos_embed_mode=mode)
         assert out.dtype == torch.float64
         torch.testing.assert_close(
-            out, expected, rtol=1e-10, atol=1e-10, msg=lambda m: f'{impl}: {m}')
+            out,
+            expected,
+            rtol=1e-10,
+            atol=1e-10,
+            msg=lambda m: f'{impl}: {m}')
 
 
 @pytest.mark.parametrize('channels,grid,height,width', CASES)

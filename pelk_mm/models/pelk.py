@@ -22,8 +22,8 @@ from mmengine.registry import MODELS
 from mmpretrain.models.utils import build_norm_layer
 from torch import Tensor
 
-from ..ops import (POS_EMBED_MODES, PeripheralConv2d, check_grid,
-                   pos_embed_bias, sharing_grid)
+from ..ops import PeripheralConv2d, check_grid, pos_embed_bias, sharing_grid
+from ..ops.peripheral_conv import check_pos_embed_mode
 
 
 class PeLKBlock(BaseModule):
@@ -314,10 +314,7 @@ class PeLK(BaseModule):
                              f'{self.num_stages}], got {frozen_stages!r}')
         self.frozen_stages = frozen_stages
         self.gap_before_final_norm = gap_before_final_norm
-        if pos_embed_mode not in POS_EMBED_MODES:
-            raise ValueError(f'`pos_embed_mode` must be one of '
-                             f'{POS_EMBED_MODES}, got {pos_embed_mode!r}')
-        self.pos_embed_mode = pos_embed_mode
+        self.pos_embed_mode = check_pos_embed_mode(pos_embed_mode)
 
         # stochastic depth decay rule
         dpr = torch.linspace(
