@@ -24,8 +24,8 @@ from mmengine.runner.checkpoint import _load_checkpoint, load_state_dict
 from mmpretrain.models.utils import build_norm_layer
 from torch import Tensor
 
-from ..ops import (POS_EMBED_MODES, PeripheralConv2d, check_grid,
-                   pos_embed_bias, sharing_grid)
+from ..ops import PeripheralConv2d, check_grid, pos_embed_bias, sharing_grid
+from ..ops.peripheral_conv import check_pos_embed_mode
 from .checkpoint_meta import (ARCH_META_KEY, PeLKCheckpointMismatch,
                               check_state_dict, find_arch_record,
                               save_arch_record, sub_state_dict)
@@ -362,10 +362,7 @@ class PeLK(BaseModule):
         if gap_before_final_norm is None:
             gap_before_final_norm = self.out_indices == [self.num_stages - 1]
         self.gap_before_final_norm = gap_before_final_norm
-        if pos_embed_mode not in POS_EMBED_MODES:
-            raise ValueError(f'`pos_embed_mode` must be one of '
-                             f'{POS_EMBED_MODES}, got {pos_embed_mode!r}')
-        self.pos_embed_mode = pos_embed_mode
+        self.pos_embed_mode = check_pos_embed_mode(pos_embed_mode)
 
         # stochastic depth decay rule
         dpr = torch.linspace(

@@ -8,9 +8,9 @@ kernel-wise positional embedding ``h`` of Eq. 3.
 The convolution itself is computed by ONE swappable function picked by name
 from :data:`PERIPHERAL_CONV_IMPLS` (``fn(x, weight, grid) -> Tensor``, no bias
 and no positional embedding); the bias and the positional-embedding term are
-added outside it, so every implementation has them. ``'dense'`` materialises the kernel and calls
-``F.conv2d``; faster exact implementations register themselves in the same
-dict, and ``'auto'`` chooses among them.
+added outside it, so every implementation has them. ``'dense'`` materialises
+the kernel and calls ``F.conv2d``; faster exact implementations register
+themselves in the same dict, and ``'auto'`` chooses among them.
 """
 import math
 from typing import Callable, Dict, Optional, Sequence, Tuple
@@ -132,10 +132,11 @@ def pos_embed_map(weight: Tensor, grid: Sequence[int], pos_embed: Tensor,
     the map, i.e. the response of the all-ones image to the kernel
     ``w * h``. It equals :func:`pos_embed_bias` at every output whose whole
     window is inside the image and differs near the borders (everywhere on
-    maps smaller than the kernel). Two matrix products per channel, batch
-    independent; deterministic (no scatter in the backward). Computed in at
-    least float32 with autocast off (under autocast a matmul would run in
-    16 bits).
+    maps smaller than the kernel). Two matrix products per channel
+    (``O(C H K (K + W))``), independent of the batch; unlike box lookups in
+    a summed-area table of ``w * h``, whose backward would scatter-add, this
+    is deterministic on every device. Computed in at least float32 with
+    autocast off (under autocast a matmul would run in 16 bits).
 
     Args:
         weight (Tensor): Compact weights ``(C, 1, k', k')``.
