@@ -314,6 +314,8 @@ def test_missing_key_refused(tmp_path):
     assert '1 key(s) missing from the checkpoint:\n' \
         '  backbone.stages.1.0.gamma (32,)' in message
     assert 'shape mismatch' not in message and 'Differences' not in message
+    assert 'The archs agree, so the file itself lacks or adds weights' \
+        in message
     assert_unchanged(model, before)
 
 
@@ -463,3 +465,17 @@ def test_copy_keeps_hook():
     """EMA and friends deep-copy the model: the copy records its arch too."""
     model = copy.deepcopy(classifier(ARCH21))
     assert ARCH_META_KEY in model.state_dict()._metadata['backbone']
+
+
+def test_named_arch_suggested_by_name():
+    from pelk_mm.models.checkpoint_meta import check_state_dict
+    with torch.device('meta'):
+        tiny = PeLK('tiny').arch_record()
+    model = PeLK(ARCH31)
+    with pytest.raises(PeLKCheckpointMismatch) as error:
+        check_state_dict(model, model.state_dict(), checkpoint_record=tiny)
+    message = str(error.value)
+    assert 'Every tensor shape fits, but the checkpoint records another ' \
+        'arch' in message
+    assert "Build the backbone the checkpoint was made for (arch='tiny')" \
+        in message

@@ -320,6 +320,10 @@ def check_state_dict(model: nn.Module,
     ]
     if differences:
         lines.append('Differences: ' + '; '.join(differences))
-    lines.append(_advice(ckpt, model.arch_record()))
+        lines.append(_advice(ckpt, model.arch_record()))
+    else:
+        lines.append('The archs agree, so the file itself lacks or adds '
+                     'weights (incomplete or edited?); save it again from a '
+                     'complete model.')
     raise PeLKCheckpointMismatch('\n'.join(lines))
 
