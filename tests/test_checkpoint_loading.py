@@ -30,10 +30,9 @@ from pelk_mm.models.checkpoint_meta import (ARCH_META_KEY,
                                             add_arch_meta, infer_arch)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-ARCH21 = dict(
-    depths=[1, 1, 1, 1],
-    channels=[16, 32, 64, 128],
-    kernel_sizes=[21, 13, 13, 7])
+ARCH21 = dict(depths=[1, 1, 1, 1],
+              channels=[16, 32, 64, 128],
+              kernel_sizes=[21, 13, 13, 7])
 ARCH31 = dict(ARCH21, kernel_sizes=[31, 13, 13, 7])
 
 
@@ -100,18 +99,17 @@ def ckpt21(tmp_path):
 def test_arch_record_in_every_state_dict(tmp_path):
     model = classifier(ARCH21)
     record = model.backbone.arch_record()
-    assert record == dict(
-        depths=[1, 1, 1, 1],
-        channels=[16, 32, 64, 128],
-        kernel_sizes=[21, 13, 13, 7],
-        grids=[list(g) for g in model.backbone.grids],
-        conv_ratio=3 / 8,
-        conv_channels=[6, 12, 24, 48],
-        in_channels=3,
-        stem_patch_size=4,
-        pos_embed=True,
-        pos_embed_mode='literal',
-        deploy=False)
+    assert record == dict(depths=[1, 1, 1, 1],
+                          channels=[16, 32, 64, 128],
+                          kernel_sizes=[21, 13, 13, 7],
+                          grids=[list(g) for g in model.backbone.grids],
+                          conv_ratio=3 / 8,
+                          conv_channels=[6, 12, 24, 48],
+                          in_channels=3,
+                          stem_patch_size=4,
+                          pos_embed=True,
+                          pos_embed_mode='literal',
+                          deploy=False)
     # torch's state_dict and mmengine's get_state_dict, bare and nested
     assert model.state_dict()._metadata['backbone'][ARCH_META_KEY] == record
     assert get_state_dict(model)._metadata['backbone'][ARCH_META_KEY] == record
@@ -132,12 +130,14 @@ def test_add_arch_meta_and_hook(tmp_path):
     record = model.backbone.arch_record()
     ckpt = add_arch_meta(dict(meta=dict(epoch=3)), model)
     assert ckpt['meta'] == dict(epoch=3, pelk_arch={'backbone': record})
-    assert add_arch_meta({}, model.backbone, prefix='backbone.') == dict(
-        meta=dict(pelk_arch={'backbone': record}))
+    assert add_arch_meta(
+        {}, model.backbone,
+        prefix='backbone.') == dict(meta=dict(pelk_arch={'backbone': record}))
     assert add_arch_meta({}, nn.Linear(2, 2)) == {}  # no PeLK, no record
 
     # the hook, in a real Runner run: the saved checkpoint has both copies
-    runner = make_runner(tmp_path / 'run', classifier(ARCH21),
+    runner = make_runner(tmp_path / 'run',
+                         classifier(ARCH21),
                          custom_hooks=[dict(type='PeLKArchMetaHook')])
     runner.train()
     assert any(isinstance(h, PeLKArchMetaHook) for h in runner.hooks)
@@ -162,10 +162,11 @@ def check_message(message, keys='backbone.', source='its metadata'):
 def test_pretrained_init_cfg_refuses_other_kernel(ckpt21, tmp_path, prefix):
     if prefix is None:  # a bare backbone checkpoint, Pretrained without prefix
         ckpt21 = save(classifier(ARCH21).backbone, tmp_path / 'bare.pth')
-    model = Classifier(
-        ARCH31,
-        out_indices=(0, 1, 2, 3),
-        init_cfg=dict(type='Pretrained', checkpoint=ckpt21, prefix=prefix))
+    model = Classifier(ARCH31,
+                       out_indices=(0, 1, 2, 3),
+                       init_cfg=dict(type='Pretrained',
+                                     checkpoint=ckpt21,
+                                     prefix=prefix))
     with pytest.raises(PeLKCheckpointMismatch) as error:
         model.init_weights()
     message = str(error.value)
@@ -192,28 +193,28 @@ def test_load_checkpoint_refuses_and_loads_nothing(ckpt21):
 
 
 def make_runner(work_dir, model, **kwargs):
-    return Runner(
-        model=model,
-        work_dir=str(work_dir),
-        train_dataloader=dict(
-            dataset=TinyImages(),
-            sampler=dict(type='DefaultSampler', shuffle=False),
-            collate_fn=dict(type='default_collate'),
-            batch_size=2),
-        train_cfg=dict(by_epoch=False, max_iters=1),
-        optim_wrapper=dict(optimizer=dict(type='AdamW', lr=1e-3)),
-        default_hooks=dict(
-            checkpoint=dict(type='CheckpointHook', interval=1,
-                            by_epoch=False)),
-        randomness=dict(seed=0),
-        default_scope='mmengine',
-        **kwargs)
+    return Runner(model=model,
+                  work_dir=str(work_dir),
+                  train_dataloader=dict(
+                      dataset=TinyImages(),
+                      sampler=dict(type='DefaultSampler', shuffle=False),
+                      collate_fn=dict(type='default_collate'),
+                      batch_size=2),
+                  train_cfg=dict(by_epoch=False, max_iters=1),
+                  optim_wrapper=dict(optimizer=dict(type='AdamW', lr=1e-3)),
+                  default_hooks=dict(checkpoint=dict(
+                      type='CheckpointHook', interval=1, by_epoch=False)),
+                  randomness=dict(seed=0),
+                  default_scope='mmengine',
+                  **kwargs)
 
 
 @pytest.mark.parametrize('resume', [False, True])
 def test_runner_load_from_and_resume_refuse(ckpt21, tmp_path, resume):
-    runner = make_runner(
-        tmp_path / 'run', classifier(ARCH31), load_from=ckpt21, resume=resume)
+    runner = make_runner(tmp_path / 'run',
+                         classifier(ARCH31),
+                         load_from=ckpt21,
+                         resume=resume)
     with pytest.raises(PeLKCheckpointMismatch) as error:
         runner.train()
     check_message(str(error.value))
@@ -226,10 +227,10 @@ def test_metadata_less_checkpoint_refused_with_inferred_arch(tmp_path):
     path = tmp_path / 'plain.pth'
     torch.save({'state_dict': dict(state)}, path)  # a dict: no _metadata
     assert not hasattr(torch.load(path)['state_dict'], '_metadata')
-    model = Classifier(
-        ARCH31,
-        init_cfg=dict(
-            type='Pretrained', checkpoint=str(path), prefix='backbone.'))
+    model = Classifier(ARCH31,
+                       init_cfg=dict(type='Pretrained',
+                                     checkpoint=str(path),
+                                     prefix='backbone.'))
     with pytest.raises(PeLKCheckpointMismatch) as error:
         model.init_weights()
     message = str(error.value)
@@ -244,7 +245,7 @@ def test_metadata_less_checkpoint_refused_with_inferred_arch(tmp_path):
 
 
 def test_tools_test_refuses(tmp_path):
-    """``tools/test.py CONFIG CKPT`` on the demo config stops before testing."""
+    """``tools/test.py CONFIG CKPT`` (demo config) stops before testing."""
     from mmseg.registry import MODELS
 
     from pelk_mm.datasets import make_ade20k_demo
@@ -255,19 +256,18 @@ def test_tools_test_refuses(tmp_path):
     cfg.model.pop('data_preprocessor')
     model = MODELS.build(cfg.model)
     ckpt = save(model, tmp_path / 'k21_demo.pth')
-    proc = subprocess.run(
-        [
-            sys.executable, 'tools/test.py',
-            'configs/demo/upernet_pelk_demo_ade20k.py', ckpt,
-            '--work-dir', str(tmp_path / 'work'), '--cfg-options',
-            f'test_dataloader.dataset.data_root={data}',
-            'test_dataloader.num_workers=0',
-            'test_dataloader.persistent_workers=False'
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300)
+    proc = subprocess.run([
+        sys.executable, 'tools/test.py',
+        'configs/demo/upernet_pelk_demo_ade20k.py', ckpt, '--work-dir',
+        str(tmp_path / 'work'), '--cfg-options',
+        f'test_dataloader.dataset.data_root={data}',
+        'test_dataloader.num_workers=0',
+        'test_dataloader.persistent_workers=False'
+    ],
+                          cwd=ROOT,
+                          capture_output=True,
+                          text=True,
+                          timeout=300)
     assert proc.returncode != 0
     assert 'PeLKCheckpointMismatch' in proc.stderr
     assert 'backbone.pos_embeds.0: (12, 21, 21) vs (12, 31, 31)' in proc.stderr
@@ -283,8 +283,13 @@ def test_same_shapes_other_grid_refused_by_the_record(tmp_path):
     same 11 x 11 compact weights: only the arch record tells them apart."""
     source = classifier(ARCH21, pos_embed=False)
     model = classifier(ARCH31, pos_embed=False, seed=1)
-    assert {k: v.shape for k, v in source.state_dict().items()} == {
-        k: v.shape for k, v in model.state_dict().items()}
+    assert {
+        k: v.shape
+        for k, v in source.state_dict().items()
+    } == {
+        k: v.shape
+        for k, v in model.state_dict().items()
+    }
     before = states(model)
     with pytest.raises(PeLKCheckpointMismatch) as error:
         load_checkpoint(model, save(source, tmp_path / 'k21.pth'))
@@ -314,6 +319,8 @@ def test_missing_key_refused(tmp_path):
     assert '1 key(s) missing from the checkpoint:\n' \
         '  backbone.stages.1.0.gamma (32,)' in message
     assert 'shape mismatch' not in message and 'Differences' not in message
+    assert 'The archs agree, so the file itself lacks or adds weights' \
+        in message
     assert_unchanged(model, before)
 
 
@@ -337,7 +344,8 @@ def test_pos_embed_and_deploy_checkpoints_refused(tmp_path):
     with pytest.raises(PeLKCheckpointMismatch) as error:
         load_checkpoint(classifier(ARCH31), path)
     message = str(error.value)
-    assert 'peripheral_conv.weight: (6, 1, 31, 31) vs (6, 1, 11, 11)' in message
+    assert 'peripheral_conv.weight: (6, 1, 31, 31) vs (6, 1, 11, 11)' \
+        in message
     assert 'deploy: checkpoint True, config False' in message
 
 
@@ -357,10 +365,11 @@ def test_matching_checkpoint_loads_heads_and_output_norms_aside(tmp_path):
     backbone's business, the missing output norms keep their init."""
     source = classifier(ARCH31, seed=1)
     path = save(source, tmp_path / 'cls.pth')
-    backbone = PeLK(
-        ARCH31,
-        out_indices=(0, 1, 2, 3),
-        init_cfg=dict(type='Pretrained', checkpoint=path, prefix='backbone.'))
+    backbone = PeLK(ARCH31,
+                    out_indices=(0, 1, 2, 3),
+                    init_cfg=dict(type='Pretrained',
+                                  checkpoint=path,
+                                  prefix='backbone.'))
     backbone.init_weights()
     for key, value in source.backbone.state_dict().items():
         assert torch.equal(backbone.state_dict()[key], value), key
@@ -382,26 +391,30 @@ def test_matching_checkpoint_loads_heads_and_output_norms_aside(tmp_path):
 def test_metadata_less_matching_checkpoint_loads(tmp_path):
     """Older checkpoints, or another codebase's: plain dicts of tensors."""
     source = classifier(ARCH31, seed=1)
-    plain = {f'backbone.{k}': v.clone()
-             for k, v in source.backbone.state_dict().items()}
+    plain = {
+        f'backbone.{k}': v.clone()
+        for k, v in source.backbone.state_dict().items()
+    }
     path = tmp_path / 'plain.pth'
     torch.save(plain, path)  # no 'state_dict', no 'meta', no _metadata
-    model = Classifier(
-        ARCH31,
-        init_cfg=dict(type='Pretrained', checkpoint=str(path),
-                      prefix='backbone.'))
+    model = Classifier(ARCH31,
+                       init_cfg=dict(type='Pretrained',
+                                     checkpoint=str(path),
+                                     prefix='backbone.'))
     model.init_weights()
     for key, value in source.backbone.state_dict().items():
         assert torch.equal(model.backbone.state_dict()[key], value), key
     loaded = classifier(ARCH31)
     load_checkpoint(loaded, str(path))
-    assert torch.equal(loaded.backbone.pos_embeds[0], source.backbone.pos_embeds[0])
+    assert torch.equal(loaded.backbone.pos_embeds[0],
+                       source.backbone.pos_embeds[0])
 
 
 def test_prefix_not_in_checkpoint(ckpt21):
-    model = PeLK(
-        ARCH21,
-        init_cfg=dict(type='Pretrained', checkpoint=ckpt21, prefix='encoder.'))
+    model = PeLK(ARCH21,
+                 init_cfg=dict(type='Pretrained',
+                               checkpoint=ckpt21,
+                               prefix='encoder.'))
     with pytest.raises(PeLKCheckpointMismatch, match="prefix 'encoder.'"):
         model.init_weights()
 
@@ -432,18 +445,20 @@ def test_converter_records_arch_and_refuses_other_kernel(ckpt21, tmp_path):
     target = PeLK(ARCH21, out_indices=(0, 1, 2, 3))
     dst = str(tmp_path / 'backbone.pth')
     missing, unexpected = converter.convert(ckpt21, dst, target)
-    assert missing == [f'norm{i}.{p}' for i in range(3)
-                       for p in ('weight', 'bias')]
+    assert missing == [
+        f'norm{i}.{p}' for i in range(3) for p in ('weight', 'bias')
+    ]
     assert unexpected == ['head.weight', 'head.bias']
     written = torch.load(dst, weights_only=True)
     record = target.arch_record()
     assert written['meta'][ARCH_META_KEY] == {'backbone': record}
     assert written['state_dict']._metadata['backbone'][ARCH_META_KEY] == record
     # ... and what it wrote loads into the downstream backbone
-    downstream = PeLK(
-        ARCH21,
-        out_indices=(0, 1, 2, 3),
-        init_cfg=dict(type='Pretrained', checkpoint=dst, prefix='backbone.'))
+    downstream = PeLK(ARCH21,
+                      out_indices=(0, 1, 2, 3),
+                      init_cfg=dict(type='Pretrained',
+                                    checkpoint=dst,
+                                    prefix='backbone.'))
     downstream.init_weights()
 
     bad = str(tmp_path / 'bad.pth')
@@ -454,12 +469,30 @@ def test_converter_records_arch_and_refuses_other_kernel(ckpt21, tmp_path):
         in str(error.value)
     assert not osp.exists(bad)
     # a checkpoint converted for one arch is refused for another, naming it
-    with pytest.raises(PeLKCheckpointMismatch, match=r'Checkpoint arch \(its metadata\)'):
-        PeLK(ARCH31, out_indices=(0, 1, 2, 3), init_cfg=dict(
-            type='Pretrained', checkpoint=dst, prefix='backbone.')).init_weights()
+    with pytest.raises(PeLKCheckpointMismatch,
+                       match=r'Checkpoint arch \(its metadata\)'):
+        PeLK(ARCH31,
+             out_indices=(0, 1, 2, 3),
+             init_cfg=dict(type='Pretrained',
+                           checkpoint=dst,
+                           prefix='backbone.')).init_weights()
 
 
 def test_copy_keeps_hook():
     """EMA and friends deep-copy the model: the copy records its arch too."""
     model = copy.deepcopy(classifier(ARCH21))
     assert ARCH_META_KEY in model.state_dict()._metadata['backbone']
+
+
+def test_named_arch_suggested_by_name():
+    from pelk_mm.models.checkpoint_meta import check_state_dict
+    with torch.device('meta'):
+        tiny = PeLK('tiny').arch_record()
+    model = PeLK(ARCH31)
+    with pytest.raises(PeLKCheckpointMismatch) as error:
+        check_state_dict(model, model.state_dict(), checkpoint_record=tiny)
+    message = str(error.value)
+    assert 'Every tensor shape fits, but the checkpoint records another ' \
+        'arch' in message
+    assert "Build the backbone the checkpoint was made for (arch='tiny')" \
+        in message

@@ -16,10 +16,9 @@ from mmengine.runner.checkpoint import get_state_dict
 
 from pelk_mm import PeLK, PeripheralConv2d
 
-ARCH = dict(
-    depths=[1, 1, 1, 1],
-    channels=[16, 32, 64, 128],
-    kernel_sizes=[21, 13, 13, 7])
+ARCH = dict(depths=[1, 1, 1, 1],
+            channels=[16, 32, 64, 128],
+            kernel_sizes=[21, 13, 13, 7])
 
 
 def built(seed=0, **kwargs):
@@ -109,5 +108,4 @@ def test_standalone_peripheral_conv_fan_in_init(kernel_size):
     conv = PeripheralConv2d(64, kernel_size)
     bound = 1 / kernel_size
     assert conv.weight.abs().max() <= bound
-    assert std_ok(conv.weight.detach().flatten(),
-                  std=bound / math.sqrt(3))
+    assert std_ok(conv.weight.detach().flatten(), std=bound / math.sqrt(3))

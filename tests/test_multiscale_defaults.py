@@ -16,10 +16,9 @@ from mmengine.registry import init_default_scope
 import pelk_mm  # noqa: F401
 from pelk_mm import PeLK
 
-ARCH = dict(
-    depths=[1, 1, 1, 1],
-    channels=[16, 32, 64, 128],
-    kernel_sizes=[21, 13, 13, 7])
+ARCH = dict(depths=[1, 1, 1, 1],
+            channels=[16, 32, 64, 128],
+            kernel_sizes=[21, 13, 13, 7])
 
 
 @pytest.mark.parametrize('out_indices,gap,pooled', [
@@ -42,9 +41,8 @@ def test_default_pools_only_the_last_stage_alone(out_indices, gap, pooled):
     assert all(o.dim() == (2 if pooled else 4) for o in outs)
     if not pooled:
         sizes = {0: 16, 1: 8, 2: 4, 3: 2}
-        assert [o.shape[-1] for o in outs] == [
-            sizes[i] for i in model.out_indices
-        ]
+        assert [o.shape[-1]
+                for o in outs] == [sizes[i] for i in model.out_indices]
 
 
 def test_mmseg_upernet_r50_base():
@@ -56,25 +54,26 @@ def test_mmseg_upernet_r50_base():
         "_base_ = ['mmseg::_base_/models/upernet_r50.py']\n"
         "model = dict(\n"
         "    pretrained=None,  # the base's ResNet checkpoint\n"
-        "    backbone=dict(_delete_=True, type='PeLK', out_indices=(0, 1, 2, 3),\n"
+        "    backbone=dict(_delete_=True, type='PeLK',\n"
+        "                  out_indices=(0, 1, 2, 3),\n"
         f"                  arch={ARCH!r}),\n"
         "    decode_head=dict(in_channels=[16, 32, 64, 128], channels=32,\n"
         "                     num_classes=4),\n"
-        "    auxiliary_head=dict(in_channels=64, channels=16, num_classes=4))\n",
+        "    auxiliary_head=dict(in_channels=64, channels=16,\n"
+        "                        num_classes=4))\n",
         file_format='.py')
-    assert cfg.model.backbone == dict(
-        type='PeLK', arch=ARCH, out_indices=(0, 1, 2, 3))
+    assert cfg.model.backbone == dict(type='PeLK',
+                                      arch=ARCH,
+                                      out_indices=(0, 1, 2, 3))
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)
     model.init_weights()
     inputs = torch.randn(2, 3, 64, 64)
     samples = []
     for _ in range(2):
-        sample = SegDataSample(
-            metainfo=dict(img_shape=(64, 64), pad_shape=(64, 64),
-                          ori_shape=(64, 64)))
-        sample.gt_sem_seg = PixelData(
-            data=torch.randint(0, 4, (1, 64, 64)))
+        sample = SegDataSample(metainfo=dict(
+            img_shape=(64, 64), pad_shape=(64, 64), ori_shape=(64, 64)))
+        sample.gt_sem_seg = PixelData(data=torch.randint(0, 4, (1, 64, 64)))
         samples.append(sample)
     losses = model(inputs, samples, mode='loss')
     total = sum(v for k, v in losses.items() if 'loss' in k)
@@ -83,30 +82,29 @@ def test_mmseg_upernet_r50_base():
     assert model.backbone.pos_embeds[0].grad is not None
 
 
-@pytest.mark.parametrize('base', [
-    'mmdet::_base_/models/mask-rcnn_r50_fpn.py',
-    'mmdet::_base_/models/cascade-mask-rcnn_r50_fpn.py',
-])
-def test_mmdet_r50_bases(base):
+def test_mmdet_mask_rcnn_r50_base():
     from mmdet.registry import MODELS
     from mmdet.testing import demo_mm_inputs
     init_default_scope('mmdet')
     cfg = Config.fromstring(
-        f"_base_ = ['{base}']\n"
+        "_base_ = ['mmdet::_base_/models/mask-rcnn_r50_fpn.py']\n"
         "model = dict(\n"
-        "    backbone=dict(_delete_=True, type='PeLK', out_indices=(0, 1, 2, 3),\n"
+        "    backbone=dict(_delete_=True, type='PeLK',\n"
+        "                  out_indices=(0, 1, 2, 3),\n"
         f"                  arch={ARCH!r}),\n"
         "    neck=dict(in_channels=[16, 32, 64, 128]))\n",
         file_format='.py')
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)
     model.init_weights()
-    packed = demo_mm_inputs(2, [[3, 64, 64]] * 2, num_items=[2, 3],
-                            num_classes=80, with_mask=True)
+    packed = demo_mm_inputs(2, [[3, 64, 64]] * 2,
+                            num_items=[2, 3],
+                            num_classes=80,
+                            with_mask=True)
     data = model.data_preprocessor(packed, True)
     losses = model(**data, mode='loss')
-    total = sum(v if torch.is_tensor(v) else sum(v)
-                for k, v in losses.items() if 'loss' in k)
+    total = sum(v if torch.is_tensor(v) else sum(v) for k, v in losses.items()
+                if 'loss' in k)
     assert torch.isfinite(total)
     total.backward()
     assert model.backbone.pos_embeds[0].grad is not None

@@ -19,8 +19,8 @@ SCRIPTS = {
     'dist_train.sh': ([CONFIG, '2'], 'CONFIG NUM_PROCS'),
     'dist_test.sh': ([CONFIG, 'ckpt.pth', '2'], 'CONFIG CHECKPOINT NUM_PROCS'),
     'slurm_train.sh': (['part', 'job', CONFIG], 'PARTITION JOB_NAME CONFIG'),
-    'slurm_test.sh': (['part', 'job', CONFIG, 'ckpt.pth'],
-                      'PARTITION JOB_NAME CONFIG CHECKPOINT'),
+    'slurm_test.sh': (['part', 'job', CONFIG,
+                       'ckpt.pth'], 'PARTITION JOB_NAME CONFIG CHECKPOINT'),
 }
 
 
@@ -28,8 +28,10 @@ def run(script, args, tmp_path, **env):
     fake_srun = tmp_path / 'srun'
     fake_srun.write_text('#!/bin/sh\necho srun "$@"\n')
     fake_srun.chmod(0o755)
-    environ = dict(os.environ, PYTHON='echo',
-                   PATH=f'{tmp_path}:{os.environ["PATH"]}', **env)
+    environ = dict(os.environ,
+                   PYTHON='echo',
+                   PATH=f'{tmp_path}:{os.environ["PATH"]}',
+                   **env)
     for name in ('NNODES', 'NODE_RANK', 'PORT', 'GPUS', 'GPUS_PER_NODE',
                  'CPUS_PER_TASK', 'SRUN_ARGS'):
         if name not in env:

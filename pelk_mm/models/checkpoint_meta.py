@@ -15,11 +15,14 @@ Loading into PeLK (``init_cfg=dict(type='Pretrained', ...)`` with or without
 through :meth:`PeLK._load_from_state_dict`, which calls
 :func:`check_state_dict` and raises :class:`PeLKCheckpointMismatch` before any
 weight is copied when a backbone tensor has another shape, a backbone key is
-missing, or the checkpoint has blocks / stages / positional embeddings the
-model does not have. The only keys allowed to be missing are the output norms
-``norm{i}``, which depend on ``out_indices`` rather than on the arch (a
-classifier has ``norm3`` only; a downstream backbone adds ``norm0``-``norm2``
-with their default initialisation). Keys outside the backbone (heads) are not
+missing, the checkpoint has blocks / stages / positional embeddings the
+model does not have, or its record names another arch even though every shape
+fits (the compact weights of K = 21 and K = 31 with a 5x5 centre are both
+11 x 11; without a record, such checkpoints cannot be told apart). The only
+keys allowed to be missing are the output norms ``norm{i}``, which depend on
+``out_indices`` rather than on the arch (a classifier has ``norm3`` only; a
+downstream backbone adds ``norm0``-``norm2`` with their default
+initialisation). Keys outside the backbone (heads) are not
 the backbone's business.
 """
 import re
@@ -35,7 +38,8 @@ ARCH_META_KEY = 'pelk_arch'
 
 # A block, a downsampling layer or a positional embedding: the units whose
 # presence depends on the arch (depths, number of stages, pos_embed, deploy).
-_UNIT = re.compile(r'^(stages\.\d+\.\d+|downsample_layers\.\d+|pos_embeds\.\d+)')
+_UNIT = re.compile(
+    r'^(stages\.\d+\.\d+|downsample_layers\.\d+|pos_embeds\.\d+)')
 _OUTPUT_NORM = re.compile(r'^norm\d+\.')
 # fields of a record that must agree: the compact weights of one grid have
 # the shapes of those of another (e.g. K = 21 and K = 31, both with k' = 11)
@@ -138,9 +142,8 @@ def sub_state_dict(state_dict: Mapping, prefix: str) -> 'OrderedDict':
         state_dict (Mapping): A state dict (with or without ``_metadata``).
         prefix (str): E.g. ``'backbone.'``; ``''`` keeps everything.
     """
-    out = OrderedDict(
-        (k[len(prefix):], v) for k, v in state_dict.items()
-        if k.startswith(prefix))
+    out = OrderedDict((k[len(prefix):], v) for k, v in state_dict.items()
+                      if k.startswith(prefix))
     path = prefix[:-1]
     metadata = getattr(state_dict, '_metadata', None) or {}
     out._metadata = OrderedDict()
@@ -178,9 +181,8 @@ def infer_arch(state_dict: Mapping) -> dict:
 
     def shapes(template):
         found = [state_dict.get(template.format(i)) for i in stages]
-        return None if any(t is None for t in found) else [
-            tuple(t.shape) for t in found
-        ]
+        return None if any(
+            t is None for t in found) else [tuple(t.shape) for t in found]
 
     norms = shapes('stages.{}.0.norm.weight')
     if norms:
@@ -220,18 +222,20 @@ def _advice(ckpt: dict, model: dict) -> str:
         arch = repr(name) if name else (
             f'dict(depths={ckpt["depths"]}, channels={ckpt["channels"]}, '
             f'grids={ckpt["grids"]})')
-        extra = [f'{k}={ckpt[k]!r}' for k in ('conv_ratio', 'pos_embed',
-                                              'pos_embed_mode', 'deploy',
-                                              'in_channels', 'stem_patch_size')
-                 if k in ckpt and ckpt[k] != model.get(k)]
+        extra = [
+            f'{k}={ckpt[k]!r}'
+            for k in ('conv_ratio', 'pos_embed', 'pos_embed_mode', 'deploy',
+                      'in_channels', 'stem_patch_size')
+            if k in ckpt and ckpt[k] != model.get(k)
+        ]
         setting = ', '.join([f'arch={arch}'] + extra)
     else:
         arch = dict(depths=ckpt.get('depths'))
         for key in ('channels', 'kernel_sizes'):
             if key in ckpt:
                 arch[key] = ckpt[key]
-        setting = 'arch=dict(' + ', '.join(
-            f'{k}={v}' for k, v in arch.items()) + ')'
+        setting = 'arch=dict(' + ', '.join(f'{k}={v}'
+                                           for k, v in arch.items()) + ')'
         if 'kernel_sizes' not in ckpt:
             setting += (' with the kernel sizes the checkpoint was trained '
                         'with')
@@ -263,8 +267,9 @@ def check_state_dict(model: nn.Module,
             output norm, blocks / stages / positional embeddings that the
             model does not have, or a ``checkpoint_record`` of another arch
             (``depths``, ``channels``, ``grids``, ``conv_channels``, stem,
-            ``pos_embed`` or ``deploy`` differ) even if every shape fits. The message lists every such key (with both
-            shapes), both archs and what to do.
+            ``pos_embed`` or ``deploy`` differ) even if every shape fits.
+            The message lists every such key (with both shapes), both
+            archs and what to do.
     """
     own_tensors = model.state_dict(keep_vars=True)
     own = OrderedDict((k, tuple(v.shape)) for k, v in own_tensors.items())
@@ -279,12 +284,12 @@ def check_state_dict(model: nn.Module,
     missing = [k for k in missing if not _OUTPUT_NORM.match(k)]
     own_units = {m[0] for m in map(_UNIT.match, own) if m}
     foreign = [
-        k for k in state_dict
-        if k not in own and _UNIT.match(k) and _UNIT.match(k)[0] not in own_units
+        k for k in state_dict if k not in own and _UNIT.match(k)
+        and _UNIT.match(k)[0] not in own_units
     ]
     other_arch = checkpoint_record is not None and any(
-        checkpoint_record[k] != model.arch_record()[k] for k in _ARCH_FIELDS
-        if k in checkpoint_record)
+        checkpoint_record[k] != model.arch_record()[k]
+        for k in _ARCH_FIELDS if k in checkpoint_record)
     if not (mismatched or missing or foreign or other_arch):
         return missing_norms
 
@@ -320,6 +325,9 @@ def check_state_dict(model: nn.Module,
     ]
     if differences:
         lines.append('Differences: ' + '; '.join(differences))
-    lines.append(_advice(ckpt, model.arch_record()))
+        lines.append(_advice(ckpt, model.arch_record()))
+    else:
+        lines.append('The archs agree, so the file itself lacks or adds '
+                     'weights (incomplete or edited?); save it again from a '
+                     'complete model.')
     raise PeLKCheckpointMismatch('\n'.join(lines))
-
