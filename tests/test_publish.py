@@ -17,6 +17,7 @@ import importlib.util
 import json
 import os
 import os.path as osp
+import pickle
 import re
 import shutil
 import subprocess
@@ -201,6 +202,23 @@ def test_tampered_file_fails_the_hash_check(published, server, torch_home):
     shutil.copy(path, osp.join(osp.dirname(path), wrong))
     with pytest.raises(RuntimeError, match='invalid hash value'):
         CheckpointLoader.load_checkpoint(f'{server["url"]}/{wrong}')
+
+
+class NotAllowed:
+    pass
+
+
+def test_url_checkpoint_is_loaded_weights_only(published, server,
+                                               torch_home):
+    """A correctly hashed file that pickles a foreign object is refused."""
+    served = osp.dirname(published['path'])
+    tmp_file = osp.join(served, 'foreign.tmp')
+    torch.save({'state_dict': {}, 'obj': NotAllowed()}, tmp_file)
+    with open(tmp_file, 'rb') as f:
+        name = f'foreign-{hashlib.sha256(f.read()).hexdigest()[:8]}.pth'
+    os.replace(tmp_file, osp.join(served, name))
+    with pytest.raises(pickle.UnpicklingError, match='NotAllowed'):
+        CheckpointLoader.load_checkpoint(f'{server["url"]}/{name}')
 
 
 def test_pretrained_init_cfg_by_url(published, server, torch_home):
