@@ -17,6 +17,7 @@ import importlib.util
 import json
 import os
 import os.path as osp
+import pickle
 import re
 import shutil
 import subprocess
@@ -26,7 +27,8 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
-from mmengine.runner import CheckpointLoader
+from mmengine.config import Config
+from mmengine.runner import CheckpointLoader, Runner
 
 from pelk_mm import PeLK
 from pelk_mm.datasets import make_ade20k_demo
@@ -59,22 +61,27 @@ def load_tool(name, *path):
 
 
 def options(ade):
-    return [
-        f'train_dataloader.dataset.data_root={ade}',
-        f'test_dataloader.dataset.data_root={ade}',
-        'train_dataloader.batch_size=2',
-        *[f'{loader}.{kv}' for loader in ('train_dataloader',
-                                          'test_dataloader')
-          for kv in ('num_workers=0', 'persistent_workers=False')],
-        'train_cfg.max_iters=2', 'default_hooks.logger.interval=1',
-        'default_hooks.checkpoint.interval=2'
-    ]
+    """The demo config on the tiny data set, 2 iterations."""
+    return {
+        'train_dataloader.dataset.data_root': ade,
+        'test_dataloader.dataset.data_root': ade,
+        'train_dataloader.batch_size': 2,
+        **{f'{loader}.{key}': value
+           for loader in ('train_dataloader', 'test_dataloader')
+           for key, value in (('num_workers', 0),
+                              ('persistent_workers', False))},
+        'train_cfg.max_iters': 2,
+        'default_hooks.logger.interval': 1,
+        'default_hooks.checkpoint.interval': 2,
+    }
 
 
 def evaluate(checkpoint, work_dir, ade, *extra, env=None):
-    """tools/test.py; returns (metrics json, log)."""
+    """tools/test.py in a subprocess; returns (metrics json, log)."""
     proc = run('tools/test.py', DEMO_CFG, checkpoint, '--work-dir', work_dir,
-               '--cfg-options', *options(ade), *extra, env=env)
+               '--cfg-options',
+               *[f'{k}={v}' for k, v in options(ade).items()], *extra,
+               env=env)
     logs = sorted(glob.glob(osp.join(work_dir, '*', '*.json')))
     assert logs, proc.stdout[-3000:]
     with open(logs[-1]) as f:
@@ -83,18 +90,22 @@ def evaluate(checkpoint, work_dir, ade, *extra, env=None):
 
 @pytest.fixture(scope='module')
 def published(tmp_path_factory):
-    """Train 2 iterations, publish into a served directory."""
+    """Train 2 iterations (mmengine Runner, in process), publish the
+    checkpoint into a directory to serve, evaluate it locally."""
     tmp = tmp_path_factory.mktemp('publish')
     ade = make_ade20k_demo(str(tmp / 'ade'), 4, 2, size=(64, 64))
-    work_dir = str(tmp / 'train')
-    run('tools/train.py', DEMO_CFG, '--work-dir', work_dir, '--cfg-options',
-        *options(ade))
-    source = osp.join(work_dir, 'iter_2.pth')
+    cfg = Config.fromfile(DEMO_CFG)
+    cfg.merge_from_dict(options(ade))
+    cfg.work_dir = str(tmp / 'train')
+    Runner.from_cfg(cfg).train()
+    source = osp.join(cfg.work_dir, 'iter_2.pth')
     served = tmp / 'served'
     served.mkdir()
     tool = load_tool('publish_model', 'model_converters', 'publish_model.py')
-    path = tool.process_checkpoint(source, str(served / 'upernet_pelk_demo.pth'))
-    return dict(ade=ade, source=source, path=path, tmp=tmp)
+    path = tool.process_checkpoint(source,
+                                   str(served / 'upernet_pelk_demo.pth'))
+    local, _ = evaluate(path, str(tmp / 'test_local'), ade)
+    return dict(ade=ade, source=source, path=path, tmp=tmp, metrics=local)
 
 
 @pytest.fixture(scope='module')
@@ -157,17 +168,17 @@ def test_test_py_by_url_gives_the_local_metrics(published, server,
                                                 torch_home):
     tmp, ade, path = published['tmp'], published['ade'], published['path']
     name = osp.basename(path)
-    local, _ = evaluate(path, str(tmp / 'test_local'), ade)
     remote, log = evaluate(f'{server["url"]}/{name}', str(tmp / 'test_url'),
                            ade, env=torch_home)
     assert 'Loads checkpoint by http backend' in log
     assert f'/{name}' in server['requests']
     cached = osp.join(torch_home['TORCH_HOME'], 'hub', 'checkpoints', name)
     assert osp.isfile(cached)
+    local = published['metrics']
     assert {'aAcc', 'mIoU', 'mAcc'} <= set(local)
     assert local['aAcc'] > 0
     for key in ('aAcc', 'mIoU', 'mAcc'):
-        assert remote[key] == local[key], key
+        assert remote[key] == local[key], (key, remote, local)
 
 
 def test_tampered_file_fails_the_hash_check(published, server, torch_home):
@@ -193,6 +204,23 @@ def test_tampered_file_fails_the_hash_check(published, server, torch_home):
         CheckpointLoader.load_checkpoint(f'{server["url"]}/{wrong}')
 
 
+class NotAllowed:
+    pass
+
+
+def test_url_checkpoint_is_loaded_weights_only(published, server,
+                                               torch_home):
+    """A correctly hashed file that pickles a foreign object is refused."""
+    served = osp.dirname(published['path'])
+    tmp_file = osp.join(served, 'foreign.tmp')
+    torch.save({'state_dict': {}, 'obj': NotAllowed()}, tmp_file)
+    with open(tmp_file, 'rb') as f:
+        name = f'foreign-{hashlib.sha256(f.read()).hexdigest()[:8]}.pth'
+    os.replace(tmp_file, osp.join(served, name))
+    with pytest.raises(pickle.UnpicklingError, match='NotAllowed'):
+        CheckpointLoader.load_checkpoint(f'{server["url"]}/{name}')
+
+
 def test_pretrained_init_cfg_by_url(published, server, torch_home):
     name = osp.basename(published['path'])
     backbone = PeLK(
@@ -212,13 +240,17 @@ def test_pretrained_init_cfg_by_url(published, server, torch_home):
 
 
 def test_deployed_checkpoint_evaluates_with_config_override(published):
+    """pelk_deploy.py folds the published checkpoint; tools/test.py evaluates
+    it with model.backbone.deploy=True (a few pixels may flip where two class
+    scores tie within float32 round-off, hence the tolerance)."""
     tmp, ade = published['tmp'], published['ade']
     deployed = str(tmp / 'deployed.pth')
-    run('tools/model_converters/pelk_deploy.py', DEMO_CFG, published['path'],
-        deployed, '--shape', '64', '64')
-    local, _ = evaluate(published['path'], str(tmp / 'test_local2'), ade)
+    load_tool('pelk_deploy', 'model_converters', 'pelk_deploy.py').main(
+        [DEMO_CFG, published['path'], deployed, '--shape', '64', '64'])
     folded, log = evaluate(deployed, str(tmp / 'test_deployed'), ade,
                            'model.backbone.deploy=True')
     assert 'missing keys' not in log and 'unexpected key' not in log
+    local = published['metrics']
     for key in ('aAcc', 'mIoU', 'mAcc'):
-        assert folded[key] == pytest.approx(local[key], abs=0.05), key
+        assert folded[key] == pytest.approx(local[key], abs=0.1), (
+            key, folded, local)
