@@ -255,25 +255,28 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     methods = args.methods or sorted(PERIPHERAL_CONV_IMPLS)
     methods = ['dense'] + [m for m in methods if m != 'dense'] + [BASELINE]
-    rows = []
+    machine = machine_info(device)
+    machine.update(input_mean=args.input_mean)
+    result = dict(machine=machine, results=[])
     for case in cases(args):
         new = bench_case(methods, case, args, device)
         if not args.json:
-            print_rows(new, rows_header=not rows)
-        rows += new
-    machine = machine_info(device)
-    machine.update(input_mean=args.input_mean)
-    result = dict(machine=machine, results=rows)
+            print_rows(new, rows_header=not result['results'])
+        result['results'] += new
+        if args.save:  # after every case: a run cut short keeps its rows
+            save(result, args.save)
     if args.json:
         json.dump(result, sys.stdout, indent=1)
         print()
     else:
         print('machine:', json.dumps(machine))
-    if args.save:
-        with open(f'{args.save}.json', 'w') as out:
-            json.dump(result, out, indent=1)
-        with open(f'{args.save}.md', 'w') as out:
-            out.write(markdown_table(result))
+
+
+def save(result, prefix):
+    with open(f'{prefix}.json', 'w') as out:
+        json.dump(result, out, indent=1)
+    with open(f'{prefix}.md', 'w') as out:
+        out.write(markdown_table(result))
 
 
 def markdown_table(result):
