@@ -287,10 +287,15 @@ def test_forced_float32_path_really_runs_in_float32():
         assert changed[2] if impl == 'fft' else all(changed), impl
 
 
-def test_accumulation_dtype_policy():
+def test_accumulation_dtype_policy(monkeypatch):
     assert FP64_FULL_RATE_CAPABILITIES == {(6, 0), (7, 0), (8, 0), (9, 0)}
     assert fast_float64(torch.device('cpu'))
     assert not fast_float64(torch.device('meta'))
+    for capability, fast in (((9, 0), True), ((8, 0), True), ((8, 6), False),
+                             ((8, 9), False), ((12, 0), False)):
+        monkeypatch.setattr(torch.cuda, 'get_device_capability',
+                            lambda device=None, c=capability: c)
+        assert fast_float64(torch.device('cuda', 0)) == fast, capability
     with pytest.raises(ValueError, match='dtype'):
         with force_accumulation_dtype(torch.float16):
             pass

@@ -68,9 +68,12 @@ the ``'cuda'`` entry to paste into :data:`COST_COEFFICIENTS`, with every
 measured cell's pick against the fastest exact method (the target: within
 10 % on every cell).
 
-The blocksum and FFT timings above predate the float32-safe block-sum
-tables (two-term, tile-local prefix sums) and the per-device accumulation
-dtype (:mod:`pelk_mm.ops.precision`).
+The blocksum timings above also predate its backward recomputing the band
+sums instead of saving them (:mod:`pelk_mm.ops.blocksum_conv`), which made
+its CPU forward + backward 1.0-1.8x slower (K 31-101, maps 16-64, one
+interleaved comparison on a loaded machine); the CPU coefficients were not
+refitted since, so near the fft / blocksum boundary ``auto`` may now pick
+blocksum where fft is slightly faster.
 """
 import math
 from typing import Dict, Sequence, Tuple
