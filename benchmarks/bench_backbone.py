@@ -33,8 +33,10 @@ Examples::
     python benchmarks/bench_backbone.py --modes hook --iters 2
 """
 import argparse
+import contextlib
 import json
 import logging
+import math
 import platform
 import statistics
 import sys
@@ -43,6 +45,7 @@ import time
 import torch
 
 MODELS = ('pelk', 'pelk-dense', 'pelk-identity', 'convnext')
+AMP_DTYPES = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 PELK_CONFIG = 'configs/_base_/models/upernet_pelk.py'  # PeLK-T
 CONVNEXT_CONFIG = 'convnext/convnext-tiny_upernet_8xb2-amp-160k_ade20k-512x512.py'
 
@@ -66,7 +69,21 @@ def parse_args(argv=None):
                         'its train step (see time_sparsity_hook)')
     parser.add_argument('--no-memory', action='store_true',
                         help='skip the peak-memory measurement')
+    parser.add_argument('--amp', default='none', choices=sorted(AMP_DTYPES),
+                        help='autocast dtype of the timed train step and '
+                        'inference (fp16 with a GradScaler); default none')
+    parser.add_argument('--infer-size', type=int, nargs=2, default=None,
+                        metavar=('H', 'W'),
+                        help='image of the timed inference (whole-image '
+                        'forward), e.g. 512 2048 as an ADE20K test image; '
+                        'default --size x --size')
+    parser.add_argument('--amp-steps', type=int, default=0,
+                        help='also train PeLK-T (auto) this many steps under '
+                        'fp16 and bf16 autocast and report whether every '
+                        'loss is finite (0: skip)')
     parser.add_argument('--json', action='store_true')
+    parser.add_argument('--save', metavar='PREFIX',
+                        help='also write PREFIX.json and PREFIX.md')
     return parser.parse_args(argv)
 
 
@@ -126,27 +143,57 @@ def make_batch(args, device):
     return inputs.to(device), samples
 
 
+def amp_context(amp, device):
+    """``torch.autocast`` for ``amp`` (a key of :data:`AMP_DTYPES`)."""
+    dtype = AMP_DTYPES[amp]
+    return (contextlib.nullcontext() if dtype is None else torch.autocast(
+        device.type, dtype=dtype))
+
+
 class Runner:
     """One model, its optimizer and the two timed operations."""
 
-    def __init__(self, name, args, device):
+    def __init__(self, name, args, device, amp=None):
         self.model = build_model(name, device)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=1e-4, weight_decay=0.05)
         self.inputs, self.samples = make_batch(args, device)
+        self.device, self.amp = device, amp or args.amp
+        self.scaler = torch.amp.GradScaler(
+            device.type, enabled=self.amp == 'fp16')
+        height, width = args.infer_size or (args.size, args.size)
+        self.infer_inputs = torch.randn(
+            args.batch, 3, height, width,
+            generator=torch.Generator().manual_seed(1)).to(device)
 
     def train(self):
+        """One step; returns the (detached) total loss."""
         self.model.train()
-        losses = self.model.loss(self.inputs, self.samples)
-        loss, _ = self.model.parse_losses(losses)
+        with amp_context(self.amp, self.device):
+            losses = self.model.loss(self.inputs, self.samples)
+            loss, _ = self.model.parse_losses(losses)
         self.optimizer.zero_grad()
-        loss.backward()
-        self.optimizer.step()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss.detach()
 
     def infer(self):
         self.model.eval()
-        with torch.no_grad():
-            self.model(self.inputs, self.samples, mode='tensor')
+        with torch.no_grad(), amp_context(self.amp, self.device):
+            self.model(self.infer_inputs, None, mode='tensor')
+
+
+def amp_losses(args, device):
+    """Train PeLK-T (``impl='auto'``) ``--amp-steps`` steps under fp16 and
+    bf16 autocast: ``{amp: [loss, ...]}``."""
+    result = {}
+    for amp in ('fp16', 'bf16'):
+        runner = Runner('pelk', args, device, amp=amp)
+        result[amp] = [
+            runner.train().float().item() for _ in range(args.amp_steps)
+        ]
+    return result
 
 
 def _sync(device):
@@ -273,7 +320,8 @@ def main(argv=None):
         device=(torch.cuda.get_device_name(device) if device.type == 'cuda'
                 else platform.processor() or platform.machine()),
         threads=torch.get_num_threads(), torch=torch.__version__,
-        size=args.size, batch=args.batch, iters=args.iters,
+        size=args.size, batch=args.batch, iters=args.iters, amp=args.amp,
+        infer_size=args.infer_size or [args.size, args.size],
         memory=('cuda max_memory_allocated' if device.type == 'cuda' else
                 'peak RSS (VmHWM) minus RSS before the step'))
     rows = []
@@ -295,20 +343,38 @@ def main(argv=None):
         if {'pelk', 'convnext'} <= set(args.models):
             summary[f'{mode}_pelk_over_convnext'] = times[
                 'pelk', mode] / times['convnext', mode]
+    losses = amp_losses(args, device) if args.amp_steps else {}
+    for amp, values in losses.items():
+        summary[f'{amp}_losses_finite'] = all(map(math.isfinite, values))
+    result = dict(machine=machine, results=rows, summary=summary,
+                  amp_losses=losses)
+    if args.save:
+        with open(f'{args.save}.json', 'w') as out:
+            json.dump(result, out, indent=1)
+        with open(f'{args.save}.md', 'w') as out:
+            out.write(markdown_table(result))
     if args.json:
-        json.dump(dict(machine=machine, results=rows, summary=summary),
-                  sys.stdout, indent=1)
+        json.dump(result, sys.stdout, indent=1)
         print()
         return
-    print(f'{"mode":6} {"model":14} {"s / iter":>9} {"x pelk":>7} '
-          f'{"peak MiB":>9}')
-    for row in rows:
+    print(markdown_table(result))
+
+
+def markdown_table(result):
+    """The rows as a markdown table, then the summary and the machine."""
+    lines = ['| mode | model | s / iter | x pelk | peak MiB |',
+             '|---|---|---|---|---|']
+    for row in result['results']:
         peak = '' if row['peak_mib'] is None else f'{row["peak_mib"]:.0f}'
-        print(f'{row["mode"]:6} {row["model"]:14} {row["seconds"]:>9.3f} '
-              f'{row.get("x_pelk", float("nan")):>7.2f} {peak:>9}')
-    for key, value in summary.items():
-        print(f'{key}: {value:.3f}')
-    print('machine:', json.dumps(machine))
+        lines.append(f'| {row["mode"]} | {row["model"]} | '
+                     f'{row["seconds"]:.4g} | '
+                     f'{row.get("x_pelk", float("nan")):.2f} | {peak} |')
+    lines.append('')
+    for key, value in result['summary'].items():
+        shown = value if isinstance(value, bool) else f'{value:.3f}'
+        lines.append(f'- {key}: {shown}')
+    lines.append(f'- machine: {json.dumps(result["machine"])}')
+    return '\n'.join(lines) + '\n'
 
 
 if __name__ == '__main__':

@@ -8,6 +8,9 @@ from pelk_mm import (PERIPHERAL_CONV_IMPLS, PeripheralConv2d, expand_weight,
                      sharing_grid)
 from pelk_mm.ops.fft_conv import fft_size
 from pelk_mm.ops.impl_selection import select_impl
+from pelk_mm.ops.precision import (FP64_FULL_RATE_CAPABILITIES,
+                                   accumulation_dtype, fast_float64,
+                                   force_accumulation_dtype)
 
 FAST_IMPLS = ['fft', 'blocksum', 'auto']
 ABLATION_GRID = (1, 1, 2, 4, 8, 1, 8, 4, 2, 1, 1)  # half [1,1,2,4,8,1], K=33
@@ -232,3 +235,99 @@ def test_fft_size_is_smallest_5_smooth():
         size = fft_size(n)
         assert size >= n and smooth(size)
         assert not any(smooth(m) for m in range(n, size))
+
+
+@pytest.mark.parametrize('kernel_size,shape,mean,heavy', [
+    (13, (2, 3, 64, 64), 0.0, False),  # small K, wide map: table growth
+    (101, (2, 3, 40, 37), 30.0, False),  # large mean
+    (101, (2, 3, 40, 37), 0.0, True),  # heavy tails
+])
+def test_float32_accumulation_within_2x_dense(kernel_size, shape, mean,
+                                              heavy):
+    """The float32 path (GPUs without fast FP64) keeps the output and both
+    gradients within 2x the dense float32 error (float64 reference)."""
+    gen = torch.Generator().manual_seed(kernel_size + shape[-1])
+    grid = sharing_grid(kernel_size, 7 if kernel_size >= 101 else 5)
+    x64 = torch.randn(shape, dtype=torch.float64, generator=gen)
+    if heavy:
+        x64 = x64 * torch.exp(
+            3 * torch.randn(shape, dtype=torch.float64, generator=gen))
+    x64 = x64 + mean
+    w64 = torch.randn(shape[1], 1, len(grid), len(grid), dtype=torch.float64,
+                      generator=gen) / kernel_size
+    grad64 = torch.randn(shape, dtype=torch.float64, generator=gen)
+    reference = conv_and_grads(dense_reference, x64, w64, grid, grad64)
+    dense_err = max_errors(dense_reference, x64, w64, grid, grad64,
+                           reference)
+    for impl in ('fft', 'blocksum'):
+        with force_accumulation_dtype(torch.float32):
+            errs = max_errors(PERIPHERAL_CONV_IMPLS[impl], x64, w64, grid,
+                              grad64, reference)
+        for name, err, bound in zip(('out', 'grad_x', 'grad_w'), errs,
+                                    dense_err):
+            assert err <= 2 * bound, (impl, name, err, bound)
+
+
+def test_forced_float32_path_really_runs_in_float32():
+    """Forcing float32 changes the result (so the tests above exercise the
+    float32 path) and float64 inputs ignore the override."""
+    gen = torch.Generator().manual_seed(0)
+    grid = sharing_grid(31, 5)
+    x = torch.randn(1, 2, 24, 24, generator=gen)
+    weight = torch.randn(2, 1, len(grid), len(grid), generator=gen)
+    for impl in ('fft', 'blocksum'):
+        fn = PERIPHERAL_CONV_IMPLS[impl]
+        wide = conv_and_grads(fn, x, weight, grid, x)
+        with force_accumulation_dtype(torch.float32):
+            narrow = conv_and_grads(fn, x, weight, grid, x)
+            x64 = x.double().requires_grad_()
+            assert accumulation_dtype(x64) == torch.float64
+        assert accumulation_dtype(x) == torch.float64  # CPU default
+        changed = [not torch.equal(a, b) for a, b in zip(wide, narrow)]
+        assert changed[2] if impl == 'fft' else all(changed), impl
+
+
+def test_accumulation_dtype_policy(monkeypatch):
+    assert FP64_FULL_RATE_CAPABILITIES == {(6, 0), (7, 0), (8, 0), (9, 0)}
+    assert fast_float64(torch.device('cpu'))
+    assert not fast_float64(torch.device('meta'))
+    for capability, fast in (((9, 0), True), ((8, 0), True), ((8, 6), False),
+                             ((8, 9), False), ((12, 0), False)):
+        monkeypatch.setattr(torch.cuda, 'get_device_capability',
+                            lambda device=None, c=capability: c)
+        assert fast_float64(torch.device('cuda', 0)) == fast, capability
+    with pytest.raises(ValueError, match='dtype'):
+        with force_accumulation_dtype(torch.float16):
+            pass
+    with force_accumulation_dtype(torch.float32):
+        with force_accumulation_dtype(torch.float64):
+            assert accumulation_dtype(torch.zeros(1)) == torch.float64
+        assert accumulation_dtype(torch.zeros(1)) == torch.float32
+    assert accumulation_dtype(torch.zeros(1)) == torch.float64
+
+
+def _saved_bytes(fn, x, weight, grid):
+    """Bytes of the tensors autograd keeps for backward of ``fn``."""
+    saved = []
+
+    def pack(tensor):
+        saved.append(tensor.numel() * tensor.element_size())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(x, weight, grid)
+    return sum(saved)
+
+
+@pytest.mark.parametrize('kernel_size,size', [(13, 32), (51, 24)])
+def test_blocksum_saves_at_most_2x_dense_activations(kernel_size, size):
+    """Block-sum keeps the input and the compact weight, not its
+    (N, C, k', H, W) tables, for backward."""
+    grid = sharing_grid(kernel_size, 5)
+    x = torch.randn(2, 4, size, size, requires_grad=True)
+    weight = torch.randn(4, 1, len(grid), len(grid), requires_grad=True)
+    dense = _saved_bytes(dense_reference, x, weight, grid)
+    blocksum = _saved_bytes(PERIPHERAL_CONV_IMPLS['blocksum'], x, weight,
+                            grid)
+    assert blocksum <= 2 * dense, (blocksum, dense)
+    assert blocksum <= x.numel() * 4 + weight.numel() * 4

@@ -23,8 +23,13 @@ gradient is the same computation with the conjugate spectrum ``conj(G)``
 (the 180-degree-rotated kernel, mean split included); the weight gradient is
 the cross-correlation of ``x`` and the output gradient at the kernel's
 ``K x K`` lags, one inverse FFT per channel of ``sum_n conj(DY) X``, summed
-per block, plus the mean term, all in float64 (in float32 its error exceeded
-the dense convolution's at ``K = 101`` on 128 x 128 maps).
+per block, plus the mean term. Its lags run in
+:func:`pelk_mm.ops.precision.accumulation_dtype`: float64 on CPUs and GPUs
+with fast FP64, where float32 had reached 1.5x the dense convolution's error
+at ``K = 101`` on 128 x 128 maps; float32 elsewhere (measured 0.4-1.6x the
+dense error; tested below 2x). The mean term, which carries the input's
+mean, is reduced in float64 everywhere but MPS
+(:func:`pelk_mm.ops.precision.mean_term_dtype`).
 """
 import functools
 import math
@@ -37,6 +42,7 @@ from torch.autograd.function import once_differentiable
 from .autocast_policy import float32_under_autocast
 from .band_geometry import (band_indicator, constant_response,
                             constant_response_weight_grad, flip_kernel)
+from .precision import accumulation_dtype, mean_term_dtype
 
 
 def fft_size(n: int) -> int:
@@ -117,6 +123,7 @@ class _FFTPeripheralConv(torch.autograd.Function):
         spectrum = _kernel_spectrum(weight, grid, sizes)
         out, mean = _correlate(x, spectrum, sizes, weight, grid)
         ctx.grid, ctx.sizes = grid, sizes
+        ctx.wide_dtype = accumulation_dtype(x)
         ctx.save_for_backward(x, weight, spectrum, mean)
         return out
 
@@ -131,34 +138,38 @@ class _FFTPeripheralConv(torch.autograd.Function):
             grad_x, _ = _correlate(grad_out, spectrum.conj(), sizes,
                                    flipped, flipped_grid)
         if ctx.needs_input_grad[1]:
-            grad_w = _weight_grad(x, grad_out, mean, grid, sizes)
+            grad_w = _weight_grad(x, grad_out, mean, grid, sizes,
+                                  ctx.wide_dtype)
         return grad_x, grad_w, None
 
 
 def _weight_grad(x: Tensor, grad_out: Tensor, mean: Tensor,
-                 grid: Tuple[int, ...], sizes: Tuple[int, int]) -> Tensor:
+                 grid: Tuple[int, ...], sizes: Tuple[int, int],
+                 dtype: torch.dtype) -> Tensor:
     """``dL/dw``: the cross-correlation of ``x`` and ``dy``, summed per block.
 
     Per block, ``dw = corr(x - m, dy) + m corr(1, dy)``. One inverse FFT per
     channel of ``sum_n conj(DY) (X - M)`` gives the cross-correlation at
     every lag (lag ``t`` at index ``t mod L``, exact for ``|t| <= P``); the
     ``K x K`` lags are summed per block, and ``m corr(1, dy)`` is the adjoint
-    of the constant response. The whole path runs in double precision: a
-    block sums up to ``(K / 4)^2`` lags, and in float32 the FFT round-off of
-    those sums exceeded the dense convolution's error at ``K = 101``.
+    of the constant response. A block sums up to ``(K / 4)^2`` lags, and in
+    float32 the FFT round-off of those sums exceeded the dense convolution's
+    error at ``K = 101``, so the path runs in ``dtype``: float64 where it is
+    fast (:mod:`pelk_mm.ops.precision`), else float32.
     """
     kernel_size = sum(grid)
-    x_spec = torch.fft.rfft2((x - mean).double(), s=sizes)
-    grad_spec = torch.fft.rfft2(grad_out.double(), s=sizes)
+    x_spec = torch.fft.rfft2((x - mean).to(dtype), s=sizes)
+    grad_spec = torch.fft.rfft2(grad_out.to(dtype), s=sizes)
     lags = torch.fft.irfft2((grad_spec.conj() * x_spec).sum(0), s=sizes)
     taps = torch.arange(kernel_size, device=lags.device) - kernel_size // 2
     dense_grad = lags.index_select(1, taps % sizes[0]).index_select(
-        2, taps % sizes[1])  # (C, K, K) lags, float64
+        2, taps % sizes[1])  # (C, K, K) lags
     bands = band_indicator(grid, dense_grad)
     grad_w = (bands @ dense_grad @ bands.t()).unsqueeze(1)
-    grad_w = grad_w + constant_response_weight_grad(
-        (mean * grad_out).sum(0, dtype=torch.float64), grid)
-    return grad_w.to(grad_out.dtype)
+    wide = mean_term_dtype(x)
+    mean_term = constant_response_weight_grad(
+        (mean.to(wide) * grad_out.to(wide)).sum(0), grid)
+    return (grad_w + mean_term).to(grad_out.dtype)
 
 
 @float32_under_autocast

@@ -56,9 +56,24 @@ PeLK-T's stage 4 (N = 2, C = 374, 16x16, K = 13) it picks dense for
 inference (measured 1.4 ms vs FFT 8.0) and FFT for training (11 ms vs dense
 54).
 
-Other device types (CUDA) use the CPU coefficients: they are NOT calibrated
-(no GPU was available); run the benchmark with ``--device cuda --json`` and
-add an entry to :data:`COST_COEFFICIENTS`.
+CUDA (and every other device type) has NO coefficients of its own yet: until
+a device run calibrates it, ``auto`` there uses the CPU coefficients above,
+uncalibrated for GPUs (no GPU was available to this project). Its picks on
+a GPU are deterministic but not known to be the fastest. To calibrate, one
+command on the GPU machine (``benchmarks/device_check.py --out OUT``) runs
+``bench_peripheral_conv.py --device cuda`` and
+``benchmarks/fit_cost_model.py`` on its JSON, which fits the coefficients
+the same way (non-negative least squares on the relative error) and prints
+the ``'cuda'`` entry to paste into :data:`COST_COEFFICIENTS`, with every
+measured cell's pick against the fastest exact method (the target: within
+10 % on every cell).
+
+The blocksum timings above also predate its backward recomputing the band
+sums instead of saving them (:mod:`pelk_mm.ops.blocksum_conv`), which made
+its CPU forward + backward 1.0-1.8x slower (K 31-101, maps 16-64, one
+interleaved comparison on a loaded machine); the CPU coefficients were not
+refitted since, so near the fft / blocksum boundary ``auto`` may now pick
+blocksum where fft is slightly faster.
 """
 import math
 from typing import Dict, Sequence, Tuple
@@ -91,9 +106,10 @@ COST_COEFFICIENTS: Dict[str, Dict[str, Dict[str, Tuple[float, float,
 }
 
 
-def _features(impl: str, maps: int, height: int, width: int,
-              grid: Sequence[int]) -> Tuple[float, float]:
-    """The two work terms of the model that ``a`` and ``b`` multiply."""
+def work_terms(impl: str, maps: int, height: int, width: int,
+               grid: Sequence[int]) -> Tuple[float, float]:
+    """The two work terms of the model that ``a`` and ``b`` multiply
+    (``benchmarks/fit_cost_model.py`` fits against them)."""
     kernel_size, bands = sum(grid), len(grid)
     if impl == 'dense':
         work = maps * height * width * kernel_size**2
@@ -112,9 +128,10 @@ def predicted_seconds(impl: str, shape: Sequence[int], grid: Sequence[int],
                       ) -> float:
     """Model time of one call of ``impl`` on an ``(N, C, H, W)`` input."""
     batch, channels, height, width = shape
+    # Device types without an entry (CUDA until calibrated): CPU coefficients.
     coeffs = COST_COEFFICIENTS.get(device_type, COST_COEFFICIENTS['cpu'])
     a, b, c = coeffs['fwd+bwd' if backward else 'fwd'][impl]
-    first, second = _features(impl, batch * channels, height, width, grid)
+    first, second = work_terms(impl, batch * channels, height, width, grid)
     return a * first + b * second + c
 
 

@@ -1,0 +1,183 @@
+"""One-command GPU check: both benchmarks and the cost-model fit.
+
+For a bare CUDA machine with Python 3.12 and a preinstalled torch but no
+package registry (the H200 lent to this project: torch 2.11, CUDA 13)::
+
+    bash benchmarks/prepare_device_wheels.sh     # here, with a registry
+    python3 benchmarks/device_check.py --out OUT  # there, .whl/ carried
+
+If ``mmengine`` / ``mmseg`` / ``mmpretrain`` / ``mmcv.ops`` are not
+importable, it first installs the wheels of ``.whl/`` into
+``/tmp/pelk_site`` (``pip --no-index --no-deps``) and builds mmcv 2.1.0 from
+the carried sdist with its CPU ops (``MMCV_WITH_OPS=1 FORCE_CUDA=0``, all
+cores): mmseg imports ``mmcv.ops`` when it registers its models, although
+the UperNet step never calls an mmcv op (``--install-only`` stops there, so
+that a warm machine can run the benchmarks in a second call). Then it runs,
+each as a subprocess with a time limit (150 + 70 + 140 s: the benchmarks
+stay under 6 of the 10 minutes a device command may run; a benchmark that
+fails or runs out of time is reported and the others still run), and
+writes to OUT:
+
+- ``conv.json`` / ``conv.md``: ``bench_peripheral_conv.py`` over K 13 / 31 /
+  51 / 101 x maps 16-128 (batch 2, 96 channels, fp32 and bf16 autocast),
+  and ``conv_shapes.json`` / ``.md``: K = 51 on 64 x 64 maps over batch
+  1-16, channels 48 and 384, NCHW and channels_last, fp16 autocast;
+- ``fit.md``: ``fit_cost_model.py conv.json``, the CUDA entry of
+  ``COST_COEFFICIENTS`` and its picks against the fastest method;
+- ``backbone.json`` / ``.md``: ``bench_backbone.py``, UperNet + PeLK-T
+  (auto, dense) and + ConvNeXt-T, 512 x 512 train step at batch 2 under bf16
+  autocast, whole-image 512 x 2048 inference, and 20 steps under fp16 and
+  bf16 autocast with the losses.
+
+``--smoke`` runs the same code path on the CPU with tiny sizes (and installs
+nothing when the packages are importable): ``tests/test_device_check.py``.
+"""
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SITE = Path('/tmp/pelk_site')
+
+FULL = {
+    'conv': ['--device', 'cuda', '--kernels', '13', '31', '51', '101',
+             '--sizes', '16', '32', '64', '128', '--batch', '2',
+             '--channels', '96', '--precisions', 'fp32', 'bf16',
+             '--reps', '10', '--budget', '1.5'],
+    'conv_shapes': ['--device', 'cuda', '--kernels', '51', '--sizes', '64',
+                    '--batch', '1', '2', '8', '16', '--channels', '48',
+                    '384', '--precisions', 'fp16', '--layouts', 'nchw',
+                    'channels_last', '--modes', 'fwd+bwd', '--reps', '10',
+                    '--budget', '1.0', '--no-errors'],
+    'backbone': ['--device', 'cuda', '--size', '512', '--batch', '2',
+                 '--amp', 'bf16', '--iters', '5', '--models', 'pelk',
+                 'pelk-dense', 'convnext', '--infer-size', '512', '2048',
+                 '--amp-steps', '20'],
+}
+SMOKE = {
+    'conv': ['--device', 'cpu', '--kernels', '13', '31', '--sizes', '12',
+             '--batch', '2', '--channels', '4', '--precisions', 'fp32',
+             'bf16', '--reps', '1', '--budget', '0.1'],
+    'conv_shapes': ['--device', 'cpu', '--kernels', '13', '--sizes', '12',
+                    '--batch', '1', '--channels', '4', '--precisions',
+                    'bf16', '--layouts', 'nchw', 'channels_last', '--modes',
+                    'fwd+bwd', '--reps', '1', '--budget', '0.1',
+                    '--no-errors'],
+    'backbone': ['--device', 'cpu', '--size', '64', '--batch', '2',
+                 '--amp', 'bf16', '--iters', '1', '--models', 'pelk',
+                 'convnext', '--modes', 'train', 'infer', '--infer-size',
+                 '64', '128', '--amp-steps', '2', '--no-memory'],
+}
+TIME_LIMITS = {'conv': 150, 'conv_shapes': 70, 'backbone': 140}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--out', required=True, help='output folder')
+    parser.add_argument('--smoke', action='store_true',
+                        help='same path on the CPU with tiny sizes')
+    parser.add_argument('--wheels', default=str(ROOT / '.whl'),
+                        help='folder of prepare_device_wheels.sh')
+    parser.add_argument('--install-only', action='store_true',
+                        help='stop after installing the packages')
+    return parser.parse_args(argv)
+
+
+def mm_packages_importable():
+    try:
+        import mmcv.ops  # noqa: F401
+    except Exception:  # ImportError, or a missing compiled extension
+        return False
+    return all(
+        importlib.util.find_spec(name) is not None
+        for name in ('mmengine', 'mmseg', 'mmpretrain'))
+
+
+def install(wheels):
+    """Install the carried wheels, then build mmcv with its CPU ops."""
+    wheels = Path(wheels)
+    if not wheels.is_dir():
+        raise SystemExit(f'mm packages missing and no {wheels}/: run '
+                         'benchmarks/prepare_device_wheels.sh first')
+    pip = [sys.executable, '-m', 'pip', 'install', '-q', '--no-index',
+           '--no-deps', '--no-compile', '--no-cache-dir', '--upgrade',
+           '--target', str(SITE)]
+    subprocess.run(pip + sorted(map(str, wheels.glob('*.whl'))), check=True)
+    build = Path(tempfile.mkdtemp(prefix='mmcv_build_'))
+    with tarfile.open(next(wheels.glob('mmcv-*.tar.gz'))) as sdist:
+        sdist.extractall(build)
+    source = next(build.glob('mmcv-*'))
+    setup = source / 'setup.py'  # torch >= 2.1 headers need C++17
+    setup.write_text(setup.read_text().replace('c++14', 'c++17'))
+    env = dict(os.environ, MMCV_WITH_OPS='1', FORCE_CUDA='0',
+               MAX_JOBS=str(os.cpu_count() or 1),
+               PYTHONPATH=f'{SITE}{os.pathsep}' +
+               os.environ.get('PYTHONPATH', ''))
+    start = time.perf_counter()
+    subprocess.run(pip + ['--no-build-isolation', str(source)], check=True,
+                   env=env)
+    print(f'mmcv built in {time.perf_counter() - start:.0f} s', flush=True)
+
+
+def run(name, script, args, env, limit):
+    """Run one benchmark with a time limit; returns its wall seconds, or
+    None if it failed or ran out of time (what it saved so far stays)."""
+    command = [sys.executable, str(ROOT / 'benchmarks' / script)] + args
+    start = time.perf_counter()
+    print('$', ' '.join(command), flush=True)
+    try:
+        subprocess.run(command, check=True, env=env, timeout=limit,
+                       stdout=subprocess.DEVNULL)
+    except (subprocess.CalledProcessError,
+            subprocess.TimeoutExpired) as error:
+        print(f'{name}: FAILED ({error})', flush=True)
+        return None
+    seconds = time.perf_counter() - start
+    print(f'{name}: {seconds:.0f} s', flush=True)
+    return seconds
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    if not mm_packages_importable():
+        install(args.wheels)
+        sys.path.insert(0, str(SITE))
+        env['PYTHONPATH'] = f'{SITE}{os.pathsep}' + env.get('PYTHONPATH', '')
+    env['PYTHONPATH'] = f'{ROOT}{os.pathsep}' + env.get('PYTHONPATH', '')
+    if args.install_only:
+        return
+    sweeps = SMOKE if args.smoke else FULL
+    seconds = {}
+    for name in ('conv', 'conv_shapes'):
+        seconds[name] = run(name, 'bench_peripheral_conv.py',
+                            sweeps[name] + ['--save', str(out / name)], env,
+                            TIME_LIMITS[name])
+    if (out / 'conv.json').exists():
+        fit = subprocess.run(
+            [sys.executable, str(ROOT / 'benchmarks' / 'fit_cost_model.py'),
+             str(out / 'conv.json')], env=env, capture_output=True,
+            text=True, timeout=60)
+        (out / 'fit.md').write_text(fit.stdout + fit.stderr)
+        print(fit.stdout + fit.stderr, flush=True)
+    seconds['backbone'] = run('backbone', 'bench_backbone.py',
+                              sweeps['backbone'] +
+                              ['--save', str(out / 'backbone')], env,
+                              TIME_LIMITS['backbone'])
+    if (out / 'backbone.md').exists():
+        print((out / 'backbone.md').read_text(), flush=True)
+    (out / 'seconds.json').write_text(json.dumps(seconds, indent=1))
+    if None in seconds.values():
+        sys.exit(1)
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,100 @@
+"""The prepared GPU check (benchmarks/device_check.py) in its --smoke mode:
+the same code path on the CPU with tiny sizes, so the script never rots;
+and the cost-model fit (benchmarks/fit_cost_model.py) on synthetic
+timings."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pelk_mm.ops import sharing_grid
+from pelk_mm.ops.impl_selection import COST_COEFFICIENTS
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / 'benchmarks'))
+import fit_cost_model  # noqa: E402
+
+
+def test_smoke_run_writes_every_result(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    subprocess.run(
+        [sys.executable, str(ROOT / 'benchmarks' / 'device_check.py'),
+         '--smoke', '--out', str(tmp_path)], check=True, env=env,
+        timeout=600, cwd=ROOT)
+    conv = json.loads((tmp_path / 'conv.json').read_text())
+    methods = {row['method'] for row in conv['results']}
+    assert methods == {'dense', 'fft', 'blocksum', 'auto'}
+    assert {row['precision'] for row in conv['results']} == {'fp32', 'bf16'}
+    for row in conv['results']:
+        assert row['dense_ms'] > 0 and row['dw7x7_ms'] > 0
+        assert row['max_abs_err']['out'] < 0.1
+    shapes = json.loads((tmp_path / 'conv_shapes.json').read_text())
+    assert {row['layout'] for row in shapes['results']} == {
+        'nchw', 'channels_last'}
+    assert '| auto pick |' in (tmp_path / 'conv.md').read_text()
+    fit = (tmp_path / 'fit.md').read_text()
+    assert "'cpu': {" in fit and 'within 10% of the fastest' in fit
+    backbone = json.loads((tmp_path / 'backbone.json').read_text())
+    assert {(row['model'], row['mode'])
+            for row in backbone['results']} == {
+                (model, mode) for model in ('pelk', 'convnext')
+                for mode in ('train', 'infer')}
+    assert backbone['machine']['amp'] == 'bf16'
+    assert backbone['machine']['infer_size'] == [64, 128]
+    assert backbone['summary']['fp16_losses_finite']
+    assert backbone['summary']['bf16_losses_finite']
+    assert len(backbone['amp_losses']['fp16']) == 2
+    assert (tmp_path / 'backbone.md').read_text().startswith('| mode |')
+
+
+def _synthetic_rows(coefficients):
+    """Timings that the model with ``coefficients`` predicts exactly."""
+    rows = []
+    for mode in ('fwd', 'fwd+bwd'):
+        for kernel_size in (13, 31, 51, 101):
+            grid = sharing_grid(kernel_size, 7 if kernel_size >= 101 else 5)
+            for size in (8, 16, 32, 64, 128):
+                for batch, channels in ((1, 48), (2, 96)):
+                    key = (mode, batch, channels, size, grid)
+                    for impl in fit_cost_model.IMPLS:
+                        seconds = sum(
+                            c * f for c, f in zip(
+                                coefficients[mode][impl],
+                                fit_cost_model.features(impl, key)))
+                        rows.append(
+                            dict(method=impl, mode=mode, batch=batch,
+                                 channels=channels, size=size,
+                                 grid=list(grid), ms=seconds * 1e3,
+                                 precision='fp32', layout='nchw'))
+    return rows
+
+
+def test_fit_recovers_known_coefficients():
+    truth = COST_COEFFICIENTS['cpu']
+    table = fit_cost_model.cells(_synthetic_rows(truth))
+    fitted = fit_cost_model.fit(table)
+    for mode, impls in truth.items():
+        for impl, coeffs in impls.items():
+            assert fitted[mode][impl] == pytest.approx(coeffs, rel=1e-6,
+                                                       abs=1e-20), (mode,
+                                                                    impl)
+    report = fit_cost_model.picks(table, fitted, 0.10)
+    assert len(report) == 80 and all(row['ok'] for row in report)
+
+
+def test_fit_flags_a_wrong_pick():
+    """A model that always prefers dense is reported over 10 % where dense
+    is measured much slower."""
+    truth = COST_COEFFICIENTS['cpu']
+    table = fit_cost_model.cells(_synthetic_rows(truth))
+    dense_only = {
+        mode: {impl: (0.0, 0.0, 1.0 if impl != 'dense' else 0.0)
+               for impl in fit_cost_model.IMPLS}
+        for mode in truth
+    }
+    report = fit_cost_model.picks(table, dense_only, 0.10)
+    assert any(not row['ok'] for row in report)
+    assert all(row['pick'] == 'dense' for row in report)
