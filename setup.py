@@ -28,7 +28,7 @@ EXTRAS = {
     'mm': MM,
     'seg': MM + ['mmsegmentation>=1.2.0,<1.3.0'],
     'det': MM + ['mmdet>=3.2.0,<3.4.0'],
-    # torch >= 2.9 exports through torch.export + onnxscript.
+    # torch.onnx's torch.export-based exporter needs onnxscript.
     'deploy': ['onnx', 'onnxruntime', 'onnxscript'],
     'analysis': ['matplotlib'],
 }
