@@ -61,11 +61,13 @@ cached_wheel() {
 
 # cache_wheel WHEEL DIR: copy WHEEL into DIR atomically. The copy is written
 # under a temporary name in DIR itself (same filesystem), checked, then renamed:
-# an interrupted copy leaves only a .incoming.* file, which cached_wheel ignores.
+# an interrupted copy leaves at most a .incoming.* file (removed on exit), which
+# cached_wheel ignores.
 cache_wheel() {
     local tmp
     mkdir -p "$2"
     tmp=$(mktemp "$2/.incoming.XXXXXX")
+    TMP_PATHS+=("$tmp")
     cp "$1" "$tmp"
     valid_wheel "$tmp" || { rm -f "$tmp"; log "built wheel $1 is not a valid zip"; return 1; }
     mv -f "$tmp" "$2/$(basename "$1")"
@@ -75,7 +77,7 @@ cache_wheel() {
 build_mmcv_wheel() {
     local build src
     build=$(mktemp -d)
-    TMP_DIRS+=("$build")
+    TMP_PATHS+=("$build")
     # Even fetching the sdist runs its setup.py, which imports pkg_resources and torch.
     "${PIP[@]}" download -q --no-deps --no-binary :all: --no-build-isolation \
         -d "$build" "mmcv==$MMCV_VERSION"
@@ -89,8 +91,8 @@ build_mmcv_wheel() {
 }
 
 main() {
-    TMP_DIRS=()
-    trap 'rm -rf "${TMP_DIRS[@]}"' EXIT
+    TMP_PATHS=()
+    trap 'rm -rf "${TMP_PATHS[@]}"' EXIT
     if [ ! -x "$PY" ]; then
         log "creating $VENV with $PYTHON"
         "$PYTHON" -m venv "$VENV"
@@ -119,7 +121,7 @@ main() {
         if ! wheel=$(cached_wheel "$wheels"); then
             log "no cached mmcv wheel in $wheels: building mmcv $MMCV_VERSION with ops (about 11 min on 2 idle cores, 20 when busy)"
             dist=$(mktemp -d)
-            TMP_DIRS+=("$dist")
+            TMP_PATHS+=("$dist")
             build_mmcv_wheel "$dist"
             cache_wheel "$dist"/mmcv-*.whl "$wheels"
             wheel=$(cached_wheel "$wheels")
