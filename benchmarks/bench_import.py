@@ -52,9 +52,10 @@ def import_times(statement, torch_only):
     if torch_only:
         path.insert(0, osp.join(ROOT, 'tests', 'torch_only'))
     env['PYTHONPATH'] = os.pathsep.join(p for p in path if p)
-    proc = subprocess.run([sys.executable, '-X', 'importtime', '-c', statement],
-                          env=env, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, '-X', 'importtime', '-c', statement],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        check=True)
     times = {}
     for match in LINE.finditer(proc.stderr):
         times[match.group(2)] = int(match.group(1)) / 1e6
@@ -79,7 +80,8 @@ def main(argv=None):
     if args.json:
         print(json.dumps(result))
         return
-    env = 'torch only (tests/torch_only)' if args.torch_only else 'as installed'
+    env = ('torch only (tests/torch_only)'
+           if args.torch_only else 'as installed')
     print(f'{env}, median of {args.reps} fresh interpreters:\n'
           f'  import torch              {result["torch_s"]:.3f} s\n'
           f'  import pelk_mm.ops        {result["ops_s"]:.3f} s\n'

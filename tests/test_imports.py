@@ -2,7 +2,7 @@
 OpenMMLab registrations when mmengine is installed, nothing demo-related.
 
 Each case runs in a fresh interpreter. ``tests/torch_only/sitecustomize.py``
-hides installed packages from it, so the installed OpenMMLab stack looks absent.
+hides installed packages from it: the installed OpenMMLab stack looks absent.
 """
 import json
 import os
@@ -84,7 +84,8 @@ def test_import_registers_openmmlab_side():
         'from mmengine.registry import HOOKS, MODELS, '
         'OPTIM_WRAPPER_CONSTRUCTORS',
         'assert MODELS.get("PeLK") is pelk_mm.PeLK',
-        'assert HOOKS.get("DynamicSparsityHook") is pelk_mm.DynamicSparsityHook',
+        'assert HOOKS.get("DynamicSparsityHook") is '
+        'pelk_mm.DynamicSparsityHook',
         'assert OPTIM_WRAPPER_CONSTRUCTORS.get('
         '"PeLKLearningRateDecayOptimizerConstructor") is '
         'pelk_mm.PeLKLearningRateDecayOptimizerConstructor',
