@@ -1,10 +1,38 @@
 """pelk-mm: PeLK (CVPR 2024) for OpenMMLab.
 
-Pure PyTorch: no custom CUDA extension to build. The OpenMMLab packages are
-declared with the version ranges this plugin is tested against; mmcv must be
-< 2.2.0 because mmsegmentation 1.2.2 and mmdet 3.3.0 assert it.
+Pure PyTorch: no custom CUDA extension to build. ``pip install .`` installs
+what ``import pelk_mm`` needs for the operator (torch alone); the extras add
+the OpenMMLab side, with the version ranges this plugin is tested against:
+
+- ``[mm]``: mmengine, mmcv, mmpretrain: the ``PeLK`` backbone, the sparsity
+  hook, the optimizer constructors, ImageNet classification configs, the tools;
+- ``[seg]`` / ``[det]``: ``[mm]`` + mmsegmentation / mmdet, for the UperNet and
+  Cascade Mask R-CNN configs (mmcv must be < 2.2.0: both assert it);
+- ``[deploy]``: ONNX export and its onnxruntime check;
+- ``[analysis]``: matplotlib for the plotting tools;
+- ``[all]``: everything above.
 """
 from setuptools import find_packages, setup
+
+MM = [
+    'mmengine>=0.10.0,<0.11.0',
+    'mmcv>=2.0.0,<2.2.0',
+    'mmpretrain>=1.2.0,<1.3.0',
+    # mmengine imports pkg_resources for `mmseg::`-style base configs.
+    'setuptools<81',
+    # the demo data generators (pelk_mm.demo) draw with numpy and Pillow.
+    'numpy',
+    'Pillow',
+]
+EXTRAS = {
+    'mm': MM,
+    'seg': MM + ['mmsegmentation>=1.2.0,<1.3.0'],
+    'det': MM + ['mmdet>=3.2.0,<3.4.0'],
+    # torch.onnx's torch.export-based exporter needs onnxscript.
+    'deploy': ['onnx', 'onnxruntime', 'onnxscript'],
+    'analysis': ['matplotlib'],
+}
+EXTRAS['all'] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 
 
 def read_version():
@@ -25,15 +53,12 @@ setup(
     packages=find_packages(include=['pelk_mm', 'pelk_mm.*']),
     python_requires='>=3.8',
     install_requires=[
-        'torch>=1.13',
-        'mmengine>=0.10.0,<0.11.0',
-        'mmcv>=2.0.0,<2.2.0',
-        'mmsegmentation>=1.2.0,<1.3.0',
-        'mmdet>=3.2.0,<3.4.0',
-        'mmpretrain>=1.2.0,<1.3.0',
-        # mmengine imports pkg_resources for `mmseg::`-style base configs.
-        'setuptools<81',
+        # The fast convolutions call torch.is_autocast_enabled(device_type)
+        # and torch.get_autocast_dtype(device_type), added in torch 2.4
+        # (pytorch/pytorch#124359); pelk_mm/ops/autocast_policy.py.
+        'torch>=2.4',
     ],
+    extras_require=EXTRAS,
     classifiers=[
         'Programming Language :: Python :: 3',
         'Topic :: Scientific/Engineering :: Artificial Intelligence',

@@ -1,15 +1,26 @@
 """pelk-mm: PeLK (CVPR 2024) as an OpenMMLab plugin.
 
-Importing this package (directly or through
-``custom_imports=dict(imports=['pelk_mm'])``) registers everything it offers in
-mmengine's root registries, which the mmseg, mmdet and mmpretrain registries
-reach as their parent: the ``PeLK`` backbone, the ``DynamicSparsityHook``, the
-optimizer constructors and the demo datasets. It also makes mmengine 0.10.7
-load its own checkpoints on torch >= 2.6 (see :mod:`pelk_mm.engine.compat`).
+The operator (:mod:`pelk_mm.ops`: ``PeripheralConv2d``, ``sharing_grid``, ...)
+needs nothing but torch and is always exported, so ``import pelk_mm`` and
+``import pelk_mm.ops`` work in a plain PyTorch environment.
+
+When mmengine is installed, importing this package (directly or through
+``custom_imports=dict(imports=['pelk_mm'])``) also registers everything it
+offers in mmengine's root registries, which the mmseg, mmdet and mmpretrain
+registries reach as their parent: the ``PeLK`` backbone, the
+``DynamicSparsityHook`` and the optimizer constructors. It also makes mmengine
+0.10.7 load its own checkpoints on torch >= 2.6 (see
+:mod:`pelk_mm.engine.compat`). That side needs mmcv and mmpretrain too: if
+mmengine is there and they are not, the import fails with their
+``ImportError``. The demo data generators (:mod:`pelk_mm.demo`) are imported
+only on demand.
 """
-from .datasets import *  # noqa: F401,F403
-from .engine import *  # noqa: F401,F403
-from .models import *  # noqa: F401,F403
+import importlib.util
+
 from .ops import *  # noqa: F401,F403
-from .sparsity import *  # noqa: F401,F403
 from .version import __version__  # noqa: F401
+
+if importlib.util.find_spec('mmengine') is not None:
+    from .engine import *  # noqa: F401,F403
+    from .models import *  # noqa: F401,F403
+    from .sparsity import *  # noqa: F401,F403

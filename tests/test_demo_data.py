@@ -11,10 +11,9 @@ import pytest
 from mmengine.registry import init_default_scope
 from PIL import Image
 
-from pelk_mm.datasets import (ADE20K_DEMO_CLASSES, COCO_CATEGORIES,
-                              COCO_DEMO_CLASSES, IMAGENET_DEMO_CLASSES,
-                              make_ade20k_demo, make_coco_demo,
-                              make_imagenet_demo)
+from pelk_mm.demo import (ADE20K_DEMO_CLASSES, COCO_CATEGORIES,
+                          COCO_DEMO_CLASSES, IMAGENET_DEMO_CLASSES,
+                          make_ade20k_demo, make_coco_demo, make_imagenet_demo)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 

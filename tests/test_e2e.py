@@ -24,8 +24,7 @@ from mmengine.runner.checkpoint import _load_checkpoint
 
 import mmseg
 from pelk_mm import PeLK
-from pelk_mm.datasets import (make_ade20k_demo, make_coco_demo,
-                              make_imagenet_demo)
+from pelk_mm.demo import make_ade20k_demo, make_coco_demo, make_imagenet_demo
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 PY = sys.executable

@@ -5,14 +5,13 @@
     python tools/make_demo_data.py imagenet data/imagenet_demo --num 20
 
 ``--num`` / ``--num-val`` count images (per class for ``imagenet``). The output
-is deterministic for a given ``--seed``. See :mod:`pelk_mm.datasets.demo_data`
-for the layouts and classes.
+is deterministic for a given ``--seed``. See :mod:`pelk_mm.demo` for the layouts
+and classes.
 """
 import argparse
 import time
 
-from pelk_mm.datasets import (make_ade20k_demo, make_coco_demo,
-                              make_imagenet_demo)
+from pelk_mm.demo import make_ade20k_demo, make_coco_demo, make_imagenet_demo
 
 DEFAULTS = dict(
     ade20k=dict(num=200, num_val=50, size=(160, 160)),
