@@ -8,6 +8,7 @@ model = dict(
     head=dict(in_channels=998))
 
 custom_hooks = [
+    dict(type='PeLKArchMetaHook'),  # the backbone's arch in checkpoint meta
     dict(
         type='DynamicSparsityHook',
         mode='dynamic',

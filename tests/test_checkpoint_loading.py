@@ -248,7 +248,7 @@ def test_tools_test_refuses(tmp_path):
     """``tools/test.py CONFIG CKPT`` (demo config) stops before testing."""
     from mmseg.registry import MODELS
 
-    from pelk_mm.datasets import make_ade20k_demo
+    from pelk_mm.demo import make_ade20k_demo
     data = make_ade20k_demo(str(tmp_path / 'ade'), 1, 1, size=(32, 32))
     cfg = Config.fromfile(
         osp.join(ROOT, 'configs', 'demo', 'upernet_pelk_demo_ade20k.py'))

@@ -78,6 +78,8 @@ def test_config_builds(path):
     # ('auto': its zeros kept, or dynamic sparsity when trained from scratch)
     hooks = [HOOKS.build(dict(h)) for h in cfg.get('custom_hooks', [])]
     modes = [h.mode for h in hooks if type(h).__name__ == 'DynamicSparsityHook']
+    # every checkpoint a training run writes records the arch in its meta
+    assert 'PeLKArchMetaHook' in [type(h).__name__ for h in hooks]
     if scope == 'mmpretrain':
         assert modes == ['dynamic']
     else:

@@ -22,7 +22,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pelk_mm.datasets import ADE20K_DEMO_CLASSES, make_ade20k_demo
+from pelk_mm.demo import ADE20K_DEMO_CLASSES, make_ade20k_demo
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 PY = sys.executable

@@ -118,6 +118,10 @@ def test_resume(data, tmp_path):
     first = _load_checkpoint(osp.join(work_dir, 'iter_2.pth'))
     assert first['meta']['iter'] == 2
     assert 'sparsity' in first  # the hook's masks travel with the checkpoint
+    # PeLKArchMetaHook: the backbone's arch in meta (loading reads the copy in
+    # the state dict's metadata)
+    record = first['meta']['pelk_arch']['backbone']
+    assert record['kernel_sizes'] == [31, 29, 27, 13] and not record['deploy']
 
     log = run(PY, 'tools/train.py', DEMO_CFG, '--work-dir', work_dir,
               '--resume', '--cfg-options', *demo_options(ade, 4))

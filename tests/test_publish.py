@@ -31,7 +31,7 @@ from mmengine.config import Config
 from mmengine.runner import CheckpointLoader, Runner
 
 from pelk_mm import PeLK
-from pelk_mm.datasets import make_ade20k_demo
+from pelk_mm.demo import make_ade20k_demo
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 PY = sys.executable

@@ -42,6 +42,7 @@ optim_wrapper = dict(
 # regrowth every 100 optimizer steps from a prune rate of 0.3, SLaK's
 # defaults). The decision is stored in the checkpoints, so --resume keeps it.
 custom_hooks = [
+    dict(type='PeLKArchMetaHook'),  # the backbone's arch in checkpoint meta
     dict(
         type='DynamicSparsityHook',
         mode='auto',

@@ -44,6 +44,7 @@ optim_wrapper = dict(
 # SLaK's defaults: SNIP mask init, prune rate 0.3 with cosine decay, magnitude
 # pruning + random regrowth every 100 optimizer steps (PeLK-T: 0.5, 2000).
 custom_hooks = [
+    dict(type='PeLKArchMetaHook'),  # the backbone's arch in checkpoint meta
     dict(
         type='DynamicSparsityHook',
         mode='dynamic',

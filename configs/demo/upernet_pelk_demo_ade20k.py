@@ -65,6 +65,7 @@ val_evaluator = None
 
 optim_wrapper = dict(optimizer=dict(lr=1e-3))
 custom_hooks = [
+    dict(type='PeLKArchMetaHook'),  # the backbone's arch in checkpoint meta
     dict(
         type='DynamicSparsityHook',
         mode='auto',

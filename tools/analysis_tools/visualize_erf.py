@@ -74,7 +74,7 @@ from PIL import Image  # noqa: E402
 
 import pelk_mm  # noqa: E402,F401  (registers PeLK and the checkpoint shim)
 # The project's demo image generator (the only import of it in this tool).
-from pelk_mm.datasets import make_ade20k_demo  # noqa: E402
+from pelk_mm.demo import make_ade20k_demo  # noqa: E402
 
 # Fractions of the total contribution whose area ratios are reported.
 THRESHOLDS = (0.2, 0.3, 0.5, 0.99)
