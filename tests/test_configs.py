@@ -96,4 +96,10 @@ def test_config_builds(path):
     if cfg.optim_wrapper.get('constructor') == (
             PeLKLearningRateDecayOptimizerConstructor.__name__):
         scales = {g['lr_scale'] for g in wrapper.optimizer.param_groups}
-        assert max(scales) == 1 and len(scales) > 2
+        if cfg.optim_wrapper.paramwise_cfg.decay_rate == 1:
+            # ImageNet: the constructor only for PeLK's no-weight-decay set
+            assert scales == {1.0}
+            assert {g['weight_decay'] for g in wrapper.optimizer.param_groups
+                    } == {0.0, cfg.optim_wrapper.optimizer.weight_decay}
+        else:
+            assert max(scales) == 1 and len(scales) > 2
