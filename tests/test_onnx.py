@@ -114,12 +114,15 @@ def test_export_matches_onnxruntime(kind, tmp_path, capsys):
         '--cfg-options', *DEPLOY[kind]
     ])
     log = capsys.readouterr().out
-    assert 'onnxruntime (CPU) vs PyTorch' in log and 'max relative error' in log
+    assert 'onnxruntime (CPU) vs PyTorch' in log
+    assert 'max relative error' in log
 
     graph = onnx.load(out)
     onnx.checker.check_model(graph)
-    assert [o.version for o in graph.opset_import if o.domain in ('', 'ai.onnx')
-            ] == [17]
+    versions = [
+        o.version for o in graph.opset_import if o.domain in ('', 'ai.onnx')
+    ]
+    assert versions == [17]
     assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param
     kernels = {
         tuple(a.ints) for n in graph.graph.node if n.op_type == 'Conv'

@@ -16,9 +16,9 @@ per output (default 1e-4); otherwise nothing is written and the exit
 status is 1.
 
 OUT holds ``state_dict`` (the whole model, deployed) and ``meta``: CKPT's
-meta plus ``deploy=True``, ``deployed_from`` and the measured errors. Optimizer,
-scheduler, message-hub and sparsity state are not carried over (the dense
-kernels keep the zeros of sparse weights). Load it with the same config and
+meta plus ``deploy=True``, ``deployed_from`` and the measured errors.
+Optimizer, scheduler, message-hub and sparsity state are not carried over (the
+dense kernels keep the zeros of sparse weights). Load it with the same config and
 ``--cfg-options model.backbone.deploy=True`` (``model.deploy=True`` for a bare
 PeLK config), e.g. ``tools/test.py``, ``tools/deployment/pytorch2onnx.py``.
 """
