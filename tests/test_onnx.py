@@ -8,6 +8,7 @@ checkpoint (sparse weights, non-zero positional embeddings), folded by
 the original (non-deploy, FFT) PyTorch model within 1e-4 relative, at another
 batch size than the exported one (dynamic batch).
 """
+import copy
 import importlib.util
 import os.path as osp
 import subprocess
@@ -15,6 +16,7 @@ import sys
 
 import pytest
 import torch
+from mmengine.registry import DefaultScope
 
 from pelk_mm import PeLK, PeripheralConv2d
 from pelk_mm.models.deploy import build_model, compare_outputs, tensor_outputs
@@ -23,6 +25,15 @@ onnx = pytest.importorskip('onnx')
 ort = pytest.importorskip('onnxruntime')
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+@pytest.fixture(scope='module', autouse=True)
+def restore_default_scope():
+    """Leave mmengine's default scope as this module found it (the tools set
+    it for the config they build)."""
+    saved = copy.copy(DefaultScope._instance_dict)
+    yield
+    DefaultScope._instance_dict = saved
 ARCH = """dict(depths=[1, 1, 1, 1], channels=[16, 32, 64, 128],
            kernel_sizes=[101, 51, 31, 13], center_sizes=5)"""
 CONFIGS = {
@@ -103,12 +114,15 @@ def test_export_matches_onnxruntime(kind, tmp_path, capsys):
         '--cfg-options', *DEPLOY[kind]
     ])
     log = capsys.readouterr().out
-    assert 'onnxruntime (CPU) vs PyTorch' in log and 'max relative error' in log
+    assert 'onnxruntime (CPU) vs PyTorch' in log
+    assert 'max relative error' in log
 
     graph = onnx.load(out)
     onnx.checker.check_model(graph)
-    assert [o.version for o in graph.opset_import if o.domain in ('', 'ai.onnx')
-            ] == [17]
+    versions = [
+        o.version for o in graph.opset_import if o.domain in ('', 'ai.onnx')
+    ]
+    assert versions == [17]
     assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param
     kernels = {
         tuple(a.ints) for n in graph.graph.node if n.op_type == 'Conv'

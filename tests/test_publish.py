@@ -1,15 +1,17 @@
 """Released checkpoints end to end.
 
 A tiny UperNet-PeLK (the demo config) is trained for 2 iterations on tiny
-demo data with ``tools/train.py``, published with
+demo data (mmengine Runner, in process), published with
 ``tools/model_converters/publish_model.py``, served from a local HTTP server
 (127.0.0.1, ephemeral port) and evaluated with ``tools/test.py`` by URL: the
 metrics must be exactly those of the local file. A file whose content does not
-match the hash in its name is refused; ``init_cfg=dict(type='Pretrained',
+match the hash in its name is refused, and so is a correctly named file that
+pickles a foreign object (weights only); ``init_cfg=dict(type='Pretrained',
 checkpoint=URL)`` loads the same weights; the deployed form of the published
 checkpoint evaluates through ``tools/test.py`` with the config override
 ``model.backbone.deploy=True``.
 """
+import copy
 import functools
 import glob
 import hashlib
@@ -28,12 +30,22 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 from mmengine.config import Config
+from mmengine.registry import DefaultScope
 from mmengine.runner import CheckpointLoader, Runner
 
 from pelk_mm import PeLK
 from pelk_mm.demo import make_ade20k_demo
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+@pytest.fixture(scope='module', autouse=True)
+def restore_default_scope():
+    """Leave mmengine's default scope as this module found it (the tools set
+    it for the config they build)."""
+    saved = copy.copy(DefaultScope._instance_dict)
+    yield
+    DefaultScope._instance_dict = saved
 PY = sys.executable
 DEMO_CFG = osp.join(ROOT, 'configs', 'demo', 'upernet_pelk_demo_ade20k.py')
 

@@ -83,7 +83,7 @@ def load_from_http(filename: str,
                    map_location=None,
                    model_dir=None,
                    progress: bool = os.isatty(0)):
-    """mmengine's ``http://`` / ``https://`` loader, hash-checked, weights only.
+    """mmengine's ``http(s)://`` loader, hash-checked, weights only.
 
     As mmengine's: downloads into the torch hub cache (``model_dir``, default
     ``$TORCH_HOME/hub/checkpoints``), local rank 0 first in distributed runs.

@@ -26,14 +26,14 @@ peripheral convs is refused before anything is exported (exit status 1).
 CKPT is loaded strictly (every key and shape; with ``--backbone``, the keys
 under ``backbone.`` of a whole-model checkpoint). The exporter is
 ``torch.onnx.export(..., dynamo=False)`` (TorchScript-based), opset 17, with
-the batch dimension dynamic and H, W fixed. It refuses adaptive average
-pooling to sizes that do not divide the input (mmseg's PPM pools to 1, 2, 3
-and 6), so the exported copy computes those as two exact matrix products
-(:class:`AdaptiveAvgPoolAsMatMul`). ``--verify`` runs onnxruntime (CPU) on a seeded
-random input of batch 2 (the export traces batch 1, so this also exercises the
-dynamic batch) and prints the max abs and relative error against PyTorch
-(relative: max abs error / max abs value, per output); the exit status is 1
-if the relative error exceeds ``--tol``.
+the batch dimension dynamic and H, W fixed. It refuses adaptive average pooling
+to sizes that do not divide the input (mmseg's PPM pools to 1, 2, 3 and 6), so
+the exported copy computes those as two exact matrix products
+(:class:`AdaptiveAvgPoolAsMatMul`). ``--verify`` runs onnxruntime (CPU) on a
+seeded random input of batch 2 (the export traces batch 1, so this also
+exercises the dynamic batch) and prints the max abs and relative error against
+PyTorch (relative: max abs error / max abs value, per output); the exit status
+is 1 if the relative error exceeds ``--tol``.
 """
 import argparse
 import copy
