@@ -13,9 +13,14 @@ SyncBN and no pretrained weights, all timed in one run:
   ``convnext-tiny_upernet`` config).
 
 A train step is ``loss`` forward (decode + auxiliary heads) + backward +
-AdamW step; inference is the ``mode='tensor'`` forward under ``no_grad``.
-Times are medians over ``--iters`` repetitions in which the models are
-interleaved. Peak memory is that of one more train step / inference per
+AdamW step, under ``--amp`` autocast if given (fp16 with a ``GradScaler``);
+inference is the ``mode='tensor'`` forward under ``no_grad`` (and the same
+autocast) on a whole ``--infer-size`` image (e.g. ``512 2048``, an ADE20K
+test image, in one piece rather than mmseg's sliding window). Times are
+medians over ``--iters`` repetitions in which the models are interleaved;
+on CUDA each is bracketed by ``torch.cuda.synchronize``.
+``--amp-steps N`` also trains PeLK-T (``impl='auto'``) N steps under fp16
+and under bf16 autocast and reports the losses and whether all are finite. Peak memory is that of one more train step / inference per
 model, after the timed ones: on CPU the process's peak RSS during the step
 minus its RSS just before it (Linux ``VmHWM`` after resetting it through
 ``/proc/self/clear_refs``, and ``VmRSS``), i.e. the step's own peak above the
@@ -31,6 +36,8 @@ Examples::
     python benchmarks/bench_backbone.py --size 256 --iters 2
     python benchmarks/bench_backbone.py --size 512 --json
     python benchmarks/bench_backbone.py --modes hook --iters 2
+    python benchmarks/bench_backbone.py --device cuda --amp bf16 \
+        --infer-size 512 2048 --amp-steps 20 --save results/backbone_cuda
 """
 import argparse
 import contextlib
