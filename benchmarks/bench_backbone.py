@@ -314,11 +314,15 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     import pelk_mm  # noqa: F401  (registers PeLK)
     if 'hook' in args.modes:
-        hook = time_sparsity_hook(args, device)
-        print(json.dumps(dict(sparsity_hook=hook, device=str(device),
-                              size=args.size, batch=args.batch,
-                              threads=torch.get_num_threads(),
-                              torch=torch.__version__), indent=1))
+        hook = json.dumps(dict(sparsity_hook=time_sparsity_hook(args, device),
+                               device=str(device), size=args.size,
+                               batch=args.batch,
+                               threads=torch.get_num_threads(),
+                               torch=torch.__version__), indent=1)
+        print(hook)
+        if args.save:
+            with open(f'{args.save}_hook.json', 'w') as out:
+                out.write(hook)
         args.modes = [mode for mode in args.modes if mode != 'hook']
         if not args.modes:
             return

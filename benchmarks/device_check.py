@@ -13,8 +13,8 @@ the carried sdist with its CPU ops (``MMCV_WITH_OPS=1 FORCE_CUDA=0``, all
 cores): mmseg imports ``mmcv.ops`` when it registers its models, although
 the UperNet step never calls an mmcv op (``--install-only`` stops there, so
 that a warm machine can run the benchmarks in a second call). Then it runs,
-each as a subprocess with a time limit (150 + 70 + 140 s: the benchmarks
-stay under 6 of the 10 minutes a device command may run; a benchmark that
+each as a subprocess with a time limit (150 + 70 + 140 + 60 s: the
+benchmarks stay under 7 of the 10 minutes a device command may run; a benchmark that
 fails or runs out of time is reported and the others still run), and
 writes to OUT:
 
@@ -27,7 +27,10 @@ writes to OUT:
 - ``backbone.json`` / ``.md``: ``bench_backbone.py``, UperNet + PeLK-T
   (auto, dense) and + ConvNeXt-T, 512 x 512 train step at batch 2 under bf16
   autocast, whole-image 512 x 2048 inference, and 20 steps under fp16 and
-  bf16 autocast with the losses.
+  bf16 autocast with the losses;
+- ``backbone_hook.json``: ``bench_backbone.py --modes hook``, the
+  DynamicSparsityHook's per-step and per-update cost on that model, as
+  fractions of its fp32 train step.
 
 ``--smoke`` runs the same code path on the CPU with tiny sizes (and installs
 nothing when the packages are importable): ``tests/test_device_check.py``.
@@ -60,6 +63,8 @@ FULL = {
                  '--amp', 'bf16', '--iters', '5', '--models', 'pelk',
                  'pelk-dense', 'convnext', '--infer-size', '512', '2048',
                  '--amp-steps', '20'],
+    'hook': ['--device', 'cuda', '--size', '512', '--batch', '2',
+             '--modes', 'hook', '--iters', '3'],
 }
 SMOKE = {
     'conv': ['--device', 'cpu', '--kernels', '13', '31', '--sizes', '12',
@@ -76,8 +81,10 @@ SMOKE = {
                  '--iters', '1', '--models', 'pelk', 'convnext', '--modes',
                  'train', 'infer', '--infer-size', '32', '64',
                  '--amp-steps', '1', '--no-memory'],
+    'hook': ['--device', 'cpu', '--size', '32', '--batch', '2', '--modes',
+             'hook', '--iters', '1'],
 }
-TIME_LIMITS = {'conv': 150, 'conv_shapes': 70, 'backbone': 140}
+TIME_LIMITS = {'conv': 150, 'conv_shapes': 70, 'backbone': 140, 'hook': 60}
 SMOKE_TIME_LIMIT = 1200  # a shared CPU can be slow; no device time at stake
 
 
@@ -180,6 +187,11 @@ def main(argv=None):
                               limits['backbone'])
     if (out / 'backbone.md').exists():
         print((out / 'backbone.md').read_text(), flush=True)
+    seconds['hook'] = run('hook', 'bench_backbone.py',
+                          sweeps['hook'] + ['--save', str(out / 'backbone')],
+                          env, limits['hook'])
+    if (out / 'backbone_hook.json').exists():
+        print((out / 'backbone_hook.json').read_text(), flush=True)
     (out / 'seconds.json').write_text(json.dumps(seconds, indent=1))
     if None in seconds.values():
         sys.exit(1)

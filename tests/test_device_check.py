@@ -47,6 +47,10 @@ def test_smoke_run_writes_every_result(tmp_path):
     assert backbone['summary']['bf16_losses_finite']
     assert len(backbone['amp_losses']['fp16']) == 1
     assert (tmp_path / 'backbone.md').read_text().startswith('| mode |')
+    hook = json.loads((tmp_path / 'backbone_hook.json').read_text())
+    cost = hook['sparsity_hook']
+    assert cost['train_step'] > 0 and cost['update'] > 0
+    assert cost['per_step_fraction'] == cost['per_step'] / cost['train_step']
 
 
 def _synthetic_rows(coefficients):
