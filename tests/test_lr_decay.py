@@ -165,6 +165,8 @@ def test_registered_in_the_root_registry(scope):
     (dict(decay_type='layer_wise'), 'decay_rate'),
     (dict(decay_rate=0.9, decay_type='layer_wise', num_layers=12),
      'num_layers'),
+    (dict(decay_rate=0.9, decay_type='stage_wise', num_layers=3),
+     'num_layers'),
 ])
 def test_bad_configuration(paramwise, match):
     cfg = dict(
@@ -413,11 +415,14 @@ def test_in1k_config_same_settings_as_the_former_rule():
 @pytest.mark.parametrize('name, decay_type, rate', [
     ('upernet_pelk_t_ade20k.py', 'stage_wise', 0.9),
     ('cascade_mask_rcnn_pelk_t_fpn_3x_coco.py', 'layer_wise', 0.7),
+    ('demo/upernet_pelk_demo_ade20k.py', 'stage_wise', 0.9),
 ])
 def test_downstream_config_groups(name, decay_type, rate):
     """The T configs' groups against the documented ConvNeXt tables (mmseg's
     own ``get_*_id_for_convnext`` for every name ConvNeXt has) and the
-    former weight-decay rule (1-D, ``.bias``, ``pos_embeds``)."""
+    former weight-decay rule (1-D, ``.bias``, ``pos_embeds``). The demo's
+    backbone (depths 1/1/2/1) has 4 layers; stage-wise, it keeps the
+    recipe's ``num_layers=6`` spacing."""
     from mmseg.engine.optimizers.layer_decay_optimizer_constructor import (
         get_layer_id_for_convnext, get_stage_id_for_convnext)
     cfg, model = build_config_model(name)

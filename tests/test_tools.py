@@ -141,3 +141,24 @@ def test_check_checkpoints(tmp_path, monkeypatch, capsys, tools_path):
     assert ('python tools/train.py my_config.py --cfg-options '
             'model.roi_head.bbox_head.1.init_cfg=None') in err
     assert "load_from 'gone_c.pth'" in err
+
+
+def test_train_resume_missing_checkpoint(tmp_path, monkeypatch, capsys,
+                                         tools_path):
+    """``--resume CKPT`` sets load_from; a missing CKPT stops the run."""
+    from launch_utils import check_checkpoints, load_config
+    train_tool = load_tool('train')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, 'argv', [
+        'tools/train.py', SEG_T_CFG, '--resume', 'gone.pth', '--cfg-options',
+        'model.backbone.init_cfg=None'
+    ])
+    args = train_tool.get_args()
+    cfg = train_tool.merge_args(load_config(args), args)
+    assert cfg.resume is True and cfg.load_from == 'gone.pth'
+    with pytest.raises(SystemExit) as error:
+        check_checkpoints(cfg)
+    assert error.value.code == 2
+    err = capsys.readouterr().err
+    assert "train.py: error: load_from 'gone.pth'" in err
+    assert 'init_cfg' not in err  # the init_cfg=None option was merged

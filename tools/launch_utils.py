@@ -4,7 +4,8 @@ Runner building.
 
 A tool is ``parser = make_parser(...)``, its own arguments,
 ``args = parse_args(parser)``, ``cfg = load_config(args)``, its own changes to
-``cfg``, then ``build_runner(cfg, ...)``.
+``cfg``, ``check_checkpoints(cfg)`` (training; tools/test.py checks its
+CHECKPOINT argument), then ``build_runner(cfg)``.
 """
 import argparse
 import importlib

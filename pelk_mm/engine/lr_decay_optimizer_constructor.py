@@ -17,9 +17,9 @@ rules, but asks the backbone for everything that depends on its module names
   layer 0, stage ``i`` with its positional embedding ``i + 1``), everything
   else (the backbone's output norms, neck, heads) id ``num_layers + 1``, and
   ``lr_scale = decay_rate ** (num_layers + 1 - id)``, where ``num_layers`` is
-  the layer-wise count above (6 for PeLK-T, 12 for S/B), not the number of
-  stages. So with ``num_layers=6`` the heads get the base lr and stage 3 gets
-  ``0.9 ** 3`` of it.
+  ``paramwise_cfg.num_layers``, by default the layer-wise count above (6 for
+  PeLK-T, 12 for S/B), not the number of stages. So with ``num_layers=6`` the
+  heads get the base lr and stage 3 gets ``0.9 ** 3`` of it.
 
 Weight decay: the backbone's parameters named (relative to the backbone) in
 ``backbone.no_weight_decay()`` (timm's convention; PeLK declares its
@@ -60,8 +60,11 @@ class PeLKLearningRateDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
       Defaults to ``'layer_wise'``.
     - ``num_layers`` (int, optional): the layer count ConvNeXt configs give
       (6 when stage 2 has 9 blocks, 12 when it has 27). Taken from the
-      backbone's ``get_layer_depth`` when omitted; a value that disagrees with
-      the backbone raises ``ValueError``.
+      backbone's ``get_layer_depth`` when omitted. For ``'layer_wise'`` a
+      value that disagrees with the backbone raises ``ValueError``; for
+      ``'stage_wise'`` it only sets the heads' id ``num_layers + 1`` (as in
+      mmseg's constructor) and must be at least the number of stages (the
+      demo config keeps the recipe's 6 for its 4-layer backbone).
 
     Each parameter group holds the parameters that share an id and a weight
     decay, as ``layer_{id}_decay`` / ``layer_{id}_no_decay``, with the keys
@@ -97,7 +100,7 @@ class PeLKLearningRateDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
                     f'needs model.backbone.{method} (as PeLK has); '
                     f'{type(module).__name__}.backbone is '
                     f'{type(backbone).__name__}')
-        num_layers = self._num_layers(backbone)
+        num_layers = self._num_layers(backbone, decay_type)
         no_decay_names = (
             backbone.no_weight_decay()
             if hasattr(backbone, 'no_weight_decay') else None)
@@ -140,15 +143,30 @@ class PeLKLearningRateDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
                 logger='current')
         params.extend(groups.values())
 
-    def _num_layers(self, backbone: nn.Module) -> int:
-        """The backbone's ``num_layers``, checked against the config's."""
+    def _num_layers(self, backbone: nn.Module, decay_type: str) -> int:
+        """``num_layers``: the config's, checked against the backbone, or the
+        backbone's layer count (by ``get_layer_depth``) when omitted."""
         _, num_ids = backbone.get_layer_depth('backbone.stages.0.0',
                                               prefix='backbone.')
         num_layers: Optional[int] = self.paramwise_cfg.get('num_layers')
-        if num_layers is not None and num_layers != num_ids - 2:
+        if num_layers is None:
+            return num_ids - 2
+        if decay_type == 'layer_wise' and num_layers != num_ids - 2:
             raise ValueError(
                 f'paramwise_cfg.num_layers={num_layers} does not match the '
                 f'backbone ({type(backbone).__name__} has {num_ids - 2} '
                 'layers by get_layer_depth); omit it or set it to '
                 f'{num_ids - 2}')
-        return num_ids - 2
+        if decay_type == 'layer_wise':
+            return num_layers
+        _, num_stage_ids = backbone.get_stage_depth('backbone.stages.0.0',
+                                                    prefix='backbone.')
+        if not (isinstance(num_layers, int)
+                and num_layers >= num_stage_ids - 2):
+            raise ValueError(
+                f'paramwise_cfg.num_layers={num_layers!r} must be an int of '
+                f'at least the number of stages ({num_stage_ids - 2}) for '
+                "decay_type='stage_wise' (the heads come after the last "
+                'stage); omit it to use the backbone\'s layer count '
+                f'{num_ids - 2}')
+        return num_layers
