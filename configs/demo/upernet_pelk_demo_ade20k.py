@@ -63,9 +63,7 @@ val_dataloader = None
 val_cfg = None
 val_evaluator = None
 
-# num_layers: the reduced depths [1, 1, 2, 1] make 4 layers by
-# PeLK.get_layer_depth (the constructor checks it), not PeLK-T's 6.
-optim_wrapper = dict(optimizer=dict(lr=1e-3), paramwise_cfg=dict(num_layers=4))
+optim_wrapper = dict(optimizer=dict(lr=1e-3))
 custom_hooks = [
     dict(type='PeLKArchMetaHook'),  # the backbone's arch in checkpoint meta
     dict(
