@@ -2,14 +2,12 @@
 deployed checkpoints load through ``init_cfg``, and
 ``tools/model_converters/pelk_deploy.py`` folds whole segmentor / detector
 checkpoints after checking their outputs."""
-import copy
 import importlib.util
 import inspect
 import os.path as osp
 
 import pytest
 import torch
-from mmengine.registry import DefaultScope
 
 from pelk_mm import PeLK, PeripheralConv2d
 from pelk_mm.models.deploy import (build_model, compare_outputs, load_strictly,
@@ -18,14 +16,6 @@ from pelk_mm.models.pelk import PeLKBlock
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
-
-@pytest.fixture(scope='module', autouse=True)
-def restore_default_scope():
-    """Leave mmengine's default scope as this module found it (the tools set
-    it for the config they build)."""
-    saved = copy.copy(DefaultScope._instance_dict)
-    yield
-    DefaultScope._instance_dict = saved
 SMALL_ARCH = dict(
     depths=[2, 1, 3, 1],
     channels=[16, 24, 32, 40],

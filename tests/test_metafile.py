@@ -5,7 +5,6 @@ well-formed, its dense parameter count is the one of the model the config
 builds, and every config under configs/ (except _base_/ and demo/) has an
 entry. No weights are released yet, so every ``Weights`` is empty.
 """
-import copy
 import glob
 import os.path as osp
 
@@ -13,20 +12,12 @@ import pytest
 import torch
 import yaml
 from mmengine.config import Config
-from mmengine.registry import MODELS, DefaultScope, init_default_scope
+from mmengine.registry import MODELS, init_default_scope
 
 from pelk_mm import PeLK
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
-
-@pytest.fixture(scope='module', autouse=True)
-def restore_default_scope():
-    """Leave mmengine's default scope as this module found it (the tools set
-    it for the config they build)."""
-    saved = copy.copy(DefaultScope._instance_dict)
-    yield
-    DefaultScope._instance_dict = saved
 TASKS = {
     'Semantic Segmentation': ('ADE20K', {'mIoU'}),
     'Object Detection': ('COCO', {'box AP'}),

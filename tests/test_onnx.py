@@ -8,7 +8,6 @@ checkpoint (sparse weights, non-zero positional embeddings), folded by
 the original (non-deploy, FFT) PyTorch model within 1e-4 relative, at another
 batch size than the exported one (dynamic batch).
 """
-import copy
 import importlib.util
 import os.path as osp
 import subprocess
@@ -16,7 +15,6 @@ import sys
 
 import pytest
 import torch
-from mmengine.registry import DefaultScope
 
 from pelk_mm import PeLK, PeripheralConv2d
 from pelk_mm.models.deploy import build_model, compare_outputs, tensor_outputs
@@ -26,14 +24,6 @@ ort = pytest.importorskip('onnxruntime')
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
-
-@pytest.fixture(scope='module', autouse=True)
-def restore_default_scope():
-    """Leave mmengine's default scope as this module found it (the tools set
-    it for the config they build)."""
-    saved = copy.copy(DefaultScope._instance_dict)
-    yield
-    DefaultScope._instance_dict = saved
 ARCH = """dict(depths=[1, 1, 1, 1], channels=[16, 32, 64, 128],
            kernel_sizes=[101, 51, 31, 13], center_sizes=5)"""
 CONFIGS = {

@@ -11,7 +11,6 @@ checkpoint=URL)`` loads the same weights; the deployed form of the published
 checkpoint evaluates through ``tools/test.py`` with the config override
 ``model.backbone.deploy=True``.
 """
-import copy
 import functools
 import glob
 import hashlib
@@ -30,7 +29,6 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 from mmengine.config import Config
-from mmengine.registry import DefaultScope
 from mmengine.runner import CheckpointLoader, Runner
 
 from pelk_mm import PeLK
@@ -38,14 +36,6 @@ from pelk_mm.demo import make_ade20k_demo
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
-
-@pytest.fixture(scope='module', autouse=True)
-def restore_default_scope():
-    """Leave mmengine's default scope as this module found it (the tools set
-    it for the config they build)."""
-    saved = copy.copy(DefaultScope._instance_dict)
-    yield
-    DefaultScope._instance_dict = saved
 PY = sys.executable
 DEMO_CFG = osp.join(ROOT, 'configs', 'demo', 'upernet_pelk_demo_ade20k.py')
 
