@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The built-in demo, no download needed (about 2-3 minutes on 2 idle CPU cores):
+# The built-in demo, no download needed (about 4 minutes on 2 idle CPU cores):
 #   1. draw a small ADE20K-layout dataset       -> data/ade20k_demo/
 #   2. train UperNet + a reduced PeLK on it with 40 % dynamic sparsity
 #                                                (tools/train.py)

@@ -1,7 +1,7 @@
 # The built-in demo (tools/demo.sh): UperNet + a reduced PeLK trained from
 # scratch on the procedurally drawn ADE20K-layout data of
 #   python tools/make_demo_data.py ade20k data/ade20k_demo
-# in about 2-3 minutes on 2 CPU cores. Everything but the sizes is the headline
+# in about 4 minutes on 2 idle CPU cores. Everything but the sizes is the headline
 # config (configs/upernet_pelk_t_ade20k.py): real peripheral convolutions with
 # sharing grids and positional embeddings (kernels 31/29/27/13, centre 5x5), the
 # stage-wise lr decay constructor, mmseg's ADE20K dataset, UperNet + auxiliary
