@@ -11,26 +11,15 @@ usage() {
     echo "  env: NNODES (1), NODE_RANK (0), MASTER_ADDR (127.0.0.1), PORT (29500), PYTHON (python)" >&2
     exit 2
 }
-fail() {
-    echo "ERROR: $*" >&2
-    usage
-}
-is_int() { [[ $1 =~ ^[0-9]+$ ]]; }
+source "$(dirname "$0")/launch_checks.sh"
 
 [[ $# -ge 3 ]] || fail "expected CONFIG, CHECKPOINT and NUM_PROCS, got $# argument(s)"
 CONFIG=$1
 CHECKPOINT=$2
 NPROCS=$3
-NNODES=${NNODES:-1}
-NODE_RANK=${NODE_RANK:-0}
-PORT=${PORT:-29500}
-MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
 [[ -f $CONFIG ]] || fail "CONFIG '$CONFIG' is not a file"
 [[ -n $CHECKPOINT ]] || fail "CHECKPOINT is empty"
-is_int "$NPROCS" && ((10#$NPROCS > 0)) || fail "NUM_PROCS must be a positive integer, got '$NPROCS'"
-is_int "$NNODES" && ((10#$NNODES > 0)) || fail "NNODES must be a positive integer, got '$NNODES'"
-is_int "$NODE_RANK" && ((10#$NODE_RANK < 10#$NNODES)) || fail "NODE_RANK must be an integer in [0, NNODES), got '$NODE_RANK'"
-is_int "$PORT" || fail "PORT must be an integer, got '$PORT'"
+check_torchrun_args
 
 PYTHONPATH="$(dirname "$0")/..${PYTHONPATH:+:$PYTHONPATH}" \
 ${PYTHON:-python} -m torch.distributed.run \

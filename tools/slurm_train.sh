@@ -8,25 +8,14 @@ usage() {
     echo "  GPUS, GPUS_PER_NODE, CPUS_PER_TASK: positive integers" >&2
     exit 2
 }
-fail() {
-    echo "ERROR: $*" >&2
-    usage
-}
-is_positive() { [[ $1 =~ ^[0-9]+$ ]] && ((10#$1 > 0)); }
+source "$(dirname "$0")/launch_checks.sh"
 
 [[ $# -ge 3 ]] || fail "expected PARTITION, JOB_NAME and CONFIG, got $# argument(s)"
 PARTITION=$1
 JOB_NAME=$2
 CONFIG=$3
-GPUS=${GPUS:-8}
-GPUS_PER_NODE=${GPUS_PER_NODE:-8}
-CPUS_PER_TASK=${CPUS_PER_TASK:-5}
-SRUN_ARGS=${SRUN_ARGS:-""}
-[[ -n $PARTITION && -n $JOB_NAME ]] || fail "PARTITION and JOB_NAME must not be empty"
+check_slurm_args
 [[ -f $CONFIG ]] || fail "CONFIG '$CONFIG' is not a file"
-for name in GPUS GPUS_PER_NODE CPUS_PER_TASK; do
-    is_positive "${!name}" || fail "$name must be a positive integer, got '${!name}'"
-done
 
 set -x
 # SRUN_ARGS is split into words on purpose (several srun options).
