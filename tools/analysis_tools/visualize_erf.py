@@ -44,7 +44,7 @@ ADE20K-style scenes from the project's demo data generator (no dataset
 needed; deterministic for a given ``--seed``).
 
 Cost: one PeLK-T image takes 203 s at 1024x1024 and 46 s at 512x512 on a
-loaded 2-core CPU (see the README); use ``--device cuda`` for the full
+loaded 2-core CPU (docs/erf.md); use ``--device cuda`` for the full
 50-image protocol.
 """
 import argparse
