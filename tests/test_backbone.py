@@ -1,22 +1,17 @@
-"""The PeLK backbone: registry, shapes, positional embeddings, deploy,
-freezing, layer depths, checkpoints and the paper's parameter counts."""
-import types
+"""The PeLK backbone: shapes, positional embeddings, deploy, freezing,
+gradient checkpointing, initialisation and argument errors.
 
+Registration in every scope is tested in ``test_registry.py``, the layer
+depths in ``test_lr_decay.py``, the paper's parameter counts in
+``test_param_counts.py``."""
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pelk_mm import (PeLK, PeripheralConv2d, SparsityMasks, count_parameters,
-                     pos_embed_bias)
+from pelk_mm import PeLK, PeripheralConv2d, pos_embed_bias
 
-# A reduced arch that keeps every feature (4 stages, > 1 block per stage,
-# kernels larger than the later feature maps) but runs in milliseconds.
-SMALL_ARCH = dict(
-    depths=[2, 1, 3, 1],
-    channels=[16, 24, 32, 40],
-    kernel_sizes=[13, 11, 9, 5],
-    center_sizes=3)
+from helpers import SMALL_ARCH
 
 
 def small_pelk(**kwargs):
@@ -25,20 +20,6 @@ def small_pelk(**kwargs):
     model = PeLK(**kwargs)
     model.init_weights()
     return model
-
-
-@pytest.mark.parametrize('scope', ['mmseg', 'mmdet', 'mmpretrain'])
-def test_builds_in_every_scope(scope):
-    registry = {
-        'mmseg': 'mmseg.registry',
-        'mmdet': 'mmdet.registry',
-        'mmpretrain': 'mmpretrain.registry',
-    }[scope]
-    models = __import__(registry, fromlist=['MODELS']).MODELS
-    torch.manual_seed(0)
-    model = models.build(dict(type='PeLK', arch=SMALL_ARCH, out_indices=3))
-    assert isinstance(model, PeLK)
-    assert model(torch.randn(1, 3, 32, 32))[0].shape == (1, 40)
 
 
 def test_multi_scale_outputs():
@@ -270,32 +251,6 @@ def test_frozen_stages():
     assert model.pos_embeds[2].grad is not None
 
 
-def test_get_layer_depth_matches_convnext():
-    from mmpretrain.models import ConvNeXt
-    for depths, max_layer in (([3, 3, 9, 3], 6), ([3, 3, 27, 3], 12)):
-        model = small_pelk(
-            arch=dict(SMALL_ARCH, depths=depths, channels=[8, 8, 8, 8]),
-            out_indices=3)
-        # mmpretrain's method only reads `depths`
-        convnext = types.SimpleNamespace(depths=depths)
-        for name, _ in model.named_parameters(prefix='backbone'):
-            depth = model.get_layer_depth(name, 'backbone.')
-            if name.startswith('backbone.pos_embeds.'):
-                stage = int(name.split('.')[2])
-                first_block = f'backbone.stages.{stage}.0.gamma'
-                assert depth == model.get_layer_depth(first_block, 'backbone.')
-            else:
-                assert depth == ConvNeXt.get_layer_depth(
-                    convnext, name, 'backbone.')
-        assert model.get_layer_depth('head.fc.weight',
-                                     'backbone.') == (max_layer + 1,
-                                                      max_layer + 2)
-        assert model.get_layer_depth('backbone.pos_embeds.0',
-                                     'backbone.') == (1, max_layer + 2)
-        assert model.get_layer_depth('backbone.pos_embeds.3',
-                                     'backbone.') == (max_layer, max_layer + 2)
-
-
 def test_init_weights_and_pretrained_prefix(tmp_path):
     model = small_pelk()
     convs = [m for m in model.modules() if isinstance(m, PeripheralConv2d)]
@@ -358,24 +313,3 @@ def test_constructor_errors(kwargs, name):
     kwargs.setdefault('arch', SMALL_ARCH)
     with pytest.raises(ValueError, match=f'`{name}'):
         PeLK(**kwargs)
-
-
-@pytest.mark.parametrize('arch,paper_millions', [('tiny', 29), ('small', 50)])
-def test_classifier_effective_params_match_paper(arch, paper_millions):
-    """Table 4: 40 % sparsity on every 2-D / 4-D weight of the backbone and
-    the 1000-class head; 1-D parameters and positional embeddings dense."""
-    from mmpretrain.registry import MODELS
-    with torch.device('meta'):
-        classifier = MODELS.build(
-            dict(
-                type='ImageClassifier',
-                backbone=dict(type='PeLK', arch=arch),
-                head=dict(
-                    type='LinearClsHead',
-                    num_classes=1000,
-                    in_channels=PeLK.arch_settings[arch]['channels'][-1])))
-    masks = SparsityMasks.init(classifier, sparsity=0.4, init='uniform')
-    counts = count_parameters(classifier, masks)
-    effective = counts['effective'] / 1e6
-    assert counts['dense'] > counts['effective']
-    assert abs(effective / paper_millions - 1) < 0.04, effective

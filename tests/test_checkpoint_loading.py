@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.config import Config
 from mmengine.model import BaseModel
-from mmengine.runner import Runner, load_checkpoint, save_checkpoint
+from mmengine.runner import load_checkpoint, save_checkpoint
 from mmengine.runner.checkpoint import get_state_dict, weights_to_cpu
 from torch.utils.data import Dataset
 
@@ -29,10 +29,8 @@ from pelk_mm.models.checkpoint_meta import (ARCH_META_KEY,
                                             PeLKCheckpointMismatch,
                                             add_arch_meta, infer_arch)
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-ARCH21 = dict(depths=[1, 1, 1, 1],
-              channels=[16, 32, 64, 128],
-              kernel_sizes=[21, 13, 13, 7])
+from helpers import ARCH21, ROOT, build_runner, load_tool
+
 ARCH31 = dict(ARCH21, kernel_sizes=[31, 13, 13, 7])
 
 
@@ -193,20 +191,18 @@ def test_load_checkpoint_refuses_and_loads_nothing(ckpt21):
 
 
 def make_runner(work_dir, model, **kwargs):
-    return Runner(model=model,
-                  work_dir=str(work_dir),
-                  train_dataloader=dict(
-                      dataset=TinyImages(),
-                      sampler=dict(type='DefaultSampler', shuffle=False),
-                      collate_fn=dict(type='default_collate'),
-                      batch_size=2),
-                  train_cfg=dict(by_epoch=False, max_iters=1),
-                  optim_wrapper=dict(optimizer=dict(type='AdamW', lr=1e-3)),
-                  default_hooks=dict(checkpoint=dict(
-                      type='CheckpointHook', interval=1, by_epoch=False)),
-                  randomness=dict(seed=0),
-                  default_scope='mmengine',
-                  **kwargs)
+    """One AdamW iteration of ``model`` on :class:`TinyImages`, then a
+    checkpoint."""
+    return build_runner(work_dir,
+                        lambda: model,
+                        TinyImages(),
+                        max_iters=1,
+                        batch_size=2,
+                        optim_wrapper=dict(
+                            optimizer=dict(type='AdamW', lr=1e-3)),
+                        shuffle=False,
+                        checkpoint_interval=1,
+                        **kwargs)
 
 
 @pytest.mark.parametrize('resume', [False, True])
@@ -244,6 +240,7 @@ def test_metadata_less_checkpoint_refused_with_inferred_arch(tmp_path):
             'kernel_sizes=[21, 13, 13, 7])') in message
 
 
+@pytest.mark.slow
 def test_tools_test_refuses(tmp_path):
     """``tools/test.py CONFIG CKPT`` (demo config) stops before testing."""
     from mmseg.registry import MODELS
@@ -430,18 +427,8 @@ def test_infer_arch():
 
 
 # ------------------------------------------------------------- the converter
-def load_converter():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        'cls2backbone',
-        osp.join(ROOT, 'tools', 'model_converters', 'cls2backbone.py'))
-    converter = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(converter)
-    return converter
-
-
 def test_converter_records_arch_and_refuses_other_kernel(ckpt21, tmp_path):
-    converter = load_converter()
+    converter = load_tool('model_converters/cls2backbone.py')
     target = PeLK(ARCH21, out_indices=(0, 1, 2, 3))
     dst = str(tmp_path / 'backbone.pth')
     missing, unexpected = converter.convert(ckpt21, dst, target)

@@ -11,10 +11,12 @@ import pytest
 import torch
 import torch.nn as nn
 from mmengine.model import BaseModel
-from mmengine.runner import CheckpointLoader, Runner, load_checkpoint
+from mmengine.runner import CheckpointLoader, load_checkpoint
 from torch.utils.data import Dataset
 
 import pelk_mm  # noqa: F401  (registers the safe globals)
+
+from helpers import build_runner
 
 
 class ToyDataset(Dataset):
@@ -46,25 +48,23 @@ class ToyModel(BaseModel):
 
 
 def make_runner(work_dir, max_iters, **kwargs):
-    torch.manual_seed(0)  # the model is built before the Runner seeds
-    return Runner(
-        model=ToyModel(),
-        work_dir=str(work_dir),
-        train_dataloader=dict(
-            dataset=ToyDataset(),
-            sampler=dict(type='DefaultSampler', shuffle=True),
-            collate_fn=dict(type='default_collate'),
-            batch_size=4),
-        train_cfg=dict(by_epoch=False, max_iters=max_iters),
-        optim_wrapper=dict(optimizer=dict(type='AdamW', lr=0.01)),
-        param_scheduler=dict(type='LinearLR', start_factor=0.5, by_epoch=False,
-                             begin=0, end=4),
-        default_hooks=dict(
-            checkpoint=dict(type='CheckpointHook', interval=2, by_epoch=False),
-            logger=dict(type='LoggerHook', interval=1)),
-        randomness=dict(seed=0),
-        default_scope='mmengine',
-        **kwargs)
+    """AdamW on :class:`ToyDataset` with an lr schedule (whose state mmengine
+    pickles), a checkpoint every 2 iterations, a log line every one."""
+    return build_runner(work_dir,
+                        ToyModel,
+                        ToyDataset(),
+                        max_iters,
+                        batch_size=4,
+                        optim_wrapper=dict(
+                            optimizer=dict(type='AdamW', lr=0.01)),
+                        checkpoint_interval=2,
+                        log_interval=1,
+                        param_scheduler=dict(type='LinearLR',
+                                             start_factor=0.5,
+                                             by_epoch=False,
+                                             begin=0,
+                                             end=4),
+                        **kwargs)
 
 
 def load(path):

@@ -42,6 +42,7 @@ def _size_of(path):
     return None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('path', CONFIGS)
 def test_config_builds(path):
     cfg = Config.fromfile(osp.join(ROOT, path))

@@ -146,6 +146,7 @@ def demo_run(tmp_path_factory):
                 untrained=tool_miou(str(tmp / 'test_untrained')))
 
 
+@pytest.mark.slow
 def test_trained_beats_every_image_blind_predictor(demo_run):
     train_gt, val_gt = labels(demo_run['data'], 'training'), labels(
         demo_run['data'], 'validation')
@@ -165,6 +166,7 @@ def test_trained_beats_every_image_blind_predictor(demo_run):
     assert trained - untrained >= MARGIN_UNTRAINED
 
 
+@pytest.mark.slow
 def test_trained_demo_model_is_sparse(demo_run):
     log = demo_run['log']
     assert "mode='auto' -> 'dynamic'" in log

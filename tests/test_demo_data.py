@@ -146,6 +146,7 @@ def test_imagenet_layout_read_by_mmpretrain(tmp_path):
     assert Image.open(train.get_data_info(0)['img_path']).size == (40, 40)
 
 
+@pytest.mark.slow
 def test_cli(tmp_path):
     out = tmp_path / 'ade'
     subprocess.run([

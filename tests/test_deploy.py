@@ -2,7 +2,6 @@
 deployed checkpoints load through ``init_cfg``, and
 ``tools/model_converters/pelk_deploy.py`` folds whole segmentor / detector
 checkpoints after checking their outputs."""
-import importlib.util
 import inspect
 import os.path as osp
 
@@ -14,23 +13,10 @@ from pelk_mm.models.deploy import (build_model, compare_outputs, load_strictly,
                                    tensor_outputs)
 from pelk_mm.models.pelk import PeLKBlock
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from helpers import ROOT, SMALL_ARCH, load_tool
 
-SMALL_ARCH = dict(
-    depths=[2, 1, 3, 1],
-    channels=[16, 24, 32, 40],
-    kernel_sizes=[13, 11, 9, 5],
-    center_sizes=3)
 KWARGS = dict(arch=SMALL_ARCH, out_indices=(0, 1, 2, 3),
               gap_before_final_norm=False)
-
-
-def load_tool(name, *path):
-    spec = importlib.util.spec_from_file_location(
-        name, osp.join(ROOT, 'tools', *path))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def randomize(model):
@@ -157,7 +143,7 @@ def save_trained_like(config, path):
 
 @pytest.mark.parametrize('kind', ['segmentor', 'detector'])
 def test_pelk_deploy_tool_whole_checkpoint(kind, tmp_path):
-    tool = load_tool('pelk_deploy', 'model_converters', 'pelk_deploy.py')
+    tool = load_tool('model_converters/pelk_deploy.py')
     config = tmp_path / f'{kind}.py'
     config.write_text((SEG_CONFIG if kind == 'segmentor' else DET_CONFIG)
                       .format(root=ROOT))
@@ -183,7 +169,7 @@ def test_pelk_deploy_tool_refuses_a_wrong_fold(tmp_path, monkeypatch,
                                                capsys):
     """The output check gates the write: a fold that forgets the positional
     embedding is caught and nothing is written."""
-    tool = load_tool('pelk_deploy', 'model_converters', 'pelk_deploy.py')
+    tool = load_tool('model_converters/pelk_deploy.py')
     config = tmp_path / 'segmentor.py'
     config.write_text(SEG_CONFIG.format(root=ROOT))
     src, dst = str(tmp_path / 'trained.pth'), str(tmp_path / 'deployed.pth')
@@ -199,7 +185,7 @@ def test_pelk_deploy_tool_refuses_a_wrong_fold(tmp_path, monkeypatch,
 
 
 def test_pelk_deploy_tool_refuses_a_deploy_config(tmp_path, capsys):
-    tool = load_tool('pelk_deploy', 'model_converters', 'pelk_deploy.py')
+    tool = load_tool('model_converters/pelk_deploy.py')
     config = tmp_path / 'segmentor.py'
     config.write_text(SEG_CONFIG.format(root=ROOT))
     src = str(tmp_path / 'trained.pth')

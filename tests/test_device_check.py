@@ -18,6 +18,7 @@ sys.path.insert(0, str(ROOT / 'benchmarks'))
 import fit_cost_model  # noqa: E402
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_every_result(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     subprocess.run(

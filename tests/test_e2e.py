@@ -10,7 +10,6 @@ config that only adds ``custom_imports`` and ``type='PeLK'``.
 """
 import argparse
 import glob
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -26,7 +25,10 @@ import mmseg
 from pelk_mm import PeLK
 from pelk_mm.demo import make_ade20k_demo, make_coco_demo, make_imagenet_demo
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from helpers import ROOT, load_tool
+
+pytestmark = pytest.mark.slow
+
 PY = sys.executable
 DEMO_CFG = osp.join(ROOT, 'configs', 'demo', 'upernet_pelk_demo_ade20k.py')
 SEG_T_CFG = osp.join(ROOT, 'configs', 'upernet_pelk_t_ade20k.py')
@@ -320,11 +322,7 @@ def test_converter_round_trip(classifier_checkpoint, tmp_path):
 def test_converter_plain_training_script_checkpoint(classifier_checkpoint,
                                                     tmp_path):
     """{'model': DDP state dict, 'args': Namespace} as SLaK's main.py saves."""
-    spec = importlib.util.spec_from_file_location(
-        'cls2backbone',
-        osp.join(ROOT, 'tools', 'model_converters', 'cls2backbone.py'))
-    converter = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(converter)
+    converter = load_tool('model_converters/cls2backbone.py')
 
     source = _load_checkpoint(classifier_checkpoint[0])['state_dict']
     plain = {

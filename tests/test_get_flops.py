@@ -68,6 +68,7 @@ def expected_counts(height, width):
     return weights_2d_4d, other, macs
 
 
+@pytest.mark.slow
 def test_get_flops_json(config):
     result = json.loads(
         run_tool(config, '--shape', 64, 64, '--json').strip().splitlines()[-1])
@@ -87,6 +88,7 @@ def test_get_flops_json(config):
         result['flops_G'] * 1e9 - 0.4 * macs, rel=1e-3)
 
 
+@pytest.mark.slow
 def test_get_flops_text_and_options(config):
     # 3000 classes instead of 10: +0.12 M head parameters, far above the
     # 0.005 M rounding of the 2-decimal text output

@@ -11,7 +11,10 @@ import re
 import subprocess
 import sys
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+import pytest
+
+from helpers import ROOT
+
 TORCH_ONLY = osp.join(ROOT, 'tests', 'torch_only')
 MM_AND_PIL = ('mmengine', 'mmcv', 'mmseg', 'mmdet', 'mmpretrain', 'PIL')
 
@@ -78,6 +81,7 @@ def test_ops_with_torch_alone():
     assert json.loads(proc.stdout.splitlines()[-1]) == []
 
 
+@pytest.mark.slow
 def test_import_registers_openmmlab_side():
     code = '\n'.join([
         'import pelk_mm',

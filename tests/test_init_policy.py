@@ -16,14 +16,12 @@ from mmengine.runner.checkpoint import get_state_dict
 
 from pelk_mm import PeLK, PeripheralConv2d
 
-ARCH = dict(depths=[1, 1, 1, 1],
-            channels=[16, 32, 64, 128],
-            kernel_sizes=[21, 13, 13, 7])
+from helpers import ARCH21
 
 
 def built(seed=0, **kwargs):
     torch.manual_seed(seed)
-    return PeLK(ARCH, **kwargs)
+    return PeLK(ARCH21, **kwargs)
 
 
 def std_ok(values, std=0.02, rel=0.1):

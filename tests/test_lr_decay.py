@@ -10,10 +10,10 @@ import pytest
 import torch
 from mmengine.config import Config
 from mmengine.optim import build_optim_wrapper
-from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, init_default_scope
+from mmengine.registry import init_default_scope
 from torch import nn
 
-from pelk_mm import PeLK, PeLKLearningRateDecayOptimizerConstructor
+from pelk_mm import PeLK
 
 BASE_LR, BASE_WD, DECAY = 1e-3, 0.05, 0.5
 
@@ -149,14 +149,6 @@ def test_optimizer_steps_with_the_group_lrs():
     head = params['decode_head.weight']
     assert torch.all(head == -torch.tensor(BASE_LR))
     assert torch.all(stem == -torch.tensor(BASE_LR * DECAY**7))
-
-
-@pytest.mark.parametrize('scope', ['mmseg', 'mmdet', 'mmpretrain'])
-def test_registered_in_the_root_registry(scope):
-    init_default_scope(scope)
-    assert OPTIM_WRAPPER_CONSTRUCTORS.get(
-        'PeLKLearningRateDecayOptimizerConstructor'
-    ) is PeLKLearningRateDecayOptimizerConstructor
 
 
 @pytest.mark.parametrize('paramwise, match', [

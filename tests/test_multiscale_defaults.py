@@ -16,9 +16,7 @@ from mmengine.registry import init_default_scope
 import pelk_mm  # noqa: F401
 from pelk_mm import PeLK
 
-ARCH = dict(depths=[1, 1, 1, 1],
-            channels=[16, 32, 64, 128],
-            kernel_sizes=[21, 13, 13, 7])
+from helpers import ARCH21
 
 
 @pytest.mark.parametrize('out_indices,gap,pooled', [
@@ -34,7 +32,7 @@ ARCH = dict(depths=[1, 1, 1, 1],
 ])
 def test_default_pools_only_the_last_stage_alone(out_indices, gap, pooled):
     torch.manual_seed(0)
-    model = PeLK(ARCH, out_indices=out_indices, gap_before_final_norm=gap)
+    model = PeLK(ARCH21, out_indices=out_indices, gap_before_final_norm=gap)
     model.init_weights()
     assert model.gap_before_final_norm is pooled
     outs = model(torch.randn(2, 3, 64, 64))
@@ -56,14 +54,14 @@ def test_mmseg_upernet_r50_base():
         "    pretrained=None,  # the base's ResNet checkpoint\n"
         "    backbone=dict(_delete_=True, type='PeLK',\n"
         "                  out_indices=(0, 1, 2, 3),\n"
-        f"                  arch={ARCH!r}),\n"
+        f"                  arch={ARCH21!r}),\n"
         "    decode_head=dict(in_channels=[16, 32, 64, 128], channels=32,\n"
         "                     num_classes=4),\n"
         "    auxiliary_head=dict(in_channels=64, channels=16,\n"
         "                        num_classes=4))\n",
         file_format='.py')
     assert cfg.model.backbone == dict(type='PeLK',
-                                      arch=ARCH,
+                                      arch=ARCH21,
                                       out_indices=(0, 1, 2, 3))
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)
@@ -91,7 +89,7 @@ def test_mmdet_mask_rcnn_r50_base():
         "model = dict(\n"
         "    backbone=dict(_delete_=True, type='PeLK',\n"
         "                  out_indices=(0, 1, 2, 3),\n"
-        f"                  arch={ARCH!r}),\n"
+        f"                  arch={ARCH21!r}),\n"
         "    neck=dict(in_channels=[16, 32, 64, 128]))\n",
         file_format='.py')
     torch.manual_seed(0)

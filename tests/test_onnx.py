@@ -8,8 +8,6 @@ checkpoint (sparse weights, non-zero positional embeddings), folded by
 the original (non-deploy, FFT) PyTorch model within 1e-4 relative, at another
 batch size than the exported one (dynamic batch).
 """
-import importlib.util
-import os.path as osp
 import subprocess
 import sys
 
@@ -19,10 +17,12 @@ import torch
 from pelk_mm import PeLK, PeripheralConv2d
 from pelk_mm.models.deploy import build_model, compare_outputs, tensor_outputs
 
+from helpers import ROOT, load_tool
+
+pytestmark = pytest.mark.slow
+
 onnx = pytest.importorskip('onnx')
 ort = pytest.importorskip('onnxruntime')
-
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 ARCH = """dict(depths=[1, 1, 1, 1], channels=[16, 32, 64, 128],
            kernel_sizes=[101, 51, 31, 13], center_sizes=5)"""
@@ -59,14 +59,6 @@ OUTPUTS = {
 }
 
 
-def load_tool(name, *path):
-    spec = importlib.util.spec_from_file_location(
-        name, osp.join(ROOT, 'tools', *path))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def write_config(tmp_path, kind):
     path = tmp_path / f'{kind}.py'
     path.write_text(CONFIGS[kind].format(root=ROOT, arch=ARCH))
@@ -97,9 +89,9 @@ def test_export_matches_onnxruntime(kind, tmp_path, capsys):
     trained = str(tmp_path / 'trained.pth')
     deployed, out = str(tmp_path / 'deployed.pth'), str(tmp_path / 'm.onnx')
     original = trained_like_checkpoint(config, trained)
-    load_tool('pelk_deploy', 'model_converters', 'pelk_deploy.py').main(
+    load_tool('model_converters/pelk_deploy.py').main(
         [config, trained, deployed, '--shape', '64', '64'])
-    load_tool('pytorch2onnx', 'deployment', 'pytorch2onnx.py').main([
+    load_tool('deployment/pytorch2onnx.py').main([
         config, deployed, '--shape', '64', '64', '--out', out, '--verify',
         '--cfg-options', *DEPLOY[kind]
     ])

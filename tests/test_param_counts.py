@@ -5,7 +5,8 @@ forward) and counted with the README's convention, the one of
 ``tools/analysis_tools/get_flops.py``: a segmentor's auxiliary head dropped,
 40 % of every 2-D / 4-D weight under ``backbone.`` and ``head.`` counted as
 removed with uniform masks. The README's numbers are parsed from README.md,
-so the table and this test cannot drift apart.
+so the table and this test cannot drift apart; its paper column must be the
+paper's, and every effective count within 4 % of it.
 """
 import functools
 import re
@@ -19,6 +20,8 @@ from mmengine.registry import MODELS, init_default_scope
 from pelk_mm import SparsityMasks, count_parameters
 from pelk_mm.sparsity.densities import densities_to_counts, uniform_densities
 from pelk_mm.sparsity.masks import select_parameters
+
+from helpers import SMALL_ARCH
 
 REPO = Path(__file__).resolve().parents[1]
 SPARSITY = 0.4
@@ -39,6 +42,21 @@ CONFIGS = {
     'Cascade Mask R-CNN + PeLK-B': 'cascade_mask_rcnn_pelk_b_fpn_3x_coco.py',
     'Cascade Mask R-CNN + PeLK-B-101':
     'cascade_mask_rcnn_pelk_b101_fpn_3x_coco.py',
+}
+# The paper's parameter counts (M): tables 4 (ImageNet), 2 (ADE20K), 3 (COCO)
+PAPER = {
+    'PeLK-T classifier': 29,
+    'PeLK-S classifier': 50,
+    'PeLK-B classifier': 89,
+    'PeLK-B-101 classifier': 90,
+    'UperNet + PeLK-T': 62,
+    'UperNet + PeLK-S': 84,
+    'UperNet + PeLK-B': 126,
+    'UperNet + PeLK-B-101': 126,
+    'Cascade Mask R-CNN + PeLK-T': 86,
+    'Cascade Mask R-CNN + PeLK-S': 108,
+    'Cascade Mask R-CNN + PeLK-B': 147,
+    'Cascade Mask R-CNN + PeLK-B-101': 147,
 }
 
 
@@ -110,18 +128,18 @@ def test_readme_row(model_name):
     assert dense / 1e6 == pytest.approx(float(dense_cell), abs=0.0051)
     assert 100 * (effective / 1e6 / paper - 1) == pytest.approx(
         diff_readme, abs=0.051)
+    assert paper == PAPER[model_name]
+    assert abs(effective / 1e6 / paper - 1) < 0.04
 
 
 def test_fast_count_equals_count_parameters_with_real_masks():
     """``counts`` above equals ``count_parameters`` with the masks the
     get_flops tool draws (on a small classifier, built for real)."""
-    arch = dict(depths=[1, 1, 2, 1], channels=[16, 24, 32, 40],
-                kernel_sizes=[13, 11, 9, 5], center_sizes=3)
     init_default_scope('mmpretrain')
     model = MODELS.build(
         dict(
             type='ImageClassifier',
-            backbone=dict(type='PeLK', arch=arch),
+            backbone=dict(type='PeLK', arch=SMALL_ARCH),
             head=dict(type='LinearClsHead', num_classes=10, in_channels=40)))
     masks = SparsityMasks.init(
         model,

@@ -14,7 +14,6 @@ checkpoint evaluates through ``tools/test.py`` with the config override
 import functools
 import glob
 import hashlib
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -34,7 +33,9 @@ from mmengine.runner import CheckpointLoader, Runner
 from pelk_mm import PeLK
 from pelk_mm.demo import make_ade20k_demo
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from helpers import ROOT, load_tool
+
+pytestmark = pytest.mark.slow
 
 PY = sys.executable
 DEMO_CFG = osp.join(ROOT, 'configs', 'demo', 'upernet_pelk_demo_ade20k.py')
@@ -55,14 +56,6 @@ def run(*args, env=None, check=True):
     if check:
         assert proc.returncode == 0, proc.stdout[-6000:]
     return proc
-
-
-def load_tool(name, *path):
-    spec = importlib.util.spec_from_file_location(
-        name, osp.join(ROOT, 'tools', *path))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def options(ade):
@@ -106,7 +99,7 @@ def published(tmp_path_factory):
     source = osp.join(cfg.work_dir, f'iter_{ITERS}.pth')
     served = tmp / 'served'
     served.mkdir()
-    tool = load_tool('publish_model', 'model_converters', 'publish_model.py')
+    tool = load_tool('model_converters/publish_model.py')
     path = tool.process_checkpoint(source,
                                    str(served / 'upernet_pelk_demo.pth'))
     local, _ = evaluate(path, str(tmp / 'test_local'), ade)
@@ -251,7 +244,7 @@ def test_deployed_checkpoint_evaluates_with_config_override(published):
     scores tie within float32 round-off, hence the tolerance)."""
     tmp, ade = published['tmp'], published['ade']
     deployed = str(tmp / 'deployed.pth')
-    load_tool('pelk_deploy', 'model_converters', 'pelk_deploy.py').main(
+    load_tool('model_converters/pelk_deploy.py').main(
         [DEMO_CFG, published['path'], deployed, '--shape', '64', '64'])
     folded, log = evaluate(deployed, str(tmp / 'test_deployed'), ade,
                            'model.backbone.deploy=True')

@@ -11,11 +11,11 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
 import pelk_mm
 
-SMALL_ARCH = dict(depths=[1, 1, 1, 1], channels=[8, 16, 24, 32],
-                  kernel_sizes=[7, 7, 5, 3], center_sizes=[3, 3, 1, 1])
+from helpers import TINY_ARCH
 
 
 @pytest.mark.parametrize('scope', ['mmseg', 'mmdet', 'mmpretrain'])
@@ -23,8 +23,11 @@ def test_registered_under_every_scope(scope):
     registry = importlib.import_module(f'{scope}.registry')
     from mmengine.registry import DefaultScope
     with DefaultScope.overwrite_default_scope(scope):
-        backbone = registry.MODELS.build(dict(type='PeLK', arch=SMALL_ARCH))
+        torch.manual_seed(0)
+        backbone = registry.MODELS.build(
+            dict(type='PeLK', arch=TINY_ARCH, out_indices=3))
         assert isinstance(backbone, pelk_mm.PeLK)
+        assert backbone(torch.randn(1, 3, 32, 32))[0].shape == (1, 40)
         assert registry.HOOKS.get('DynamicSparsityHook') is \
             pelk_mm.DynamicSparsityHook
         assert registry.OPTIM_WRAPPER_CONSTRUCTORS.get(
@@ -32,6 +35,7 @@ def test_registered_under_every_scope(scope):
             pelk_mm.PeLKLearningRateDecayOptimizerConstructor
 
 
+@pytest.mark.slow
 def test_repeated_custom_imports_do_not_raise(tmp_path):
     """In a fresh interpreter (so that the first import really registers):
     two configs with ``custom_imports``, mmengine's own import helper again
@@ -44,7 +48,7 @@ def test_repeated_custom_imports_do_not_raise(tmp_path):
         cfg.write_text(textwrap.dedent(f"""
             custom_imports = dict(imports=['pelk_mm'],
                                   allow_failed_imports=False)
-            backbone = dict(type='PeLK', arch={SMALL_ARCH!r})
+            backbone = dict(type='PeLK', arch={TINY_ARCH!r})
         """))
         configs.append(str(cfg))
     script = textwrap.dedent(f"""
@@ -72,13 +76,14 @@ def test_repeated_custom_imports_do_not_raise(tmp_path):
     assert out.stdout.strip().splitlines()[-1] == 'ok'
 
 
+@pytest.mark.slow
 def test_custom_imports_in_a_fresh_interpreter(tmp_path):
     """A user's own config that only adds custom_imports finds ``PeLK``."""
     cfg = tmp_path / 'user_cfg.py'
     cfg.write_text(textwrap.dedent(f"""
         custom_imports = dict(imports=['pelk_mm'], allow_failed_imports=False)
         default_scope = 'mmseg'
-        backbone = dict(type='PeLK', arch={SMALL_ARCH!r})
+        backbone = dict(type='PeLK', arch={TINY_ARCH!r})
     """))
     script = textwrap.dedent(f"""
         from mmengine.config import Config

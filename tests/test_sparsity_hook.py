@@ -13,15 +13,16 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from mmengine.hooks import Hook
-from mmengine.model import BaseModel, is_model_wrapper
+from mmengine.model import BaseModel
 from mmengine.optim.optimizer import amp_optimizer_wrapper
-from mmengine.runner import CheckpointLoader, Runner
+from mmengine.runner import CheckpointLoader
 from torch import nn
 from torch.utils.data import Dataset
 
 import pelk_mm  # noqa: F401  (registers the hook; checkpoint compat)
 from pelk_mm.sparsity import DynamicSparsityHook, cosine_prune_rate
+
+from helpers import check_records, make_sparsity_runner
 
 
 class TinyDataset(Dataset):
@@ -70,106 +71,12 @@ class TinyClassifier(BaseModel):
         return logits
 
 
-class StepChecker(Hook):
-    """Records, after every iteration, what the tests assert on."""
-
-    priority = 'LOWEST'
-
-    def __init__(self, sparsity_hook):
-        self.sparsity_hook = sparsity_hook
-        self.records = []
-
-    def after_train_iter(self,
-                         runner,
-                         batch_idx,
-                         data_batch=None,
-                         outputs=None):
-        model = runner.model.module if is_model_wrapper(
-            runner.model) else runner.model
-        params = dict(model.named_parameters())
-        optimizer = runner.optim_wrapper.optimizer
-        masks = self.sparsity_hook.masks.masks
-        leaks = []
-        for name, mask in masks.items():
-            p = params[name]
-            state = optimizer.state.get(p, {})
-            for what, t in [('weight', p)] + [(k, state[k]) for k in (
-                    'exp_avg', 'exp_avg_sq', 'momentum_buffer') if k in state]:
-                if (t.detach()[~mask] != 0).any():
-                    leaks.append((runner.iter, name, what))
-        steps = {
-            int(s['step'])
-            for s in optimizer.state.values() if 'step' in s
-        }
-        steps = steps or {0}  # no optimizer step taken yet
-        self.records.append(
-            dict(iter=runner.iter,
-                 hook_step=self.sparsity_hook.step,
-                 optim_steps=steps,
-                 leaks=leaks,
-                 counts={
-                     n: int(m.sum())
-                     for n, m in masks.items()
-                 },
-                 masks={
-                     n: m.clone()
-                     for n, m in masks.items()
-                 }))
-
-
-def make_runner(work_dir,
-                name,
-                max_iters,
-                hook_cfg,
-                optim_wrapper=None,
-                dataset=None,
-                checkpoint_interval=1000,
-                shuffle=True,
-                randomness=dict(seed=0),
+def make_runner(work_dir, name, max_iters, hook_cfg, dataset=None,
                 **kwargs):
-    torch.manual_seed(0)
-    hook = DynamicSparsityHook(**hook_cfg)
-    checker = StepChecker(hook)
-    runner = Runner(
-        model=TinyClassifier(),
-        work_dir=str(work_dir),
-        experiment_name=name,
-        train_dataloader=dict(dataset=dataset or TinyDataset(),
-                              sampler=dict(type='DefaultSampler',
-                                           shuffle=shuffle),
-                              collate_fn=dict(type='default_collate'),
-                              batch_size=4,
-                              num_workers=0),
-        train_cfg=dict(by_epoch=False, max_iters=max_iters),
-        optim_wrapper=optim_wrapper
-        or dict(optimizer=dict(type='AdamW', lr=0.01, weight_decay=0.05)),
-        default_hooks=dict(checkpoint=dict(type='CheckpointHook',
-                                           by_epoch=False,
-                                           interval=checkpoint_interval),
-                           logger=dict(type='LoggerHook', interval=100)),
-        custom_hooks=[hook, checker],
-        randomness=randomness,
-        **kwargs)
-    return runner, hook, checker
-
-
-def check_records(records, hook_cfg, steps_per_iter=None):
-    """Exactness after every iteration; masks change only at update steps."""
-    interval = hook_cfg['update_interval']
-    assert not [leak for r in records for leak in r['leaks']]
-    first = records[0]['counts']
-    prev = None
-    for r in records:
-        assert r['optim_steps'] == {r['hook_step']}
-        assert r['counts'] == first  # every layer keeps its exact density
-        if prev is not None:
-            changed = any(not torch.equal(r['masks'][n], prev['masks'][n])
-                          for n in r['masks'])
-            stepped_to_update = (r['hook_step'] != prev['hook_step']
-                                 and r['hook_step'] % interval == 0)
-            assert changed == stepped_to_update, r['iter']
-        prev = r
-    return first
+    """The tiny classifier on :class:`TinyDataset` under the hook."""
+    return make_sparsity_runner(work_dir, name, max_iters, hook_cfg,
+                                TinyClassifier, dataset or TinyDataset(),
+                                **kwargs)
 
 
 HOOK_CFG = dict(update_interval=2, prune_rate=0.5, sparsity=0.5)
@@ -355,6 +262,7 @@ torch.save(dict(masks=hook.masks.state_dict(), weights=weights),
 '''
 
 
+@pytest.mark.slow
 def test_ddp_masks_identical_on_both_ranks(tmp_path):
     """2 gloo processes via torch.distributed.run (as tools/dist_train.sh).
 

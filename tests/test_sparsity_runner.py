@@ -13,22 +13,22 @@ weights stops with a message that says what to do.
 import glob
 import os.path as osp
 import re
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 from mmengine.model import BaseModel
-from mmengine.runner import CheckpointLoader, Runner
+from mmengine.runner import CheckpointLoader
 from torch import nn
 from torch.utils.data import Dataset
 
 import pelk_mm  # noqa: F401  (registers the hook)
 from pelk_mm import PeLK
-from pelk_mm.sparsity import DynamicSparsityHook, select_parameters
+from pelk_mm.sparsity import select_parameters
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from test_sparsity_hook import StepChecker, check_records  # noqa: E402
+from helpers import check_records, make_sparsity_runner
+
+pytestmark = pytest.mark.slow
 
 ARCH = dict(depths=[1, 1, 2, 1], channels=[16, 24, 32, 40],
             kernel_sizes=[13, 11, 9, 7], center_sizes=3)
@@ -70,31 +70,11 @@ class PeLKClassifier(BaseModel):
 
 
 def make_runner(work_dir, name, max_iters, hook_cfg, backbone_init_cfg=None,
-                checkpoint_interval=1000, **kwargs):
-    torch.manual_seed(0)
-    hook = DynamicSparsityHook(**hook_cfg)
-    checker = StepChecker(hook)
-    runner = Runner(
-        model=PeLKClassifier(backbone_init_cfg),
-        work_dir=str(work_dir),
-        experiment_name=name,
-        train_dataloader=dict(dataset=Images(),
-                              sampler=dict(type='DefaultSampler',
-                                           shuffle=True),
-                              collate_fn=dict(type='default_collate'),
-                              batch_size=4,
-                              num_workers=0),
-        train_cfg=dict(by_epoch=False, max_iters=max_iters),
-        optim_wrapper=dict(
-            optimizer=dict(type='AdamW', lr=0.01, weight_decay=0.05)),
-        default_hooks=dict(checkpoint=dict(type='CheckpointHook',
-                                           by_epoch=False,
-                                           interval=checkpoint_interval),
-                           logger=dict(type='LoggerHook', interval=100)),
-        custom_hooks=[hook, checker],
-        randomness=dict(seed=0),
-        **kwargs)
-    return runner, hook, checker
+                **kwargs):
+    """The PeLK classifier on :class:`Images` under the hook."""
+    return make_sparsity_runner(work_dir, name, max_iters, hook_cfg,
+                                lambda: PeLKClassifier(backbone_init_cfg),
+                                Images(), **kwargs)
 
 
 def log_text(runner):

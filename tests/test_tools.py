@@ -6,7 +6,6 @@ datasets are built: a message on stderr that says how to go on, exit status
 2, no traceback. The shared plumbing (tools/launch_utils.py) is exercised
 in-process with the exact command the message prints.
 """
-import importlib.util
 import os.path as osp
 import shlex
 import subprocess
@@ -15,7 +14,8 @@ import sys
 import pytest
 from mmengine.config import Config
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from helpers import ROOT, load_tool
+
 TOOLS = osp.join(ROOT, 'tools')
 PY = sys.executable
 SEG_T_CFG = osp.join(ROOT, 'configs', 'upernet_pelk_t_ade20k.py')
@@ -39,14 +39,7 @@ def tools_path(monkeypatch):
     monkeypatch.setenv('LOCAL_RANK', '0')
 
 
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(
-        f'pelk_tool_{name}', osp.join(TOOLS, f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
+@pytest.mark.slow
 def test_train_without_backbone_checkpoint_stops_at_once(
         tmp_path, monkeypatch, tools_path):
     """The headline config in a fresh directory (no checkpoints/)."""
@@ -75,7 +68,7 @@ def test_train_without_backbone_checkpoint_stops_at_once(
     # That command is accepted: the option merges to init_cfg=None and the
     # run gets past the check (in-process, with tools/train.py's own parser).
     import launch_utils
-    train_tool = load_tool('train')
+    train_tool = load_tool('train.py')
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, 'argv', shlex.split(scratch)[1:])
     args = train_tool.get_args()
@@ -85,6 +78,7 @@ def test_train_without_backbone_checkpoint_stops_at_once(
     launch_utils.check_checkpoints(cfg)  # no SystemExit
 
 
+@pytest.mark.slow
 def test_test_tool_missing_checkpoint(tmp_path):
     code, _, err = run_tool(
         'test.py', SEG_T_CFG, 'work_dirs/missing/iter_80000.pth', cwd=tmp_path)
@@ -147,7 +141,7 @@ def test_train_resume_missing_checkpoint(tmp_path, monkeypatch, capsys,
                                          tools_path):
     """``--resume CKPT`` sets load_from; a missing CKPT stops the run."""
     from launch_utils import check_checkpoints, load_config
-    train_tool = load_tool('train')
+    train_tool = load_tool('train.py')
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, 'argv', [
         'tools/train.py', SEG_T_CFG, '--resume', 'gone.pth', '--cfg-options',

@@ -1,7 +1,6 @@
 """tools/analysis_tools/visualize_erf.py: the ERF protocol on one-layer models
 with known kernels, the area ratios on maps with known answers, weights and
 preprocessing from configs, and the tool end to end as a user runs it."""
-import importlib.util
 import json
 import subprocess
 import sys
@@ -17,24 +16,12 @@ from PIL import Image
 
 from pelk_mm import PeLK, PeripheralConv2d
 
+from helpers import TINY_ARCH, load_tool
+
 REPO = Path(__file__).resolve().parents[1]
 TOOL = REPO / 'tools' / 'analysis_tools' / 'visualize_erf.py'
+erf = load_tool('analysis_tools/visualize_erf.py')
 
-
-def _load_tool():
-    spec = importlib.util.spec_from_file_location('visualize_erf', TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-erf = _load_tool()
-
-ARCH = dict(
-    depths=[1, 1, 1, 1],
-    channels=[16, 24, 32, 40],
-    kernel_sizes=[13, 11, 9, 5],
-    center_sizes=3)
 PELK_CONFIG = f"""
 default_scope = 'mmpretrain'
 custom_imports = dict(imports=['pelk_mm'], allow_failed_imports=False)
@@ -43,7 +30,7 @@ data_preprocessor = dict(
     std=[58.395, 57.12, 57.375], to_rgb=True)
 model = dict(
     type='ImageClassifier',
-    backbone=dict(type='PeLK', arch={ARCH}),
+    backbone=dict(type='PeLK', arch={TINY_ARCH}),
     head=dict(type='LinearClsHead', num_classes=10, in_channels=40))
 """
 CONVNEXT_CONFIG = """
@@ -243,7 +230,7 @@ def test_load_images_normalises_in_model_channel_order(tmp_path):
 def test_build_backbone_weights(tmp_path):
     cfg = Config.fromstring(PELK_CONFIG, '.py')
     torch.manual_seed(1)
-    trained = PeLK(arch=ARCH)
+    trained = PeLK(arch=TINY_ARCH)
     trained.init_weights()
     state = trained.state_dict()
     # a whole classifier checkpoint: backbone.* used, head.* dropped
@@ -272,7 +259,7 @@ def test_build_backbone_weights(tmp_path):
     assert not torch.equal(a['stages.0.0.peripheral_conv.weight'],
                            state['stages.0.0.peripheral_conv.weight'])
 
-    other = dict(ARCH, kernel_sizes=[7, 7, 7, 5])
+    other = dict(TINY_ARCH, kernel_sizes=[7, 7, 7, 5])
     torch.save(PeLK(arch=other).state_dict(), tmp_path / 'other.pth')
     # PeLK's own strict loading refuses it (PeLKCheckpointMismatch, a
     # ValueError naming both archs); other backbones get the tool's message
@@ -332,6 +319,7 @@ def configs(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_tool_demo_end_to_end(configs, tmp_path):
     out = tmp_path / 'erf.png'
     result = run_tool(configs / 'tiny_pelk.py', '--demo', '--num-images', 2,
@@ -346,6 +334,7 @@ def test_tool_demo_end_to_end(configs, tmp_path):
     assert min(image.shape[:2]) > 100
 
 
+@pytest.mark.slow
 def test_tool_compare_data_root_end_to_end(configs, tmp_path):
     images = tmp_path / 'images' / 'sub'
     images.mkdir(parents=True)
@@ -354,7 +343,7 @@ def test_tool_compare_data_root_end_to_end(configs, tmp_path):
         Image.fromarray(rng.integers(0, 256, (48, 80, 3), np.uint8)).save(
             images / f'{i}.png')
     torch.manual_seed(0)
-    torch.save(PeLK(arch=ARCH).state_dict(), tmp_path / 'pelk.pth')
+    torch.save(PeLK(arch=TINY_ARCH).state_dict(), tmp_path / 'pelk.pth')
     single, compare = tmp_path / 'single.png', tmp_path / 'compare.png'
     run_tool(configs / 'tiny_pelk.py', tmp_path / 'pelk.pth', '--data-root',
              tmp_path / 'images', '--num-images', 2, '--size', 64, '--out',
