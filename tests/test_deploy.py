@@ -141,6 +141,7 @@ def save_trained_like(config, path):
     return model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('kind', ['segmentor', 'detector'])
 def test_pelk_deploy_tool_whole_checkpoint(kind, tmp_path):
     tool = load_tool('model_converters/pelk_deploy.py')
@@ -165,6 +166,7 @@ def test_pelk_deploy_tool_whole_checkpoint(kind, tmp_path):
     assert rel <= 1e-4
 
 
+@pytest.mark.slow
 def test_pelk_deploy_tool_refuses_a_wrong_fold(tmp_path, monkeypatch,
                                                capsys):
     """The output check gates the write: a fold that forgets the positional
@@ -184,6 +186,7 @@ def test_pelk_deploy_tool_refuses_a_wrong_fold(tmp_path, monkeypatch,
     assert not osp.exists(dst)
 
 
+@pytest.mark.slow
 def test_pelk_deploy_tool_refuses_a_deploy_config(tmp_path, capsys):
     tool = load_tool('model_converters/pelk_deploy.py')
     config = tmp_path / 'segmentor.py'

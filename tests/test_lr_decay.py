@@ -376,6 +376,7 @@ def effective_settings(optimizer, model):
     return settings
 
 
+@pytest.mark.slow
 def test_in1k_config_same_settings_as_the_former_rule():
     """configs/_base_/pelk_in1k.py reads the no-decay rule from the backbone
     (lr decay 1): every parameter gets the lr / weight decay that mmengine's
@@ -404,6 +405,7 @@ def test_in1k_config_same_settings_as_the_former_rule():
     assert {s['lr'] for s in new_settings.values()} == {4e-3}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name, decay_type, rate', [
     ('upernet_pelk_t_ade20k.py', 'stage_wise', 0.9),
     ('cascade_mask_rcnn_pelk_t_fpn_3x_coco.py', 'layer_wise', 0.7),

@@ -80,6 +80,7 @@ def test_mmseg_upernet_r50_base():
     assert model.backbone.pos_embeds[0].grad is not None
 
 
+@pytest.mark.slow
 def test_mmdet_mask_rcnn_r50_base():
     from mmdet.registry import MODELS
     from mmdet.testing import demo_mm_inputs
