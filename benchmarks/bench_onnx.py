@@ -30,6 +30,7 @@ import argparse
 import datetime
 import importlib.util
 import json
+import logging
 import os
 import os.path as osp
 import platform
@@ -79,6 +80,7 @@ def export_tool():
 def build_backbones(names):
     """The backbones of ``names`` in eval mode; both PeLK forms share the
     weights of one randomly initialised PeLK-T."""
+    from mmengine.logging import MMLogger
     from mmpretrain.models import ConvNeXt
 
     from pelk_mm import PeLK
@@ -87,15 +89,21 @@ def build_backbones(names):
     models = {}
     if {'pelk', 'pelk-dense'} & set(names):
         source = PeLK(arch='tiny', init_cfg=None, **kwargs)
+        logger = MMLogger.get_current_instance()
+        level = logger.level
+        logger.setLevel(logging.WARNING)  # init_weights logs every tensor
         source.init_weights()
+        logger.setLevel(level)
         for name, mode in (('pelk', 'structured'), ('pelk-dense', 'dense')):
             if name in names:
                 model = PeLK(arch='tiny', deploy_mode=mode, **kwargs)
                 model.load_state_dict(source.state_dict())
                 model.switch_to_deploy()
-                models[name] = model.eval()
+                models[name] = model
     if 'convnext' in names:
-        models['convnext'] = ConvNeXt(arch='tiny', **kwargs).eval()
+        models['convnext'] = ConvNeXt(arch='tiny', **kwargs)
+    for model in models.values():
+        model.eval()  # mmpretrain's ConvNeXt.train returns None
     return {name: models[name] for name in names}
 
 

@@ -154,8 +154,9 @@ def test_export_matches_onnxruntime(kind, deploy_mode, tmp_path, capsys):
     # with batch 1)
     x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(7))
     session = ort.InferenceSession(out, providers=['CPUExecutionProvider'])
-    outputs = [torch.from_numpy(o) for o in session.run(None,
-                                                         {'input': x.numpy()})]
+    outputs = [
+        torch.from_numpy(o) for o in session.run(None, {'input': x.numpy()})
+    ]
     assert [tuple(o.shape) for o in outputs] == OUTPUTS[kind]
     if kind == 'detector':
         original = original.backbone
@@ -215,7 +216,8 @@ def test_exporter_is_feature_detected(tmp_path, monkeypatch):
     assert calls == [17]
     x = torch.randn(2, 3, 40, 24, generator=torch.Generator().manual_seed(0))
     session = ort.InferenceSession(out, providers=['CPUExecutionProvider'])
-    outputs = [torch.from_numpy(o) for o in session.run(None,
-                                                         {'input': x.numpy()})]
+    outputs = [
+        torch.from_numpy(o) for o in session.run(None, {'input': x.numpy()})
+    ]
     with torch.no_grad():
         assert compare_outputs(outputs, model(x))[1] <= 1e-4
