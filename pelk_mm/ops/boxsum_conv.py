@@ -2,11 +2,12 @@
 
 The structured deploy form of PeLK (``PeLK(deploy=True)``, ``deploy_mode=
 'structured'``) computes every peripheral conv with this op. Its ONNX graph
-(opset 17, TorchScript or torch.export exporter) holds only ``Pad``,
-``AveragePool``, ``Concat``, ``Gather``, ``MatMul``, ``Add`` and shape ops
-(``Reshape``, ``Squeeze``): no custom operator, no loop, no ``CumSum``, so
-onnxruntime and TensorRT run it as it is, at about ``k'^2 + 3 K`` operations
-per output instead of the ``K^2`` of the dense kernel.
+(opset 17 with the TorchScript exporter, 18 with the torch.export-based one)
+computes only ``Pad``, ``AveragePool``, ``Concat``, ``Gather``, ``MatMul``,
+``Add`` and ``Reshape`` (plus constant subgraphs for the pads): no custom
+operator, no loop, no ``CumSum``, all in TensorRT's ONNX support list, at
+``k'^2`` multiply-adds plus at most ``2 K`` additions and ``2 k'`` copies per
+output instead of the ``K^2`` of the dense kernel.
 
 Notation of :mod:`pelk_mm.ops.band_geometry`: sharing grid ``(s_0, ...,
 s_{k'-1})``, band edges ``e_a``, ``K = sum(grid)``, ``P = K // 2``. The
@@ -29,12 +30,13 @@ computed as:
 3. columns: for each distinct width ``s``, the bands of that width are
    shifted to their column offsets ``e_b - P`` (one ``Pad`` each, negative
    pads cropping) and added, and one ``AveragePool`` of width ``s`` sums
-   them along the columns; the pools of the distinct widths are added.
+   them along the columns (the commuted order ``pool(sum of shifts)`` needs
+   one pool per width, not per band); the pools of the widths are added.
 
 Box means are sums of at most ``max(grid)`` terms (no prefix sums), so the
-float32 result is as accurate as the dense convolution's (measured well
-below it, ``tests/test_boxsum_conv.py``): no mean split or compensation is
-needed, unlike the summed-area tables of :mod:`pelk_mm.ops.blocksum_conv`.
+float32 result is at least as accurate as the dense convolution's
+(``tests/test_boxsum_conv.py``): no mean split or compensation is needed,
+unlike the summed-area tables of :mod:`pelk_mm.ops.blocksum_conv`.
 """
 import math
 from typing import Sequence, Tuple
