@@ -198,7 +198,8 @@ def test_classifier_forward_224():
 
 
 def test_switch_to_deploy_equivalence():
-    model = small_pelk(out_indices=(0, 1, 2, 3), gap_before_final_norm=False)
+    model = small_pelk(out_indices=(0, 1, 2, 3), gap_before_final_norm=False,
+                       deploy_mode='dense')
     convs = [m for m in model.modules() if isinstance(m, PeripheralConv2d)]
     with torch.no_grad():
         for conv in convs:  # non-trivial biases and masked (zeroed) weights

@@ -107,7 +107,8 @@ def test_arch_record_in_every_state_dict(tmp_path):
                           stem_patch_size=4,
                           pos_embed=True,
                           pos_embed_mode='literal',
-                          deploy=False)
+                          deploy=False,
+                          deploy_mode=None)
     # torch's state_dict and mmengine's get_state_dict, bare and nested
     assert model.state_dict()._metadata['backbone'][ARCH_META_KEY] == record
     assert get_state_dict(model)._metadata['backbone'][ARCH_META_KEY] == record
@@ -120,7 +121,7 @@ def test_arch_record_in_every_state_dict(tmp_path):
 
     model.backbone.switch_to_deploy()
     deployed = model.state_dict()._metadata['backbone'][ARCH_META_KEY]
-    assert deployed == dict(record, deploy=True)
+    assert deployed == dict(record, deploy=True, deploy_mode='structured')
 
 
 def test_add_arch_meta_and_hook(tmp_path):
@@ -335,7 +336,7 @@ def test_pos_embed_and_deploy_checkpoints_refused(tmp_path):
         load_checkpoint(classifier(ARCH31, pos_embed=False),
                         save(classifier(ARCH31), tmp_path / 'pe.pth'))
 
-    deployed = classifier(ARCH31)
+    deployed = classifier(ARCH31, deploy_mode='dense')
     deployed.backbone.switch_to_deploy()
     path = save(deployed, tmp_path / 'deploy.pth')
     with pytest.raises(PeLKCheckpointMismatch) as error:

@@ -1,5 +1,6 @@
-"""Deploy form: ``PeLK(deploy=True)`` is what ``switch_to_deploy()`` leaves,
-deployed checkpoints load through ``init_cfg``, and
+"""Deploy form: ``PeLK(deploy=True)`` is what ``switch_to_deploy()`` leaves
+(structured by default, dense on request), deployed checkpoints load through
+``init_cfg`` and only into the form they were made for, and
 ``tools/model_converters/pelk_deploy.py`` folds whole segmentor / detector
 checkpoints after checking their outputs."""
 import inspect
@@ -9,9 +10,12 @@ import pytest
 import torch
 
 from pelk_mm import PeLK, PeripheralConv2d
+from pelk_mm.models.checkpoint_meta import (ARCH_META_KEY,
+                                            PeLKCheckpointMismatch)
 from pelk_mm.models.deploy import (build_model, compare_outputs, load_strictly,
                                    tensor_outputs)
 from pelk_mm.models.pelk import PeLKBlock
+from pelk_mm.ops.boxsum_conv import BoxSumPeripheralConv2d
 
 from helpers import ROOT, SMALL_ARCH, load_tool
 
@@ -50,19 +54,26 @@ def shapes(model):
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
+@pytest.mark.parametrize('deploy_mode', ['structured', 'dense'])
 @pytest.mark.parametrize('pos_embed', [True, False])
-def test_deploy_constructor_is_switch_to_deploy(pos_embed):
-    source = trained_like(pos_embed=pos_embed, **KWARGS)
+def test_deploy_constructor_is_switch_to_deploy(pos_embed, deploy_mode):
+    source = trained_like(pos_embed=pos_embed, deploy_mode=deploy_mode,
+                          **KWARGS)
     x = torch.randn(2, 3, 48, 40)
     with torch.no_grad():
         expected = source(x)
+    compact = tuple(source.stages[0][0].peripheral_conv.weight.shape)
     source.switch_to_deploy()
 
-    built = PeLK(deploy=True, pos_embed=pos_embed, **KWARGS).eval()
+    built = PeLK(deploy=True, pos_embed=pos_embed, deploy_mode=deploy_mode,
+                 **KWARGS).eval()
     assert built.deploy and built.pos_embeds is None
     assert structure(built) == structure(source)
     assert shapes(built) == shapes(source)
-    assert shapes(built)['stages.0.0.peripheral_conv.weight'] == (6, 1, 13, 13)
+    mixer = {'structured': BoxSumPeripheralConv2d, 'dense': torch.nn.Conv2d}
+    assert type(built.stages[0][0].peripheral_conv) is mixer[deploy_mode]
+    assert shapes(built)['stages.0.0.peripheral_conv.weight'] == (
+        (6, 1, 13, 13) if deploy_mode == 'dense' else compact)
     assert not any(isinstance(m, PeripheralConv2d) for m in built.modules())
     built.load_state_dict(source.state_dict(), strict=True)
     with torch.no_grad():
@@ -71,6 +82,64 @@ def test_deploy_constructor_is_switch_to_deploy(pos_embed):
         torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
     built.switch_to_deploy()  # already deployed: nothing to do
     assert shapes(built) == shapes(source)
+
+
+def test_default_deploy_form_is_structured():
+    model = trained_like(**KWARGS)
+    assert model.deploy_mode == 'structured'
+    model.switch_to_deploy()
+    assert all(
+        type(block.peripheral_conv) is BoxSumPeripheralConv2d
+        for stage in model.stages for block in stage)
+    record = model.state_dict()._metadata[''][ARCH_META_KEY]
+    assert record['deploy'] and record['deploy_mode'] == 'structured'
+
+
+def test_deploy_mode_is_validated():
+    with pytest.raises(ValueError) as error:
+        PeLK(deploy_mode='sparse', **KWARGS)
+    message = str(error.value)
+    assert '`deploy_mode`' in message and "'structured'" in message \
+        and "'dense'" in message and "'sparse'" in message
+
+
+# a grid of ones: the compact weights have the dense kernel's shape, so only
+# the arch record tells the two forms apart
+ONES = dict(depths=[1, 1], channels=[16, 16], kernel_sizes=[5, 3],
+            center_sizes=[5, 3])
+
+
+@pytest.mark.parametrize('arch', [SMALL_ARCH, ONES])
+@pytest.mark.parametrize('saved,loaded', [('structured', 'dense'),
+                                          ('dense', 'structured')])
+def test_deploy_forms_do_not_cross_load(arch, saved, loaded):
+    source = trained_like(arch=arch, deploy_mode=saved)
+    source.switch_to_deploy()
+    state_dict = source.state_dict()
+    target = PeLK(arch=arch, deploy=True, deploy_mode=loaded)
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(PeLKCheckpointMismatch) as error:
+        target.load_state_dict(state_dict)
+    message = str(error.value)
+    assert f"deploy_mode: checkpoint '{saved}', config '{loaded}'" in message
+    assert f"deploy_mode='{saved}'" in message  # what to set
+    assert all(torch.equal(target.state_dict()[k], v)
+               for k, v in before.items())  # nothing copied
+    same = PeLK(arch=arch, deploy=True, deploy_mode=saved)
+    same.load_state_dict(state_dict)  # the right form loads
+
+
+def test_checkpoint_without_deploy_mode_is_dense():
+    """Records written before the structured form existed lack deploy_mode;
+    their deployed checkpoints are dense."""
+    source = trained_like(arch=ONES, deploy_mode='dense')
+    source.switch_to_deploy()
+    state_dict = source.state_dict()
+    del state_dict._metadata[''][ARCH_META_KEY]['deploy_mode']
+    PeLK(arch=ONES, deploy=True, deploy_mode='dense').load_state_dict(
+        state_dict)
+    with pytest.raises(PeLKCheckpointMismatch, match='deploy_mode'):
+        PeLK(arch=ONES, deploy=True).load_state_dict(state_dict)
 
 
 def test_deploy_frozen_stages_and_train_mode():
@@ -154,6 +223,10 @@ def test_pelk_deploy_tool_whole_checkpoint(kind, tmp_path):
 
     ckpt = torch.load(dst, weights_only=True)
     assert ckpt['meta']['deploy'] is True and ckpt['meta']['iter'] == 2
+    assert ckpt['meta']['deploy_mode'] == 'structured'  # the default
+    assert ckpt['meta']['pelk_arch']['backbone']['deploy_mode'] == \
+        'structured'
+    assert not [k for k in ckpt['state_dict'] if 'pos_embeds' in k]
     assert ckpt['meta']['deploy_check']['max_rel_error'] <= 1e-4
     # The deploy form built from the config (an ordinary override) loads it
     # strictly and computes what the trained model computes.
@@ -177,8 +250,10 @@ def test_pelk_deploy_tool_refuses_a_wrong_fold(tmp_path, monkeypatch,
     src, dst = str(tmp_path / 'trained.pth'), str(tmp_path / 'deployed.pth')
     save_trained_like(str(config), src)
     fold = PeLKBlock.switch_to_deploy
-    monkeypatch.setattr(PeLKBlock, 'switch_to_deploy',
-                        lambda self, pos_embed=None: fold(self, None))
+    monkeypatch.setattr(
+        PeLKBlock, 'switch_to_deploy',
+        lambda self, pos_embed=None, deploy_mode='structured': fold(
+            self, None, deploy_mode))
     with pytest.raises(SystemExit) as exc:
         tool.main([str(config), src, dst, '--shape', '64', '64'])
     assert exc.value.code == 1

@@ -44,11 +44,11 @@ _OUTPUT_NORM = re.compile(r'^norm\d+\.')
 # fields of a record that must agree: the compact weights of one grid have
 # the shapes of those of another (e.g. K = 21 and K = 31, both with k' = 11)
 _ARCH_FIELDS = ('depths', 'channels', 'grids', 'conv_channels', 'in_channels',
-                'stem_patch_size', 'pos_embed', 'deploy')
+                'stem_patch_size', 'pos_embed', 'deploy', 'deploy_mode')
 # fields shown when a checkpoint's record is summarised, in this order
 _SUMMARY_FIELDS = ('depths', 'channels', 'kernel_sizes', 'grids',
                    'conv_channels', 'peripheral_weight_sizes', 'pos_embed',
-                   'pos_embed_mode', 'deploy', 'in_channels',
+                   'pos_embed_mode', 'deploy', 'deploy_mode', 'in_channels',
                    'stem_patch_size')
 
 
@@ -166,7 +166,8 @@ def infer_arch(state_dict: Mapping) -> dict:
     Returns:
         dict: ``depths`` (from the block keys), ``channels`` (block norms),
         ``conv_channels`` and ``peripheral_weight_sizes`` (the side of the
-        peripheral conv weights: ``k'`` when compact, ``K`` once deployed),
+        peripheral conv weights: ``k'`` when compact, ``K`` once deployed
+        dense),
         ``pos_embed`` and, when positional embeddings are present,
         ``kernel_sizes``. Fields the keys do not show are left out.
     """
@@ -225,7 +226,7 @@ def _advice(ckpt: dict, model: dict) -> str:
         extra = [
             f'{k}={ckpt[k]!r}'
             for k in ('conv_ratio', 'pos_embed', 'pos_embed_mode', 'deploy',
-                      'in_channels', 'stem_patch_size')
+                      'deploy_mode', 'in_channels', 'stem_patch_size')
             if k in ckpt and ckpt[k] != model.get(k)
         ]
         setting = ', '.join([f'arch={arch}'] + extra)
@@ -241,6 +242,14 @@ def _advice(ckpt: dict, model: dict) -> str:
                         'with')
     return (f'Build the backbone the checkpoint was made for ({setting}), or '
             f'use a checkpoint made for this arch.')
+
+
+def _with_deploy_mode(record: Optional[dict]) -> Optional[dict]:
+    """A record written before the structured deploy form existed has no
+    ``deploy_mode``: a deployed one was dense."""
+    if record is None or 'deploy_mode' in record:
+        return record
+    return dict(record, deploy_mode='dense' if record.get('deploy') else None)
 
 
 def check_state_dict(model: nn.Module,
@@ -267,10 +276,12 @@ def check_state_dict(model: nn.Module,
             output norm, blocks / stages / positional embeddings that the
             model does not have, or a ``checkpoint_record`` of another arch
             (``depths``, ``channels``, ``grids``, ``conv_channels``, stem,
-            ``pos_embed`` or ``deploy`` differ) even if every shape fits.
+            ``pos_embed``, ``deploy`` or ``deploy_mode`` differ) even if
+            every shape fits.
             The message lists every such key (with both shapes), both
             archs and what to do.
     """
+    checkpoint_record = _with_deploy_mode(checkpoint_record)
     own_tensors = model.state_dict(keep_vars=True)
     own = OrderedDict((k, tuple(v.shape)) for k, v in own_tensors.items())
     mismatched: List[Tuple[str, tuple, tuple]] = []

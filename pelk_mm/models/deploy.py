@@ -2,12 +2,14 @@
 
 Used by ``tools/model_converters/pelk_deploy.py`` (fold a checkpoint) and
 ``tools/deployment/pytorch2onnx.py`` (export the folded model). A model is in
-its deploy form when it holds no :class:`~pelk_mm.PeripheralConv2d`: every
-token mixer is then a plain depthwise ``nn.Conv2d``, which exporters and
-inference engines know, while the peripheral conv's FFT and summed-area-table
-paths do not export.
+its deploy form when it holds no :class:`~pelk_mm.PeripheralConv2d` (whose
+FFT and summed-area-table paths do not export): every token mixer is then
+the one of its backbone's ``deploy_mode``, a
+:class:`~pelk_mm.ops.boxsum_conv.BoxSumPeripheralConv2d` (``'structured'``,
+the default: compact weights, box sums in standard ONNX operators) or a plain
+depthwise ``nn.Conv2d`` (``'dense'``).
 """
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Set, Tuple
 
 import torch
 import torch.nn as nn
@@ -66,6 +68,11 @@ def switch_to_deploy(model: nn.Module) -> int:
     return len(backbones)
 
 
+def deploy_modes(model: nn.Module) -> Set[str]:
+    """The ``deploy_mode`` of every PeLK inside ``model``."""
+    return {m.deploy_mode for m in model.modules() if isinstance(m, PeLK)}
+
+
 def check_deploy_form(model: nn.Module) -> None:
     """Raise a ValueError naming the fix if ``model`` is not deployed."""
     names = peripheral_convs(model)
@@ -78,7 +85,8 @@ def check_deploy_form(model: nn.Module) -> None:
             'tools/model_converters/pelk_deploy.py CONFIG CKPT OUT, then '
             'build the model with deploy=True (--cfg-options '
             'model.backbone.deploy=True, or model.deploy=True for a bare '
-            'PeLK config) and load OUT.')
+            'PeLK config; add deploy_mode=dense for the dense form) and '
+            'load OUT.')
 
 
 def _flatten(outputs) -> List[Tensor]:

@@ -25,19 +25,42 @@ from mmpretrain.models.utils import build_norm_layer
 from torch import Tensor
 
 from ..ops import PeripheralConv2d, check_grid, pos_embed_bias, sharing_grid
+from ..ops.boxsum_conv import BoxSumPeripheralConv2d
 from ..ops.peripheral_conv import check_pos_embed_mode
 from .checkpoint_meta import (ARCH_META_KEY, PeLKCheckpointMismatch,
                               check_state_dict, find_arch_record,
                               save_arch_record, sub_state_dict)
 
 
-def deployed_conv(channels: int, kernel_size: int) -> nn.Conv2d:
-    """The deployed token mixer: a depthwise ``K x K`` conv with bias.
+#: Deploy forms of the token mixer (``deploy_mode``): ``'structured'`` keeps
+#: the compact weights and computes them by box sums in standard ONNX
+#: operators (:class:`~pelk_mm.ops.boxsum_conv.BoxSumPeripheralConv2d`, fast
+#: in onnxruntime / TensorRT); ``'dense'`` expands them to a plain depthwise
+#: ``K x K`` ``nn.Conv2d`` (for runtimes that need a single conv).
+DEPLOY_MODES = ('structured', 'dense')
 
-    Weights ``(channels, 1, K, K)``, zero padding ``K // 2``: what
-    :meth:`PeLKBlock.switch_to_deploy` folds a peripheral conv into and what
-    ``PeLK(deploy=True)`` builds directly.
+
+def check_deploy_mode(deploy_mode: str) -> str:
+    """Validate ``deploy_mode`` (one of :data:`DEPLOY_MODES`)."""
+    if deploy_mode not in DEPLOY_MODES:
+        raise ValueError(f'`deploy_mode` must be one of {DEPLOY_MODES}, '
+                         f'got {deploy_mode!r}')
+    return deploy_mode
+
+
+def deployed_conv(channels: int, grid: Sequence[int],
+                  deploy_mode: str) -> nn.Module:
+    """The deployed token mixer of ``deploy_mode``, with a bias.
+
+    ``'structured'``: :class:`BoxSumPeripheralConv2d`, compact weights
+    ``(channels, 1, k', k')``; ``'dense'``: a depthwise ``K x K``
+    ``nn.Conv2d``, weights ``(channels, 1, K, K)``, zero padding ``K // 2``.
+    What :meth:`PeLKBlock.switch_to_deploy` folds a peripheral conv into and
+    what ``PeLK(deploy=True)`` builds directly.
     """
+    if check_deploy_mode(deploy_mode) == 'structured':
+        return BoxSumPeripheralConv2d(channels, grid)
+    kernel_size = sum(grid)
     return nn.Conv2d(
         channels,
         channels,
@@ -75,9 +98,10 @@ class PeLKBlock(BaseModule):
             image), see :func:`pelk_mm.peripheral_conv2d`. Defaults to
             ``'literal'``.
         with_cp (bool): Use gradient checkpointing. Defaults to False.
-        deploy (bool): Build the token mixer in its deployed form, the plain
-            depthwise ``nn.Conv2d`` that :meth:`switch_to_deploy` gives.
-            Defaults to False.
+        deploy (bool): Build the token mixer in its deployed form, the
+            module that :meth:`switch_to_deploy` gives. Defaults to False.
+        deploy_mode (str): Which deployed form, one of :data:`DEPLOY_MODES`
+            (see :func:`deployed_conv`). Defaults to ``'structured'``.
         init_cfg (dict, optional): Initialization config. Defaults to None.
     """
 
@@ -94,13 +118,15 @@ class PeLKBlock(BaseModule):
                  pos_embed_mode: str = 'literal',
                  with_cp: bool = False,
                  deploy: bool = False,
+                 deploy_mode: str = 'structured',
                  init_cfg: Optional[dict] = None):
         super().__init__(init_cfg=init_cfg)
         self.with_cp = with_cp
         self.conv_channels = int(in_channels * conv_ratio)
         self.pos_embed_mode = pos_embed_mode
         if deploy:
-            self.peripheral_conv = deployed_conv(self.conv_channels, sum(grid))
+            self.peripheral_conv = deployed_conv(self.conv_channels, grid,
+                                                 deploy_mode)
         else:
             self.peripheral_conv = PeripheralConv2d(
                 self.conv_channels,
@@ -160,19 +186,27 @@ class PeLKBlock(BaseModule):
         return _inner_forward(x, pos_embed)
 
     @torch.no_grad()
-    def switch_to_deploy(self, pos_embed: Optional[Tensor] = None) -> None:
-        """Replace the peripheral conv by a plain depthwise ``nn.Conv2d``.
+    def switch_to_deploy(self,
+                         pos_embed: Optional[Tensor] = None,
+                         deploy_mode: str = 'structured') -> None:
+        """Replace the peripheral conv by its deployed form.
 
-        The dense kernel is :meth:`PeripheralConv2d.dense_weight` (masked
-        zeros included) and the positional embedding is folded into the bias
-        (Eq. 3 with zero padding adds ``sum_ij w(i, j) h(i, j)``).
+        ``'structured'``: a :class:`BoxSumPeripheralConv2d` with the same
+        compact weights; ``'dense'``: a plain depthwise ``nn.Conv2d`` with
+        :meth:`PeripheralConv2d.dense_weight` (masked zeros included). Both
+        fold the positional embedding into the bias (Eq. 3 with zero padding
+        adds ``sum_ij w(i, j) h(i, j)``).
 
         Args:
             pos_embed (Tensor, optional): The stage's positional embedding.
+            deploy_mode (str): One of :data:`DEPLOY_MODES`.
+                Defaults to ``'structured'``.
         """
         src = self.peripheral_conv
-        conv = deployed_conv(src.channels, src.kernel_size).to(src.weight)
-        conv.weight.copy_(src.dense_weight())
+        conv = deployed_conv(src.channels, src.grid,
+                             deploy_mode).to(src.weight)
+        conv.weight.copy_(src.weight if deploy_mode ==
+                          'structured' else src.dense_weight())
         bias = src.bias.clone()
         if pos_embed is not None:
             bias += pos_embed_bias(src.weight, src.grid, pos_embed)
@@ -205,6 +239,10 @@ class PeLK(BaseModule):
     - ``pos_embeds.{i}``: the positional embedding ``h`` of stage ``i``,
       ``(g_i, K_i, K_i)``, once per stage (absent with ``pos_embed=False``,
       after :meth:`switch_to_deploy` and with ``deploy=True``);
+    - once deployed, ``stages.{i}.{j}.peripheral_conv.{weight,bias}`` hold
+      the compact weights with ``deploy_mode='structured'`` and the dense
+      ``(g_i, 1, K_i, K_i)`` kernels with ``'dense'``, the bias with the
+      positional embedding's term in both;
     - ``norm{i}`` for each ``i`` in ``out_indices``.
 
     The norms are LayerNorms (no running statistics), so there is no
@@ -253,12 +291,21 @@ class PeLK(BaseModule):
         with_cp (bool): Use gradient checkpointing. Defaults to False.
         deploy (bool): Build the deployed form directly, with exactly the
             modules and state-dict keys that :meth:`switch_to_deploy` leaves
-            (plain depthwise ``nn.Conv2d`` token mixers with ``(g, 1, K, K)``
-            weights, the positional-embedding term in their bias, no
-            ``pos_embeds``), so that a deployed checkpoint loads through
-            ``init_cfg`` / ``load_from`` with the config override
-            ``model.backbone.deploy=True``. Only for the literal
-            positional-embedding reading. Defaults to False.
+            (the token mixers of ``deploy_mode``, the positional-embedding
+            term in their bias, no ``pos_embeds``), so that a deployed
+            checkpoint loads through ``init_cfg`` / ``load_from`` with the
+            config override ``model.backbone.deploy=True``. Only for the
+            literal positional-embedding reading. Defaults to False.
+        deploy_mode (str): The deployed form that ``deploy=True`` builds and
+            :meth:`switch_to_deploy` folds into, one of
+            :data:`DEPLOY_MODES`: ``'structured'`` keeps the compact
+            weights and runs them by box sums in standard ONNX operators
+            (:class:`~pelk_mm.ops.boxsum_conv.BoxSumPeripheralConv2d`: what
+            onnxruntime and TensorRT run fast); ``'dense'`` expands them to
+            depthwise ``K x K`` ``nn.Conv2d`` kernels (for runtimes that
+            need a single conv). Recorded in :meth:`arch_record`: a
+            checkpoint of one form does not load into the other.
+            Defaults to ``'structured'``.
         init_cfg (dict | list[dict], optional): Initialization config,
             applied by :meth:`init_weights`, where every initial value of the
             backbone comes from (see there). ``Pretrained`` (with ``prefix``
@@ -326,6 +373,7 @@ class PeLK(BaseModule):
                  pos_embed_mode: str = 'literal',
                  with_cp: bool = False,
                  deploy: bool = False,
+                 deploy_mode: str = 'structured',
                  init_cfg: Optional[Union[dict, List[dict]]] = [
                      dict(
                          type='TruncNormal',
@@ -363,6 +411,7 @@ class PeLK(BaseModule):
             gap_before_final_norm = self.out_indices == [self.num_stages - 1]
         self.gap_before_final_norm = gap_before_final_norm
         self.pos_embed_mode = check_pos_embed_mode(pos_embed_mode)
+        self.deploy_mode = check_deploy_mode(deploy_mode)
 
         # stochastic depth decay rule
         dpr = torch.linspace(
@@ -407,7 +456,9 @@ class PeLK(BaseModule):
                         impl=impl,
                         pos_embed_mode=pos_embed_mode,
                         with_cp=with_cp,
-                        deploy=deploy) for j in range(self.depths[i])
+                        deploy=deploy,
+                        deploy_mode=deploy_mode)
+                    for j in range(self.depths[i])
                 ]))
             block_idx += self.depths[i]
             if i in self.out_indices:
@@ -498,7 +549,8 @@ class PeLK(BaseModule):
         Returns:
             dict: ``depths``, ``channels``, ``kernel_sizes``, ``grids``,
             ``conv_ratio``, ``conv_channels``, ``in_channels``,
-            ``stem_patch_size``, ``pos_embed``, ``pos_embed_mode``, ``deploy``.
+            ``stem_patch_size``, ``pos_embed``, ``pos_embed_mode``, ``deploy``
+            and ``deploy_mode`` (the deployed form, None until deployed).
         """
         stem = self.downsample_layers[0][0]
         return dict(
@@ -512,7 +564,8 @@ class PeLK(BaseModule):
             stem_patch_size=int(stem.kernel_size[0]),
             pos_embed=bool(self.with_pos_embed),
             pos_embed_mode=str(getattr(self, 'pos_embed_mode', 'literal')),
-            deploy=bool(self.deploy))
+            deploy=bool(self.deploy),
+            deploy_mode=str(self.deploy_mode) if self.deploy else None)
 
     def init_weights(self) -> None:
         """Initialise the backbone: every initial value comes from here.
@@ -662,14 +715,16 @@ class PeLK(BaseModule):
 
     @torch.no_grad()
     def switch_to_deploy(self) -> None:
-        """Fold every peripheral conv into a plain depthwise ``nn.Conv2d``.
+        """Fold every peripheral conv into the deployed form of
+        ``deploy_mode``.
 
-        Each block's compact weights are expanded to the dense ``K x K``
-        kernel (whatever they hold, masked zeros included) and the stage's
-        positional embedding is folded into the conv bias, so outputs are
-        unchanged. Afterwards ``pos_embeds`` is None and
-        ``stages.{i}.{j}.peripheral_conv`` holds ``(g, 1, K, K)`` weights,
-        as ``PeLK(..., deploy=True)`` builds them. Irreversible.
+        The stage's positional embedding is folded into each conv bias, so
+        outputs are unchanged; ``'structured'`` keeps each block's compact
+        weights (computed by box sums), ``'dense'`` expands them to the
+        dense ``K x K`` kernel of a depthwise ``nn.Conv2d`` (whatever they
+        hold, masked zeros included). Afterwards ``pos_embeds`` is None and
+        the modules and state dict are those that ``PeLK(...,
+        deploy=True)`` builds. Irreversible.
 
         Raises:
             ValueError: with ``pos_embed_mode='in_image'``, whose term
@@ -681,7 +736,7 @@ class PeLK(BaseModule):
         for i, stage in enumerate(self.stages):
             pos_embed = None if self.pos_embeds is None else self.pos_embeds[i]
             for block in stage:
-                block.switch_to_deploy(pos_embed)
+                block.switch_to_deploy(pos_embed, self.deploy_mode)
         self.pos_embeds = None
         self.deploy = True
 

@@ -16,17 +16,29 @@ CONFIG builds one of
   take any config's ``model.backbone``): -> ``feat0`` ... one output per
   ``out_indices`` entry (the four feature maps of a downstream backbone).
 
-Only the deploy form exports (``PeLK(deploy=True)``: plain depthwise
-``nn.Conv2d`` token mixers); the peripheral conv's FFT path does not. Fold a
-trained checkpoint with ``tools/model_converters/pelk_deploy.py`` and build
-the deploy form with ``--cfg-options model.backbone.deploy=True``
-(``model.deploy=True`` for a bare PeLK config). A model that still holds
-peripheral convs is refused before anything is exported (exit status 1).
+Only the deploy form exports (``PeLK(deploy=True)``); the peripheral conv's
+FFT path does not. By default it is the structured form (``deploy_mode=
+'structured'``): every peripheral conv keeps its compact weights and becomes
+box sums in standard ONNX operators (``Pad``, ``AveragePool``, ``Concat``,
+``Gather``, ``MatMul``, ``Add``, ``Reshape``, ``Squeeze``; no custom
+operator, no loop, all listed by TensorRT's ONNX parser), which onnxruntime
+runs several times faster than the dense ``K x K`` convs of
+``deploy_mode='dense'`` (kept for runtimes that need a single conv; see
+docs/deployment.md for both). Fold a trained checkpoint
+with ``tools/model_converters/pelk_deploy.py`` and build the deploy form
+with ``--cfg-options model.backbone.deploy=True`` (``model.deploy=True`` for
+a bare PeLK config; plus ``model.backbone.deploy_mode=dense`` for a dense
+checkpoint: the checkpoint records its form and loading the other one
+fails). A model that still holds peripheral convs is refused before anything
+is exported (exit status 1).
 
 CKPT is loaded strictly (every key and shape; with ``--backbone``, the keys
-under ``backbone.`` of a whole-model checkpoint). The exporter is
-``torch.onnx.export(..., dynamo=False)`` (TorchScript-based), opset 17, with
-the batch dimension dynamic and H, W fixed. It refuses adaptive average pooling
+under ``backbone.`` of a whole-model checkpoint). The exporter is the
+TorchScript-based one, picked by feature detection (:func:`exporter_kwargs`):
+``torch.onnx.export(..., dynamo=False)`` where the installed torch has that
+switch (whose default is now the torch.export-based exporter), the plain
+call where it has not (torch 2.1, TorchScript only). Opset 17, the batch
+dimension dynamic, H and W fixed. It refuses adaptive average pooling
 to sizes that do not divide the input (mmseg's PPM pools to 1, 2, 3 and 6), so
 the exported copy computes those as two exact matrix products
 (:class:`AdaptiveAvgPoolAsMatMul`). ``--verify`` runs onnxruntime (CPU) on a
@@ -37,6 +49,7 @@ is 1 if the relative error exceeds ``--tol``.
 """
 import argparse
 import copy
+import inspect
 import os.path as osp
 import sys
 from collections import OrderedDict
@@ -50,8 +63,8 @@ from mmengine.runner import CheckpointLoader, load_state_dict
 import pelk_mm  # noqa: F401  (registers PeLK and the checkpoint loaders)
 from pelk_mm import PeLK
 from pelk_mm.models.deploy import (build_model, check_deploy_form,
-                                   compare_outputs, is_detector, load_strictly,
-                                   tensor_outputs)
+                                   compare_outputs, deploy_modes, is_detector,
+                                   load_strictly, tensor_outputs)
 
 OPSET = 17
 
@@ -181,6 +194,14 @@ def exportable_copy(model: nn.Module) -> nn.Module:
     return model
 
 
+def exporter_kwargs() -> dict:
+    """Arguments of ``torch.onnx.export`` that select the TorchScript-based
+    exporter: ``dynamo=False`` where the installed torch has the switch,
+    none where it has not (the TorchScript exporter is then the only one)."""
+    parameters = inspect.signature(torch.onnx.export).parameters
+    return dict(dynamo=False) if 'dynamo' in parameters else {}
+
+
 def export(model: nn.Module, shape, out: str) -> List[str]:
     """Export ``model`` (deploy form, eval) to ``out``; return output names."""
     names = output_names(model)
@@ -194,7 +215,7 @@ def export(model: nn.Module, shape, out: str) -> List[str]:
         output_names=names,
         dynamic_axes={name: {0: 'batch'} for name in ['input', *names]},
         opset_version=OPSET,
-        dynamo=False)
+        **exporter_kwargs())
     return names
 
 
@@ -227,8 +248,10 @@ def main(argv=None):
         print(f'ERROR: {e}\nNothing exported.', file=sys.stderr)
         sys.exit(1)
     names = export(model, args.shape, out)
+    forms = ', '.join(sorted(deploy_modes(model)))
     print(f'Exported {out}: opset {OPSET}, input (batch, 3, {args.shape[0]}, '
-          f'{args.shape[1]}), outputs {names}, dynamic batch.')
+          f'{args.shape[1]}), outputs {names}, dynamic batch, {forms} deploy '
+          'form.')
     if args.verify:
         max_abs, max_rel = verify(model, out, args.shape)
         print(f'onnxruntime (CPU) vs PyTorch, random input of batch 2: max '

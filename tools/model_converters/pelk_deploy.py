@@ -1,4 +1,4 @@
-"""Fold a PeLK checkpoint into its deploy form (plain depthwise convs).
+"""Fold a PeLK checkpoint into its deploy form.
 
     python tools/model_converters/pelk_deploy.py CONFIG CKPT OUT
         [--shape H W] [--tol 1e-4] [--cfg-options key=value ...]
@@ -6,8 +6,11 @@
 CONFIG is the config the checkpoint was trained with: a segmentor, detector
 or classifier (or a bare ``type='PeLK'`` model). The tool builds that model,
 loads CKPT strictly (every key, every shape), folds every PeLK backbone in it
-(:meth:`pelk_mm.PeLK.switch_to_deploy`: dense ``K x K`` depthwise kernels, the
-positional-embedding term in the bias), and runs one seeded random input
+(:meth:`pelk_mm.PeLK.switch_to_deploy`: the positional-embedding term in the
+bias; by default the structured form, which keeps the compact weights and
+exports to standard ONNX box-sum operators; with ``--cfg-options
+model.backbone.deploy_mode=dense`` dense ``K x K`` depthwise kernels, for
+runtimes that need a single conv), and runs one seeded random input
 ``(1, 3, H, W)`` through the model before and after: the tensor-mode forward
 of a segmentor (logits) or classifier (scores), a bare backbone's feature maps,
 a detector's backbone + neck features. OUT is written only if every output
@@ -16,12 +19,15 @@ per output (default 1e-4); otherwise nothing is written and the exit
 status is 1.
 
 OUT holds ``state_dict`` (the whole model, deployed) and ``meta``: CKPT's
-meta plus ``deploy=True``, ``deployed_from``, the measured errors and the
-arch record of the deployed backbone (``meta['pelk_arch']``). Optimizer,
-scheduler, message-hub and sparsity state are not carried over (the dense
-kernels keep the zeros of sparse weights). Load it with the same config and
-``--cfg-options model.backbone.deploy=True`` (``model.deploy=True`` for a bare
-PeLK config), e.g. ``tools/test.py``, ``tools/deployment/pytorch2onnx.py``.
+meta plus ``deploy=True``, ``deploy_mode``, ``deployed_from``, the measured
+errors and the arch record of the deployed backbone (``meta['pelk_arch']``,
+with its ``deploy_mode``: a checkpoint of one form refuses to load into the
+other). Optimizer, scheduler, message-hub and sparsity state are not carried
+over (the deployed weights keep the zeros of sparse weights). Load it with
+the same config and ``--cfg-options model.backbone.deploy=True``
+(``model.deploy=True`` for a bare PeLK config; plus
+``model.backbone.deploy_mode=dense`` for the dense form), e.g.
+``tools/test.py``, ``tools/deployment/pytorch2onnx.py``.
 """
 import argparse
 import sys
@@ -31,9 +37,9 @@ from mmengine.config import DictAction
 
 import pelk_mm  # noqa: F401  (registers PeLK and the checkpoint loaders)
 from pelk_mm.models.checkpoint_meta import add_arch_meta
-from pelk_mm.models.deploy import (build_model, compare_outputs, load_strictly,
-                                   peripheral_convs, switch_to_deploy,
-                                   tensor_outputs)
+from pelk_mm.models.deploy import (build_model, compare_outputs, deploy_modes,
+                                   load_strictly, peripheral_convs,
+                                   switch_to_deploy, tensor_outputs)
 
 
 def parse_args(argv=None):
@@ -89,6 +95,7 @@ def deployed_checkpoint(model, source: dict, source_name: str, max_abs,
     meta = dict(source.get('meta') or {})
     meta.update(
         deploy=True,
+        deploy_mode=', '.join(sorted(deploy_modes(model))),
         deployed_from=source_name,
         deploy_check=dict(
             input_shape=[1, 3, *shape], max_abs_error=max_abs,
@@ -115,8 +122,11 @@ def main(argv=None):
     print(f'Outputs match on a random (1, 3, {args.shape[0]}, '
           f'{args.shape[1]}) input: max abs error {max_abs:.3g}, relative '
           f'{max_rel:.3g} (tolerance {args.tol:g}).')
-    print(f'Wrote {args.out}; load it with --cfg-options '
-          'model.backbone.deploy=True (model.deploy=True for a bare PeLK).')
+    mode = ', '.join(sorted(deploy_modes(model)))
+    dense = ' model.backbone.deploy_mode=dense' if mode == 'dense' else ''
+    print(f'Wrote {args.out} ({mode} deploy form); load it with '
+          f'--cfg-options model.backbone.deploy=True{dense} '
+          '(model.deploy=... for a bare PeLK).')
 
 
 if __name__ == '__main__':

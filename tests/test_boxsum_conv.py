@@ -1,0 +1,143 @@
+"""The op of the structured deploy form: peripheral convolution by box sums,
+exact against the dense convolution, exported with standard ONNX operators
+only and run by onnxruntime at another batch size than the exported one."""
+import importlib.util
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pelk_mm.ops import expand_weight, sharing_grid
+from pelk_mm.ops.boxsum_conv import (BoxSumPeripheralConv2d,
+                                     boxsum_peripheral_conv)
+
+#: (K, centre, map): maps larger and smaller than the kernel, 1 x 1, wide
+CASES = [(13, 5, (16, 16)), (31, 5, (7, 40)), (51, 5, (20, 37)),
+         (51, 5, (60, 53)), (101, 7, (9, 130)), (101, 7, (1, 1))]
+
+#: What the graph computes at run time (nodes that depend on the input)
+RUNTIME_OPS = {'Pad', 'AveragePool', 'Concat', 'Gather', 'MatMul', 'Add',
+               'Reshape'}
+
+
+def dense(x, weight, grid):
+    return F.conv2d(
+        x, expand_weight(weight, grid), padding=sum(grid) // 2,
+        groups=x.shape[1])
+
+
+def inputs(channels, size, grid, dtype=torch.float64, batch=2):
+    gen = torch.Generator().manual_seed(sum(grid) + size[0])
+    x = torch.randn(batch, channels, *size, generator=gen, dtype=dtype)
+    weight = torch.randn(
+        channels, 1, len(grid), len(grid), generator=gen, dtype=dtype)
+    return x, weight
+
+
+@pytest.mark.parametrize('kernel_size,center,size', CASES)
+def test_equals_dense_conv(kernel_size, center, size):
+    grid = sharing_grid(kernel_size, center)
+    x, weight = inputs(3, size, grid)
+    ref = dense(x, weight, grid)
+    out = boxsum_peripheral_conv(x, weight, grid)
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12 * ref.abs().max())
+
+
+@pytest.mark.parametrize('size', [(6, 9), (2, 1), (1, 3)])
+def test_asymmetric_grid(size):
+    grid = (3, 1, 5, 2, 2)
+    x, weight = inputs(3, size, grid)
+    ref = dense(x, weight, grid)
+    torch.testing.assert_close(
+        boxsum_peripheral_conv(x, weight, grid), ref, rtol=0,
+        atol=1e-12 * ref.abs().max())
+
+
+@pytest.mark.parametrize('kernel_size,center,size', [(51, 5, (64, 64)),
+                                                     (101, 7, (40, 120))])
+def test_float32_error_within_dense_float32(kernel_size, center, size):
+    """Box means add at most max(grid) terms: no prefix-sum round-off."""
+    grid = sharing_grid(kernel_size, center)
+    x, weight = inputs(4, size, grid)
+    ref = dense(x, weight, grid)
+    x32, w32 = x.float(), weight.float()
+    box_err = (boxsum_peripheral_conv(x32, w32, grid).double() - ref).abs()
+    dense_err = (dense(x32, w32, grid).double() - ref).abs()
+    assert box_err.max() <= dense_err.max()
+
+
+def test_module_folds_bias_and_matches_dense_weight():
+    grid = sharing_grid(31, 5)
+    conv = BoxSumPeripheralConv2d(5, grid)
+    assert conv.weight.shape == (5, 1, 11, 11) and conv.bias.shape == (5, )
+    x = torch.randn(2, 5, 12, 17, generator=torch.Generator().manual_seed(0))
+    ref = F.conv2d(x, conv.dense_weight(), conv.bias, padding=15, groups=5)
+    torch.testing.assert_close(conv(x), ref, rtol=1e-5, atol=1e-5)
+
+
+def runtime_ops(graph):
+    """Op types of the nodes that depend on the graph input (the rest are
+    constant subgraphs, e.g. the TorchScript exporter's pads of ``Pad``)."""
+    live, ops = {i.name for i in graph.input}, set()
+    for node in graph.node:  # topologically sorted
+        if live & set(node.input):
+            live |= set(node.output)
+            ops.add(node.op_type)
+    return ops
+
+
+def export_and_run(module, size, out, batch=3, dynamo=False):
+    """Export at batch 1 (dynamic batch axis), run onnxruntime at ``batch``;
+    return the graph and the relative error against the dense conv."""
+    onnx = pytest.importorskip('onnx')
+    ort = pytest.importorskip('onnxruntime')
+    x1 = torch.zeros(1, module.channels, *size)
+    dynamic = (dict(dynamic_shapes=({0: torch.export.Dim('batch')}, ))
+               if dynamo else dict(dynamic_axes={'x': {0: 'batch'}}))
+    torch.onnx.export(
+        module, (x1, ), out, input_names=['x'], opset_version=17,
+        dynamo=dynamo, **dynamic)
+    graph = onnx.load(out)
+    onnx.checker.check_model(graph)
+    x = torch.randn(
+        batch, module.channels, *size,
+        generator=torch.Generator().manual_seed(1))
+    session = ort.InferenceSession(out, providers=['CPUExecutionProvider'])
+    got = torch.from_numpy(session.run(None, {'x': x.numpy()})[0])
+    with torch.no_grad():
+        ref = F.conv2d(
+            x.double(), module.dense_weight().double(), module.bias.double(),
+            padding=module.kernel_size // 2, groups=module.channels)
+    return graph, float((got.double() - ref).abs().max() / ref.abs().max())
+
+
+@pytest.mark.parametrize('kernel_size,center,size', [(13, 5, (20, 18)),
+                                                     (51, 5, (9, 60)),
+                                                     (101, 7, (5, 3)),
+                                                     (101, 7, (110, 8))])
+def test_onnx_standard_operators_dynamic_batch(kernel_size, center, size,
+                                               tmp_path):
+    torch.manual_seed(0)
+    module = BoxSumPeripheralConv2d(4, sharing_grid(kernel_size, center))
+    graph, rel = export_and_run(module.eval(), size,
+                                str(tmp_path / 'box.onnx'))
+    assert rel <= 1e-5, rel
+    assert runtime_ops(graph.graph) <= RUNTIME_OPS
+    assert {o.domain for o in graph.opset_import} == {''}
+    assert not {n.op_type for n in graph.graph.node} & {
+        'Loop', 'If', 'Scan', 'CumSum', 'Conv'}
+    assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec('onnxscript') is None,
+    reason='the torch.export-based exporter needs onnxscript')
+def test_torch_export_based_exporter(tmp_path):
+    """The same op through ``dynamo=True``: the same operators."""
+    torch.manual_seed(0)
+    module = BoxSumPeripheralConv2d(4, sharing_grid(31, 5)).eval()
+    graph, rel = export_and_run(
+        module, (12, 40), str(tmp_path / 'box.onnx'), dynamo=True)
+    assert rel <= 1e-5, rel
+    assert {n.op_type for n in graph.graph.node} <= RUNTIME_OPS
