@@ -82,6 +82,16 @@ def _band_phases(grid: Tuple[int, ...], length: int, onesided: bool,
     return (taps_phasor @ bands.t()).to(device=device, dtype=dtype)
 
 
+def _is_compiling() -> bool:
+    """Whether torch.compile is tracing (``torch.compiler.is_compiling``
+    from torch 2.3, ``torch._dynamo.is_compiling`` before)."""
+    is_compiling = getattr(torch.compiler, 'is_compiling', None)
+    if is_compiling is None:
+        import torch._dynamo as dynamo  # torch < 2.3
+        is_compiling = dynamo.is_compiling
+    return is_compiling()
+
+
 def _sizes(height: int, width: int,
            grid: Sequence[int]) -> Tuple[int, int]:
     half = sum(grid) // 2
@@ -93,8 +103,11 @@ def _kernel_spectrum(weight: Tensor, grid: Tuple[int, ...],
     """``G_c = E_H w_c E_W^T``: ``(C, L_H, L_W // 2 + 1)`` complex."""
     cdtype = torch.complex128 if weight.dtype == torch.float64 else \
         torch.complex64
-    rows = _band_phases(grid, sizes[0], False, weight.device, cdtype)
-    cols = _band_phases(grid, sizes[1], True, weight.device, cdtype)
+    # Traced by torch.compile, the phases are built in the graph (Dynamo
+    # ignores lru_cache, with a warning); eager calls reuse the cache.
+    phases = _band_phases.__wrapped__ if _is_compiling() else _band_phases
+    rows = phases(grid, sizes[0], False, weight.device, cdtype)
+    cols = phases(grid, sizes[1], True, weight.device, cdtype)
     return rows @ weight[:, 0].to(cdtype) @ cols.t()
 
 
