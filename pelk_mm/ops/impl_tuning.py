@@ -315,9 +315,10 @@ def load_choices(path: str) -> int:
     return _tuner.load(path)
 
 
-def measured_choice(sig: Signature) -> str:
-    """The measured choice for ``sig`` (a constant under torch.compile)."""
-    return _tuner.choice(sig)
+def measured_choice(*fields) -> str:
+    """The measured choice for ``Signature(*fields)`` (a constant under
+    torch.compile, which passes the fields as plain Python values)."""
+    return _tuner.choice(Signature(*fields))
 
 
 # What ``torch.compiler.assume_constant_result`` does (torch 2.0 to 2.14),
@@ -340,4 +341,4 @@ def choose_impl(x: Tensor, weight: Tensor, grid: Sequence[int]) -> str:
     if (_mode == 'model' or torch.are_deterministic_algorithms_enabled() or
             _mode == 'auto' and x.device.type in COST_COEFFICIENTS):
         return select_impl(x, weight, grid)
-    return measured_choice(signature(x, weight, grid))
+    return measured_choice(*signature(x, weight, grid))
