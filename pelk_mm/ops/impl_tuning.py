@@ -194,9 +194,13 @@ class ImplTuner:
         self.choices: Dict[str, dict] = {}  # key -> {'impl', 'ms'}
         self.measured = 0  # signatures timed by this tuner
         self._file_read = False
+        self._kept: Dict[Signature, str] = {}  # the per-call fast path
 
     def choice(self, sig: Signature) -> str:
         """The kept choice for ``sig``, measured now if it is new."""
+        kept = self._kept.get(sig)
+        if kept is not None:
+            return kept
         if not self._file_read and self.cache_file is not None:
             self._file_read = True
             if os.path.exists(self.cache_file):
@@ -210,7 +214,8 @@ class ImplTuner:
                         ', '.join(f'{k} {v:.3g}' for k, v in times.items()))
             if self.cache_file is not None:
                 self.save(self.cache_file)
-        return self.choices[key]['impl']
+        self._kept[sig] = self.choices[key]['impl']
+        return self._kept[sig]
 
     def measure(self, sig: Signature) -> Dict[str, float]:
         """Milliseconds of one call of each candidate on random inputs of
@@ -277,6 +282,7 @@ class ImplTuner:
                 raise ValueError(f'{path}: every choice must name one of '
                                  f'{sorted(CANDIDATES)}, got {entry!r}')
         self.choices.update(choices)
+        self._kept.clear()  # the file's choices win
         return len(choices)
 
 
