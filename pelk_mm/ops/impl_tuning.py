@@ -54,6 +54,7 @@ from typing import (Callable, Dict, Iterator, NamedTuple, Optional, Sequence,
 import torch
 from torch import Tensor
 
+from .autocast_policy import autocast_dtype
 from .blocksum_conv import blocksum_peripheral_conv
 from .dense_conv import dense_peripheral_conv
 from .fft_conv import fft_peripheral_conv
@@ -130,19 +131,6 @@ def device_name(device: torch.device) -> str:
     if device.type == 'cuda':
         return torch.cuda.get_device_name(device)
     return device.type
-
-
-def autocast_dtype(device_type: str) -> Optional[torch.dtype]:
-    """The autocast dtype in effect on ``device_type``, None when off."""
-    if hasattr(torch, 'get_autocast_dtype'):  # torch >= 2.4
-        if not torch.is_autocast_enabled(device_type):
-            return None
-        return torch.get_autocast_dtype(device_type)
-    if device_type == 'cuda' and torch.is_autocast_enabled():
-        return torch.get_autocast_gpu_dtype()
-    if device_type == 'cpu' and torch.is_autocast_cpu_enabled():
-        return torch.get_autocast_cpu_dtype()
-    return None
 
 
 def signature(x: Tensor, weight: Tensor, grid: Sequence[int]) -> Signature:
@@ -239,11 +227,12 @@ class ImplTuner:
     def _time(self, fn, x: Tensor, weight: Tensor, sig: Signature) -> float:
         """Fastest of ``repeats`` synchronised calls, after ``warmup``."""
 
+        autocast = (contextlib.nullcontext() if sig.autocast_dtype is None
+                    else torch.autocast(sig.device.type,
+                                        dtype=sig.autocast_dtype))
+
         def call():
-            with torch.autocast(sig.device.type,
-                                dtype=sig.autocast_dtype or torch.float32,
-                                enabled=sig.autocast_dtype is not None), \
-                    torch.set_grad_enabled(sig.backward):
+            with autocast, torch.set_grad_enabled(sig.backward):
                 out = fn(x, weight, sig.grid)
                 if sig.backward:
                     out.backward(torch.ones_like(out))

@@ -135,8 +135,8 @@ def pos_embed_map(weight: Tensor, grid: Sequence[int], pos_embed: Tensor,
     Returns:
         Tensor: Shape ``(C, H, W)``, dtype at least float32.
     """
-    dtype = torch.promote_types(
-        torch.promote_types(weight.dtype, pos_embed.dtype), torch.float32)
+    wide = torch.float64 in (weight.dtype, pos_embed.dtype)
+    dtype = torch.float64 if wide else torch.float32  # promoted with float32
     kernel_size = sum(grid)
     with torch.autocast(pos_embed.device.type, enabled=False):
         taps = expand_weight(weight.to(dtype), grid)[:, 0] * pos_embed.to(
