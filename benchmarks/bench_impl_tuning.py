@@ -114,7 +114,8 @@ def bench_layer(layer, mode, args, device):
         assert tuner.measured == measured == 1, 'timed more than once'
     auto_ms = statistics.median(auto_s) * 1e3
     fixed_ms = statistics.median(fixed_s) * 1e3
-    return dict(shape=[batch, channels, height, width], kernel_size=kernel_size,
+    return dict(shape=[batch, channels, height, width],
+                kernel_size=kernel_size,
                 mode=mode, amp=args.amp, pick=entry['impl'],
                 candidates_ms=entry['ms'], cost_model_pick=model_pick,
                 first_step_s=first, auto_step_ms=auto_ms,

@@ -138,8 +138,9 @@ def test_compiled_pelk_gradients_equal_eager():
 
 @pytest.mark.slow
 def test_runner_with_compile_trains_like_eager(tmp_path):
-    """mmengine's Runner with ``compile=True`` (it compiles the model's
-    ``train_step``): the same losses as an eager Runner, to round-off."""
+    """mmengine's Runner with ``compile=True`` in its config (it compiles
+    the model's ``train_step``): the same losses as an eager Runner, to
+    round-off."""
     import torch.nn.functional as F
     from mmengine.model import BaseModel
     from mmengine.runner import Runner
@@ -186,7 +187,7 @@ def test_runner_with_compile_trains_like_eager(tmp_path):
                                checkpoint=dict(type='CheckpointHook',
                                                interval=1000)),
             randomness=dict(seed=0),
-            compile=compile)
+            cfg=dict(compile=compile))
         runner.train()
         losses[compile] = runner.message_hub.get_scalar(
             'train/loss').data[0]

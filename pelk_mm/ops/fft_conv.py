@@ -46,8 +46,14 @@ from .precision import accumulation_dtype, mean_term_dtype
 
 
 def fft_size(n: int) -> int:
-    """Smallest 5-smooth integer (``2^a 3^b 5^c``) that is >= ``n``."""
-    best = 1 << max(n - 1, 0).bit_length()
+    """Smallest 5-smooth integer (``2^a 3^b 5^c``) that is >= ``n``.
+
+    Comparisons only, so that a symbolic ``n`` (torch.compile's dynamic
+    shapes) is specialised by guards and the result is a Python int.
+    """
+    best = 1
+    while best < n:
+        best *= 2
     power5 = 1
     while power5 < best:
         power35 = power5

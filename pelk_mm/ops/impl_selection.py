@@ -105,8 +105,9 @@ def select_impl(x: Tensor, weight: Tensor, grid: Sequence[int]) -> str:
     """
     backward = torch.is_grad_enabled() and (x.requires_grad
                                             or weight.requires_grad)
+    shape = tuple(int(size) for size in x.shape)  # specialised if symbolic
     costs = {
-        impl: predicted_seconds(impl, x.shape, grid, x.device.type, backward)
+        impl: predicted_seconds(impl, shape, grid, x.device.type, backward)
         for impl in ('dense', 'fft', 'blocksum')
     }
     return min(costs, key=costs.get)

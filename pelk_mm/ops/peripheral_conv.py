@@ -27,7 +27,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .band_geometry import band_edges
-from .dense_conv import dense_peripheral_conv
 from .impl_tuning import CANDIDATES, choose_impl
 from .sharing_grid import check_grid, expand_weight, sharing_grid
 
@@ -36,14 +35,14 @@ def auto_peripheral_conv(x: Tensor, weight: Tensor,
                          grid: Sequence[int]) -> Tensor:
     """Run the implementation :func:`~pelk_mm.ops.impl_tuning.choose_impl`
     picks for this call (cost model, or measured once per signature)."""
-    return PERIPHERAL_CONV_IMPLS[choose_impl(x, weight, grid)](x, weight,
-                                                              grid)
+    impl = choose_impl(x, weight, grid)
+    return PERIPHERAL_CONV_IMPLS[impl](x, weight, grid)
 
 
 #: Implementations of the bare convolution, by name: ``fn(x, weight, grid)``.
-#: ``'dense'`` (:func:`dense_peripheral_conv`), the exact fast algorithms
-#: ``'fft'`` and ``'blocksum'`` (:mod:`pelk_mm.ops.fft_conv`,
-#: :mod:`pelk_mm.ops.blocksum_conv`), and ``'auto'``, the default of
+#: ``'dense'`` (expand + ``F.conv2d``, :mod:`pelk_mm.ops.dense_conv`), the
+#: exact fast algorithms ``'fft'`` and ``'blocksum'``
+#: (:mod:`pelk_mm.ops.fft_conv`, :mod:`pelk_mm.ops.blocksum_conv`), and ``'auto'``, the default of
 #: :func:`peripheral_conv2d`, which picks one of the three
 #: (:mod:`pelk_mm.ops.impl_tuning`).
 PERIPHERAL_CONV_IMPLS: Dict[str, Callable[[Tensor, Tensor, Sequence[int]],
