@@ -32,9 +32,14 @@ import torch
 
 ARCHS = {
     # K as PeLK-T's stages, fewer and narrower blocks (a 2-core CPU)
-    'small': dict(depths=[1, 1, 2, 1], channels=[32, 64, 128, 256],
-                  kernel_sizes=[51, 49, 47, 13], center_sizes=5),
-    'tiny': 'tiny',
+    'small':
+    dict(
+        depths=[1, 1, 2, 1],
+        channels=[32, 64, 128, 256],
+        kernel_sizes=[51, 49, 47, 13],
+        center_sizes=5),
+    'tiny':
+    'tiny',
 }
 
 
@@ -47,8 +52,10 @@ def parse_args(argv=None):
     parser.add_argument('--batch', type=int, default=2)
     parser.add_argument('--steps', type=int, default=5)
     parser.add_argument('--backend', default='inductor')
-    parser.add_argument('--warm-cache', action='store_true',
-                        help='keep the default inductor cache')
+    parser.add_argument(
+        '--warm-cache',
+        action='store_true',
+        help='keep the default inductor cache')
     parser.add_argument('--save', default=None, help='write PREFIX.json')
     return parser.parse_args(argv)
 
@@ -81,8 +88,10 @@ def main(argv=None):
         return time.perf_counter() - start
 
     explanation = torch._dynamo.explain(model)(x)
-    breaks = [str(reason.reason).split('\n')[0][:160]
-              for reason in explanation.break_reasons]
+    breaks = [
+        str(reason.reason).split('\n')[0][:160]
+        for reason in explanation.break_reasons
+    ]
     torch._dynamo.reset()
     step(model)  # warm-up
     compiled = torch.compile(model, backend=args.backend)
@@ -95,13 +104,19 @@ def main(argv=None):
     eager = statistics.median(eager_s)
     fast = statistics.median(compiled_s)
     result = dict(
-        machine=dict(torch=torch.__version__,
-                     python=platform.python_version(), device=str(device),
-                     threads=args.threads, date=time.strftime('%Y-%m-%d'),
-                     load_1min=os.getloadavg()[0]),
-        args=vars(args), graph_breaks=explanation.graph_break_count,
-        break_reasons=breaks, first_compiled_step_s=first,
-        eager_step_s=eager, compiled_step_s=fast,
+        machine=dict(
+            torch=torch.__version__,
+            python=platform.python_version(),
+            device=str(device),
+            threads=args.threads,
+            date=time.strftime('%Y-%m-%d'),
+            load_1min=os.getloadavg()[0]),
+        args=vars(args),
+        graph_breaks=explanation.graph_break_count,
+        break_reasons=breaks,
+        first_compiled_step_s=first,
+        eager_step_s=eager,
+        compiled_step_s=fast,
         compiled_over_eager=fast / eager)
     text = json.dumps(result, indent=1)
     if args.save:

@@ -49,16 +49,22 @@ AMP = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--device', default='cpu')
-    parser.add_argument('--threads', type=int, default=2,
-                        help='torch CPU threads (default 2)')
+    parser.add_argument(
+        '--threads', type=int, default=2, help='torch CPU threads (default 2)')
     parser.add_argument('--preset', default='small', choices=sorted(PRESETS))
-    parser.add_argument('--modes', nargs='+', default=['train', 'infer'],
-                        choices=['train', 'infer'])
+    parser.add_argument(
+        '--modes',
+        nargs='+',
+        default=['train', 'infer'],
+        choices=['train', 'infer'])
     parser.add_argument('--amp', default='none', choices=sorted(AMP))
-    parser.add_argument('--steps', type=int, default=7,
-                        help='timed steady steps per module (default 7)')
-    parser.add_argument('--save', default=None,
-                        help='write PREFIX.json and PREFIX.md')
+    parser.add_argument(
+        '--steps',
+        type=int,
+        default=7,
+        help='timed steady steps per module (default 7)')
+    parser.add_argument(
+        '--save', default=None, help='write PREFIX.json and PREFIX.md')
     return parser.parse_args(argv)
 
 
@@ -79,8 +85,13 @@ def bench_layer(layer, mode, args, device):
     batch, channels, height, width, kernel_size = layer
     torch.manual_seed(0)
     auto = PeripheralConv2d(channels, kernel_size).to(device)
-    x = torch.randn(batch, channels, height, width, device=device,
-                    requires_grad=mode == 'train')
+    x = torch.randn(
+        batch,
+        channels,
+        height,
+        width,
+        device=device,
+        requires_grad=mode == 'train')
     amp = AMP[args.amp]
 
     @contextlib.contextmanager
@@ -99,8 +110,8 @@ def bench_layer(layer, mode, args, device):
     with impl_tuning.using_tuner(impl_tuning.ImplTuner()) as tuner:
         first = _seconds(lambda: step(auto), device)
         (entry, ), measured = tuner.choices.values(), tuner.measured
-        fixed = PeripheralConv2d(channels, kernel_size,
-                                 impl=entry['impl']).to(device)
+        fixed = PeripheralConv2d(
+            channels, kernel_size, impl=entry['impl']).to(device)
         fixed.load_state_dict(auto.state_dict())
         step(fixed)  # warm-up of the twin
         auto_s, fixed_s = [], []
@@ -114,14 +125,20 @@ def bench_layer(layer, mode, args, device):
         assert tuner.measured == measured == 1, 'timed more than once'
     auto_ms = statistics.median(auto_s) * 1e3
     fixed_ms = statistics.median(fixed_s) * 1e3
-    return dict(shape=[batch, channels, height, width],
-                kernel_size=kernel_size,
-                mode=mode, amp=args.amp, pick=entry['impl'],
-                candidates_ms=entry['ms'], cost_model_pick=model_pick,
-                first_step_s=first, auto_step_ms=auto_ms,
-                fixed_step_ms=fixed_ms, auto_over_fixed=auto_ms / fixed_ms,
-                first_over_step=first * 1e3 / auto_ms,
-                dispatch_us=dispatch_us)
+    return dict(
+        shape=[batch, channels, height, width],
+        kernel_size=kernel_size,
+        mode=mode,
+        amp=args.amp,
+        pick=entry['impl'],
+        candidates_ms=entry['ms'],
+        cost_model_pick=model_pick,
+        first_step_s=first,
+        auto_step_ms=auto_ms,
+        fixed_step_ms=fixed_ms,
+        auto_over_fixed=auto_ms / fixed_ms,
+        first_over_step=first * 1e3 / auto_ms,
+        dispatch_us=dispatch_us)
 
 
 def _dispatch_us(x, conv, calls=2000):
@@ -137,8 +154,7 @@ def markdown(result):
     lines = [
         '| shape (N, C, H, W) | K | mode | pick | dense / fft / blocksum ms '
         '| model pick | first step s | auto / fixed step ms | ratio '
-        '| dispatch us |',
-        '|---|---|---|---|---|---|---|---|---|---|'
+        '| dispatch us |', '|---|---|---|---|---|---|---|---|---|---|'
     ]
     for row in result['results']:
         ms = row['candidates_ms']
@@ -165,9 +181,12 @@ def main(argv=None):
         ]
     finally:
         impl_tuning.set_tuning_mode(previous)
-    machine = dict(torch=torch.__version__, python=platform.python_version(),
-                   device=impl_tuning.device_name(device),
-                   threads=args.threads, date=time.strftime('%Y-%m-%d'))
+    machine = dict(
+        torch=torch.__version__,
+        python=platform.python_version(),
+        device=impl_tuning.device_name(device),
+        threads=args.threads,
+        date=time.strftime('%Y-%m-%d'))
     result = dict(machine=machine, args=vars(args), results=rows)
     table = markdown(result)
     if args.save:

@@ -1,4 +1,4 @@
-"""One-command GPU check: both benchmarks and the cost-model fit.
+"""One-command GPU check: the benchmarks, the cost-model fit, the tuned auto.
 
 For a bare CUDA machine with Python 3.12 and a preinstalled torch but no
 package registry (the H200 lent to this project: torch 2.11, CUDA 13)::

@@ -11,8 +11,8 @@ from pelk_mm import PeripheralConv2d
 from pelk_mm.ops import impl_tuning
 
 IMPLS = ['dense', 'fft', 'blocksum', 'auto']
-ARCH = dict(depths=[1, 1], channels=[16, 24], kernel_sizes=[13, 9],
-            center_sizes=3)
+ARCH = dict(
+    depths=[1, 1], channels=[16, 24], kernel_sizes=[13, 9], center_sizes=3)
 
 
 def graph_breaks(fn, *args):
@@ -45,8 +45,8 @@ OLD_DYNAMO = tuple(map(int, torch.__version__.split('.')[:2])) < (2, 4)
 @pytest.mark.parametrize('pos_embed_mode', ['literal', 'in_image'])
 def test_no_graph_break_in_the_op(impl, pos_embed_mode):
     torch.manual_seed(0)
-    conv = PeripheralConv2d(8, 31, bias=True, impl=impl,
-                            pos_embed_mode=pos_embed_mode)
+    conv = PeripheralConv2d(
+        8, 31, bias=True, impl=impl, pos_embed_mode=pos_embed_mode)
     x = torch.randn(2, 8, 24, 24, requires_grad=True)
     pos_embed = torch.randn(8, 31, 31)
     count, reasons = graph_breaks(conv, x, pos_embed)
@@ -61,8 +61,8 @@ def test_no_graph_break_when_auto_measures():
     the compiled op runs the measured implementation."""
     previous = impl_tuning.set_tuning_mode('measure')
     try:
-        with impl_tuning.using_tuner(impl_tuning.ImplTuner(
-                warmup=0, repeats=1)) as tuner:
+        with impl_tuning.using_tuner(
+                impl_tuning.ImplTuner(warmup=0, repeats=1)) as tuner:
             torch.manual_seed(0)
             conv = PeripheralConv2d(8, 31)
             x = torch.randn(2, 8, 24, 24, requires_grad=True)
@@ -94,8 +94,9 @@ def test_aot_autograd_gradients_equal_eager(impl):
     results = []
     for fn in (conv, torch.compile(conv, backend='aot_eager')):
         out = fn(x, pos_embed)
-        results.append((out, ) + torch.autograd.grad(
-            out, (x, pos_embed, conv.weight, conv.bias), grad_out))
+        results.append((out, ) +
+                       torch.autograd.grad(out, (x, pos_embed, conv.weight,
+                                                 conv.bias), grad_out))
     for eager, compiled in zip(*results):
         torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
 
@@ -126,8 +127,10 @@ def test_compiled_pelk_gradients_equal_eager():
     for fn in (model, torch.compile(model)):
         model.zero_grad()
         projection_loss(fn, x, projection).backward()
-        grads.append({name: p.grad.clone()
-                      for name, p in model.named_parameters()})
+        grads.append({
+            name: p.grad.clone()
+            for name, p in model.named_parameters()
+        })
     eager, compiled = grads
     assert any('pos_embed' in name for name in eager)
     for name, grad in eager.items():
@@ -176,24 +179,24 @@ def test_runner_with_compile_trains_like_eager(tmp_path):
         runner = Runner(
             model=Classifier(),
             work_dir=str(tmp_path / str(compile)),
-            train_dataloader=dict(dataset=Images(),
-                                  sampler=dict(type='DefaultSampler',
-                                               shuffle=False),
-                                  collate_fn=dict(type='default_collate'),
-                                  batch_size=4, num_workers=0),
+            train_dataloader=dict(
+                dataset=Images(),
+                sampler=dict(type='DefaultSampler', shuffle=False),
+                collate_fn=dict(type='default_collate'),
+                batch_size=4,
+                num_workers=0),
             train_cfg=dict(by_epoch=False, max_iters=3),
             optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1)),
-            default_hooks=dict(logger=dict(type='LoggerHook', interval=1),
-                               checkpoint=dict(type='CheckpointHook',
-                                               interval=1000)),
+            default_hooks=dict(
+                logger=dict(type='LoggerHook', interval=1),
+                checkpoint=dict(type='CheckpointHook', interval=1000)),
             randomness=dict(seed=0),
             cfg=dict(compile=compile))
         runner.train()
-        losses[compile] = runner.message_hub.get_scalar(
-            'train/loss').data[0]
+        losses[compile] = runner.message_hub.get_scalar('train/loss').data[0]
         if compile:
             frames = torch._dynamo.utils.counters['frames']['ok']
             assert frames > 0  # train_step really went through Dynamo
     assert len(losses[True]) == 3
-    torch.testing.assert_close(losses[True], losses[False], rtol=1e-4,
-                               atol=1e-6)
+    torch.testing.assert_close(
+        losses[True], losses[False], rtol=1e-4, atol=1e-6)

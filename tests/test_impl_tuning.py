@@ -50,8 +50,7 @@ def measuring(monkeypatch):
         monkeypatch.setitem(impl_tuning.CANDIDATES, name, timed)
     previous = set_tuning_mode('measure')
     try:
-        with using_tuner(ImplTuner(clock=clock, warmup=1,
-                                   repeats=2)) as tuner:
+        with using_tuner(ImplTuner(clock=clock, warmup=1, repeats=2)) as tuner:
             yield tuner, costs, calls
     finally:
         set_tuning_mode(previous)
@@ -60,8 +59,9 @@ def measuring(monkeypatch):
 def inputs(shape=(2, 3, 10, 12), grid=GRID, dtype=torch.float32, grad=True):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(shape, generator=gen, dtype=dtype).requires_grad_(grad)
-    weight = torch.randn(shape[1], 1, len(grid), len(grid), generator=gen,
-                         dtype=dtype).requires_grad_(grad)
+    weight = torch.randn(
+        shape[1], 1, len(grid), len(grid), generator=gen,
+        dtype=dtype).requires_grad_(grad)
     return x, weight
 
 
@@ -141,16 +141,24 @@ def test_saved_file_reused_without_timing(measuring, tmp_path):
 def test_file_of_another_torch_version_is_ignored(measuring, tmp_path):
     tuner, _, _ = measuring
     path = tmp_path / 'old.json'
-    path.write_text(json.dumps(dict(version=1, torch='1.0', choices={
-        'cpu|x': dict(impl='fft', ms={})})))
+    path.write_text(
+        json.dumps(
+            dict(
+                version=1,
+                torch='1.0',
+                choices={'cpu|x': dict(impl='fft', ms={})})))
     assert tuner.load(str(path)) == 0 and tuner.choices == {}
 
 
 def test_file_with_an_unknown_impl_is_rejected(measuring, tmp_path):
     tuner, _, _ = measuring
     path = tmp_path / 'bad.json'
-    path.write_text(json.dumps(dict(version=1, torch=torch.__version__,
-                                    choices={'k': dict(impl='cudnn')})))
+    path.write_text(
+        json.dumps(
+            dict(
+                version=1,
+                torch=torch.__version__,
+                choices={'k': dict(impl='cudnn')})))
     with pytest.raises(ValueError, match='dense.*got'):
         tuner.load(str(path))
 
@@ -217,12 +225,18 @@ def test_environment_variables_share_choices_across_runs(tmp_path):
         'PeripheralConv2d(3, 13)(torch.randn(2, 3, 10, 12)).sum().backward()'
         '\n'
         'print(impl_tuning._tuner.measured)\n')
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PELK_MM_IMPL_CACHE=str(path),
-               PELK_MM_IMPL_TUNING='measure')
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        PELK_MM_IMPL_CACHE=str(path),
+        PELK_MM_IMPL_TUNING='measure')
 
     def run():
-        return subprocess.run([sys.executable, '-c', script], env=env,
-                              check=True, capture_output=True, text=True,
+        return subprocess.run([sys.executable, '-c', script],
+                              env=env,
+                              check=True,
+                              capture_output=True,
+                              text=True,
                               timeout=300).stdout.split()[-1]
 
     assert run() == '1'

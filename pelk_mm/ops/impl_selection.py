@@ -45,8 +45,7 @@ DENSE_FAST_MAX_KERNEL = 13
 
 #: Coefficients ``(a, b, c)`` in seconds, by device type, then mode
 #: (``'fwd'`` or ``'fwd+bwd'``), then implementation.
-COST_COEFFICIENTS: Dict[str, Dict[str, Dict[str, Tuple[float, float,
-                                                        float]]]] = {
+COST_COEFFICIENTS: Dict[str, Dict[str, Dict[str, Tuple[float, ...]]]] = {
     'cpu': {
         'fwd': {
             'dense': (3.83e-11, 5.68e-10, 1.11e-4),

@@ -79,15 +79,15 @@ CANDIDATES: Dict[str, Callable[[Tensor, Tensor, Sequence[int]], Tensor]] = {
 _FILE_VERSION = 1
 
 
-def check_tuning_mode(mode: str) -> str:
+def check_tuning_mode(mode: str, name: str = '`mode`') -> str:
     """Validate a tuning mode (one of :data:`TUNING_MODES`)."""
     if mode not in TUNING_MODES:
-        raise ValueError(f'the impl tuning mode must be one of '
-                         f'{TUNING_MODES}, got {mode!r}')
+        raise ValueError(f'{name} must be one of {TUNING_MODES}, got '
+                         f'{mode!r}')
     return mode
 
 
-_mode = check_tuning_mode(os.environ.get(MODE_ENV, 'auto'))
+_mode = check_tuning_mode(os.environ.get(MODE_ENV, 'auto'), MODE_ENV)
 
 
 def set_tuning_mode(mode: str) -> str:
@@ -111,8 +111,8 @@ class Signature(NamedTuple):
     def key(self) -> str:
         """The signature as a JSON key, naming the device model."""
         shape = 'x'.join(map(str, self.shape))
-        autocast = ('off' if self.autocast_dtype is None else
-                    _dtype_name(self.autocast_dtype))
+        autocast = ('off' if self.autocast_dtype is None else _dtype_name(
+            self.autocast_dtype))
         return (f'{device_name(self.device)}|{shape}|'
                 f'grid={",".join(map(str, self.grid))}|'
                 f'{_dtype_name(self.dtype)}|'
@@ -135,8 +135,9 @@ def device_name(device: torch.device) -> str:
 
 def signature(x: Tensor, weight: Tensor, grid: Sequence[int]) -> Signature:
     """The :class:`Signature` of a call ``fn(x, weight, grid)``."""
-    channels_last = (x.is_contiguous(memory_format=torch.channels_last)
-                     and not x.is_contiguous())
+    channels_last = (
+        x.is_contiguous(memory_format=torch.channels_last)
+        and not x.is_contiguous())
     return Signature(
         device=x.device,
         shape=tuple(int(size) for size in x.shape),
@@ -208,28 +209,32 @@ class ImplTuner:
     def measure(self, sig: Signature) -> Dict[str, float]:
         """Milliseconds of one call of each candidate on random inputs of
         ``sig`` (drawn from a private generator: the global RNG is left
-        alone)."""
+        alone); infinite for a candidate that runs out of device memory."""
         self.measured += 1
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(sig.shape, generator=gen).to(sig.device, sig.dtype)
         if sig.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         bands = len(sig.grid)
-        weight = (torch.randn((sig.shape[1], 1, bands, bands), generator=gen)
-                  / sum(sig.grid)).to(sig.device, sig.weight_dtype)
+        weight = (torch.randn((sig.shape[1], 1, bands, bands), generator=gen) /
+                  sum(sig.grid)).to(sig.device, sig.weight_dtype)
         x.requires_grad_(sig.backward)
         weight.requires_grad_(sig.backward)
-        return {
-            name: self._time(fn, x, weight, sig) * 1e3
-            for name, fn in CANDIDATES.items()
-        }
+        times = {}
+        for name, fn in CANDIDATES.items():
+            try:
+                times[name] = self._time(fn, x, weight, sig) * 1e3
+            except torch.cuda.OutOfMemoryError:  # this one cannot run here
+                torch.cuda.empty_cache()
+                times[name] = float('inf')
+        return times
 
     def _time(self, fn, x: Tensor, weight: Tensor, sig: Signature) -> float:
         """Fastest of ``repeats`` synchronised calls, after ``warmup``."""
 
-        autocast = (contextlib.nullcontext() if sig.autocast_dtype is None
-                    else torch.autocast(sig.device.type,
-                                        dtype=sig.autocast_dtype))
+        autocast = (
+            contextlib.nullcontext() if sig.autocast_dtype is None else
+            torch.autocast(sig.device.type, dtype=sig.autocast_dtype))
 
         def call():
             with autocast, torch.set_grad_enabled(sig.backward):
@@ -255,11 +260,16 @@ class ImplTuner:
         if os.path.exists(path):
             choices = {**_read(path), **choices}
         folder = os.path.dirname(os.path.abspath(path))
-        with tempfile.NamedTemporaryFile('w', dir=folder, suffix='.tmp',
-                                         delete=False) as tmp:
+        with tempfile.NamedTemporaryFile(
+                'w', dir=folder, suffix='.tmp', delete=False) as tmp:
             json.dump(
-                dict(version=_FILE_VERSION, torch=torch.__version__,
-                     choices=choices), tmp, indent=1, sort_keys=True)
+                dict(
+                    version=_FILE_VERSION,
+                    torch=torch.__version__,
+                    choices=choices),
+                tmp,
+                indent=1,
+                sort_keys=True)
         os.replace(tmp.name, path)
 
     def load(self, path: str) -> int:
@@ -279,9 +289,9 @@ def _read(path: str) -> Dict[str, dict]:
     with open(path) as file:
         content = json.load(file)
     if content.get('torch') != torch.__version__:
-        logger.warning('%s holds impl choices timed with torch %s, not %s: '
-                       'ignored', path, content.get('torch'),
-                       torch.__version__)
+        logger.warning(
+            '%s holds impl choices timed with torch %s, not %s: '
+            'ignored', path, content.get('torch'), torch.__version__)
         return {}
     return content['choices']
 
@@ -333,7 +343,7 @@ def choose_impl(x: Tensor, weight: Tensor, grid: Sequence[int]) -> str:
     Returns:
         str: ``'dense'``, ``'fft'`` or ``'blocksum'``.
     """
-    if (_mode == 'model' or torch.are_deterministic_algorithms_enabled() or
-            _mode == 'auto' and x.device.type in COST_COEFFICIENTS):
+    if (_mode == 'model' or torch.are_deterministic_algorithms_enabled()
+            or _mode == 'auto' and x.device.type in COST_COEFFICIENTS):
         return select_impl(x, weight, grid)
     return measured_choice(*signature(x, weight, grid))

@@ -42,9 +42,9 @@ def auto_peripheral_conv(x: Tensor, weight: Tensor,
 #: Implementations of the bare convolution, by name: ``fn(x, weight, grid)``.
 #: ``'dense'`` (expand + ``F.conv2d``, :mod:`pelk_mm.ops.dense_conv`), the
 #: exact fast algorithms ``'fft'`` and ``'blocksum'``
-#: (:mod:`pelk_mm.ops.fft_conv`, :mod:`pelk_mm.ops.blocksum_conv`), and ``'auto'``, the default of
-#: :func:`peripheral_conv2d`, which picks one of the three
-#: (:mod:`pelk_mm.ops.impl_tuning`).
+#: (:mod:`pelk_mm.ops.fft_conv`, :mod:`pelk_mm.ops.blocksum_conv`), and
+#: ``'auto'``, the default of :func:`peripheral_conv2d`, which picks one of
+#: the three (:mod:`pelk_mm.ops.impl_tuning`).
 PERIPHERAL_CONV_IMPLS: Dict[str, Callable[[Tensor, Tensor, Sequence[int]],
                                           Tensor]] = {
     **CANDIDATES,
