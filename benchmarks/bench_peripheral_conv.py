@@ -43,7 +43,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from pelk_mm.ops import PERIPHERAL_CONV_IMPLS, select_impl, sharing_grid
+from pelk_mm.ops import PERIPHERAL_CONV_IMPLS, sharing_grid
+from pelk_mm.ops.impl_tuning import choose_impl
 
 PRECISIONS = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 BASELINE = 'dw7x7'
@@ -201,9 +202,10 @@ def bench_case(methods, case, args, device):
             for name in methods[shift:] + methods[:shift]:
                 times[name].append(_timed(calls[name], device))
         peaks = {name: _peak_mib(calls[name], device) for name in methods}
-        with _autocast(precision, device):
+        with _autocast(precision, device):  # the pick 'auto' just ran
             x, w = args_of['dense'][:2]
-            picked = select_impl(x, w, grid)
+            picked = (choose_impl(x, w, grid) if 'auto' in methods else
+                      None)
     medians = {name: statistics.median(times[name]) * 1e3
                for name in methods}
     rows = []

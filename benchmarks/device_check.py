@@ -1,4 +1,4 @@
-"""One-command GPU check: both benchmarks and the cost-model fit.
+"""One-command GPU check: the benchmarks, the cost-model fit, the tuned auto.
 
 For a bare CUDA machine with Python 3.12 and a preinstalled torch but no
 package registry (the H200 lent to this project: torch 2.11, CUDA 13)::
@@ -6,17 +6,25 @@ package registry (the H200 lent to this project: torch 2.11, CUDA 13)::
     bash benchmarks/prepare_device_wheels.sh     # here, with a registry
     python3 benchmarks/device_check.py --out OUT  # there, .whl/ carried
 
-If ``mmengine`` / ``mmseg`` / ``mmpretrain`` / ``mmcv.ops`` are not
-importable, it first installs the wheels of ``.whl/`` into
-``/tmp/pelk_site`` (``pip --no-index --no-deps``) and builds mmcv 2.1.0 from
-the carried sdist with its CPU ops (``MMCV_WITH_OPS=1 FORCE_CUDA=0``, all
-cores): mmseg imports ``mmcv.ops`` when it registers its models, although
-the UperNet step never calls an mmcv op (``--install-only`` stops there, so
-that a warm machine can run the benchmarks in a second call). Then it runs,
-each as a subprocess with a time limit (150 + 70 + 140 + 60 s: the
-benchmarks stay under 7 of the 10 minutes a device command may run; a benchmark that
-fails or runs out of time is reported and the others still run), and
-writes to OUT:
+It runs in two parts, each benchmark as a subprocess with a time limit (a
+benchmark that fails or runs out of time is reported and the others still
+run), the whole run within :data:`TOTAL_BUDGET_S` (8 minutes, installs
+included):
+
+1. **torch only** (no mm package needed): ``bench_peripheral_conv.py``
+   twice, ``fit_cost_model.py`` on its JSON, and ``bench_impl_tuning.py``;
+2. **the OpenMMLab part** (``bench_backbone.py``, UperNet needs mmseg and
+   ``mmcv.ops``): if ``mmengine`` / ``mmseg`` / ``mmpretrain`` /
+   ``mmcv.ops`` are not importable, it first installs the wheels of
+   ``.whl/`` into ``/tmp/pelk_site`` (``pip --no-index --no-deps``) and
+   builds mmcv 2.1.0 from the carried sdist with its CPU ops
+   (``MMCV_WITH_OPS=1 FORCE_CUDA=0``, all cores), within what is left of
+   the budget after reserving the part's benchmarks; it is skipped (and
+   said so) when the install fails or the time is short, or with
+   ``--no-mm`` (``--install-only`` stops after the install, so that a warm
+   machine can run the benchmarks in a second call).
+
+It writes to OUT:
 
 - ``conv.json`` / ``conv.md``: ``bench_peripheral_conv.py`` over K 13 / 31 /
   51 / 101 x maps 16-128 (batch 2, 96 channels, fp32 and bf16 autocast),
@@ -24,13 +32,19 @@ writes to OUT:
   1-16, channels 48 and 384, NCHW and channels_last, fp16 autocast;
 - ``fit.md``: ``fit_cost_model.py conv.json``, the CUDA entry of
   ``COST_COEFFICIENTS`` and its picks against the fastest method;
+- ``tuning.json`` / ``.md``: ``bench_impl_tuning.py`` on PeLK-T's four
+  layer shapes (512 x 512, batch 2, bf16 autocast, train and inference):
+  what the measure-once ``auto`` picked per shape, the candidates' times,
+  its first step and its per-step cost against the picked implementation;
 - ``backbone.json`` / ``.md``: ``bench_backbone.py``, UperNet + PeLK-T
   (auto, dense) and + ConvNeXt-T, 512 x 512 train step at batch 2 under bf16
   autocast, whole-image 512 x 2048 inference, and 20 steps under fp16 and
   bf16 autocast with the losses;
 - ``backbone_hook.json``: ``bench_backbone.py --modes hook``, the
   DynamicSparsityHook's per-step and per-update cost on that model, as
-  fractions of its fp32 train step.
+  fractions of its fp32 train step;
+- ``seconds.json``: each part's wall seconds (None: failed or timed out),
+  and what was skipped and why.
 
 ``--smoke`` runs the same code path on the CPU with tiny sizes (and installs
 nothing when the packages are importable): ``tests/test_device_check.py``.
@@ -65,6 +79,8 @@ FULL = {
                  '--amp-steps', '20'],
     'hook': ['--device', 'cuda', '--size', '512', '--batch', '2',
              '--modes', 'hook', '--iters', '3'],
+    'tuning': ['--device', 'cuda', '--preset', 'pelk-t', '--amp', 'bf16',
+               '--steps', '5'],
 }
 SMOKE = {
     'conv': ['--device', 'cpu', '--kernels', '13', '31', '--sizes', '12',
@@ -83,8 +99,15 @@ SMOKE = {
                  '--amp-steps', '1', '--no-memory'],
     'hook': ['--device', 'cpu', '--size', '32', '--batch', '2', '--modes',
              'hook', '--iters', '1'],
+    'tuning': ['--device', 'cpu', '--preset', 'smoke', '--steps', '1'],
 }
-TIME_LIMITS = {'conv': 150, 'conv_shapes': 70, 'backbone': 140, 'hook': 60}
+TIME_LIMITS = {
+    'conv': 150, 'conv_shapes': 60, 'tuning': 45, 'backbone': 140,
+    'hook': 60
+}
+#: The whole run, installs included: 8 of the 10 minutes a device command
+#: may run.
+TOTAL_BUDGET_S = 480
 SMOKE_TIME_LIMIT = 1200  # a shared CPU can be slow; no device time at stake
 
 
@@ -97,6 +120,8 @@ def parse_args(argv=None):
                         help='folder of prepare_device_wheels.sh')
     parser.add_argument('--install-only', action='store_true',
                         help='stop after installing the packages')
+    parser.add_argument('--no-mm', action='store_true',
+                        help='only the torch-only part (no mm packages)')
     return parser.parse_args(argv)
 
 
@@ -110,8 +135,10 @@ def mm_packages_importable():
         for name in ('mmengine', 'mmseg', 'mmpretrain'))
 
 
-def install(wheels):
-    """Install the carried wheels, then build mmcv with its CPU ops."""
+def install(wheels, timeout):
+    """Install the carried wheels, then build mmcv with its CPU ops, within
+    ``timeout`` seconds (``subprocess.TimeoutExpired`` beyond)."""
+    deadline = time.perf_counter() + timeout
     wheels = Path(wheels)
     if not wheels.is_dir():
         raise SystemExit(f'mm packages missing and no {wheels}/: run '
@@ -119,7 +146,8 @@ def install(wheels):
     pip = [sys.executable, '-m', 'pip', 'install', '-q', '--no-index',
            '--no-deps', '--no-compile', '--no-cache-dir', '--upgrade',
            '--target', str(SITE)]
-    subprocess.run(pip + sorted(map(str, wheels.glob('*.whl'))), check=True)
+    subprocess.run(pip + sorted(map(str, wheels.glob('*.whl'))), check=True,
+                   timeout=timeout)
     build = Path(tempfile.mkdtemp(prefix='mmcv_build_'))
     with tarfile.open(next(wheels.glob('mmcv-*.tar.gz'))) as sdist:
         sdist.extractall(build)
@@ -132,7 +160,7 @@ def install(wheels):
                os.environ.get('PYTHONPATH', ''))
     start = time.perf_counter()
     subprocess.run(pip + ['--no-build-isolation', str(source)], check=True,
-                   env=env)
+                   env=env, timeout=max(deadline - time.perf_counter(), 1))
     print(f'mmcv built in {time.perf_counter() - start:.0f} s', flush=True)
 
 
@@ -156,24 +184,55 @@ def run(name, script, args, env, limit):
 
 def main(argv=None):
     args = parse_args(argv)
+    deadline = time.perf_counter() + TOTAL_BUDGET_S
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
-    if not mm_packages_importable():
-        install(args.wheels)
-        sys.path.insert(0, str(SITE))
-        env['PYTHONPATH'] = f'{SITE}{os.pathsep}' + env.get('PYTHONPATH', '')
     env['PYTHONPATH'] = f'{ROOT}{os.pathsep}' + env.get('PYTHONPATH', '')
+    sweeps = SMOKE if args.smoke else FULL
+    seconds, skipped = {}, {}
+
+    def limit(name):
+        if args.smoke:
+            return SMOKE_TIME_LIMIT
+        return max(min(TIME_LIMITS[name], deadline - time.perf_counter()), 1)
+
+    if not args.install_only:
+        torch_only_part(out, sweeps, env, limit, seconds)
+    if args.no_mm:
+        skipped['mm'] = '--no-mm'
+    elif not mm_packages_importable():
+        reserved = TIME_LIMITS['backbone'] + TIME_LIMITS['hook']
+        budget = deadline - time.perf_counter() - reserved
+        if args.smoke or args.install_only:
+            budget = float('inf')
+        try:
+            if budget < 60:
+                raise RuntimeError(f'only {budget:.0f} s left for installs')
+            install(args.wheels, budget)
+            sys.path.insert(0, str(SITE))
+            env['PYTHONPATH'] += f'{os.pathsep}{SITE}'
+        except (RuntimeError, SystemExit, subprocess.SubprocessError,
+                StopIteration) as error:
+            skipped['mm'] = f'install failed or skipped: {error!r}'
     if args.install_only:
         return
-    sweeps = SMOKE if args.smoke else FULL
-    seconds = {}
-    limits = {name: SMOKE_TIME_LIMIT if args.smoke else limit
-              for name, limit in TIME_LIMITS.items()}
+    if 'mm' not in skipped:
+        mm_part(out, sweeps, env, limit, seconds)
+    else:
+        print(f'OpenMMLab part skipped: {skipped["mm"]}', flush=True)
+    (out / 'seconds.json').write_text(
+        json.dumps(dict(seconds, skipped=skipped), indent=1))
+    if None in seconds.values():
+        sys.exit(1)
+
+
+def torch_only_part(out, sweeps, env, limit, seconds):
+    """The convolution sweeps, the cost-model fit and the tuned dispatch."""
     for name in ('conv', 'conv_shapes'):
         seconds[name] = run(name, 'bench_peripheral_conv.py',
                             sweeps[name] + ['--save', str(out / name)], env,
-                            limits[name])
+                            limit(name))
     if (out / 'conv.json').exists():
         fit = subprocess.run(
             [sys.executable, str(ROOT / 'benchmarks' / 'fit_cost_model.py'),
@@ -181,20 +240,28 @@ def main(argv=None):
             text=True, timeout=60)
         (out / 'fit.md').write_text(fit.stdout + fit.stderr)
         print(fit.stdout + fit.stderr, flush=True)
+    seconds['tuning'] = run('tuning', 'bench_impl_tuning.py',
+                            sweeps['tuning'] +
+                            ['--save', str(out / 'tuning')], env,
+                            limit('tuning'))
+    if (out / 'tuning.md').exists():
+        print((out / 'tuning.md').read_text(), flush=True)
+
+
+def mm_part(out, sweeps, env, limit, seconds):
+    """UperNet + PeLK-T against ConvNeXt-T, and the sparsity hook's cost."""
     seconds['backbone'] = run('backbone', 'bench_backbone.py',
                               sweeps['backbone'] +
                               ['--save', str(out / 'backbone')], env,
-                              limits['backbone'])
+                              limit('backbone'))
     if (out / 'backbone.md').exists():
         print((out / 'backbone.md').read_text(), flush=True)
     seconds['hook'] = run('hook', 'bench_backbone.py',
                           sweeps['hook'] + ['--save', str(out / 'backbone')],
-                          env, limits['hook'])
+                          env, limit('hook'))
     if (out / 'backbone_hook.json').exists():
         print((out / 'backbone_hook.json').read_text(), flush=True)
-    (out / 'seconds.json').write_text(json.dumps(seconds, indent=1))
-    if None in seconds.values():
-        sys.exit(1)
+
 
 if __name__ == '__main__':
     main()

@@ -1,6 +1,7 @@
 """The prepared GPU check (benchmarks/device_check.py) in its --smoke mode:
 the same code path on the CPU with tiny sizes, so the script never rots;
-and the cost-model fit (benchmarks/fit_cost_model.py) on synthetic
+its torch-only part with every mm package hidden (the GPU machine has
+none); and the cost-model fit (benchmarks/fit_cost_model.py) on synthetic
 timings."""
 import json
 import os
@@ -52,6 +53,39 @@ def test_smoke_run_writes_every_result(tmp_path):
     cost = hook['sparsity_hook']
     assert cost['train_step'] > 0 and cost['update'] > 0
     assert cost['per_step_fraction'] == cost['per_step'] / cost['train_step']
+    check_tuning(tmp_path)
+    seconds = json.loads((tmp_path / 'seconds.json').read_text())
+    assert seconds.pop('skipped') == {} and None not in seconds.values()
+
+
+def check_tuning(out):
+    """bench_impl_tuning.py's record: a pick per shape and mode, timed once,
+    with the candidates' times."""
+    tuning = json.loads((out / 'tuning.json').read_text())
+    assert {row['mode'] for row in tuning['results']} == {'train', 'infer'}
+    for row in tuning['results']:
+        assert row['pick'] in ('dense', 'fft', 'blocksum')
+        assert set(row['candidates_ms']) == {'dense', 'fft', 'blocksum'}
+        assert row['pick'] == min(row['candidates_ms'],
+                                  key=row['candidates_ms'].get)
+        assert row['first_step_s'] > 0 and row['dispatch_us'] > 0
+    assert '| pick |' in (out / 'tuning.md').read_text()
+
+
+def test_torch_only_part_needs_no_mm_package(tmp_path):
+    """--no-mm with mmengine, mmcv, mmseg, mmdet, mmpretrain hidden: the
+    convolution sweeps, the fit and the tuned dispatch still run."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(ROOT / 'tests' / 'torch_only'), str(ROOT)]))
+    subprocess.run(
+        [sys.executable, str(ROOT / 'benchmarks' / 'device_check.py'),
+         '--smoke', '--no-mm', '--out', str(tmp_path)], check=True, env=env,
+        timeout=1800, cwd=ROOT)
+    check_tuning(tmp_path)
+    assert (tmp_path / 'conv.json').exists() and (tmp_path / 'fit.md').exists()
+    assert not (tmp_path / 'backbone.json').exists()
+    seconds = json.loads((tmp_path / 'seconds.json').read_text())
+    assert seconds['skipped'] == {'mm': '--no-mm'}
 
 
 def _synthetic_rows(coefficients):

@@ -213,7 +213,8 @@ def test_auto_is_deterministic_and_shape_driven():
     ((2, 374, 16, 16), 13, True, 'fft'),  # stage 4, training: dense bwd slow
 ])
 def test_auto_choices_on_cpu(shape, kernel_size, grad, expected):
-    """The calibrated model's picks quoted in impl_selection's docstring."""
+    """The calibrated CPU model's picks (benchmarks/results/
+    cost_model_cpu_2026-11-28.md)."""
     grid = sharing_grid(kernel_size, 7 if kernel_size > 51 else 5)
     x = torch.zeros(shape, requires_grad=grad)
     weight = torch.zeros(shape[1], 1, len(grid), len(grid))

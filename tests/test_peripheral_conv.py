@@ -145,6 +145,37 @@ def test_forward_errors():
             torch.randn(1, 4, 8, 8), conv.weight, grid, impl='nope')
 
 
+@pytest.mark.parametrize('dtype', [torch.int64, torch.uint8, torch.bool,
+                                   torch.complex64])
+def test_non_float_input_names_the_dtype(dtype):
+    conv = PeripheralConv2d(4, 13)
+    x = torch.ones(1, 4, 8, 8, dtype=dtype)
+    allowed = (r'\(torch.float16, torch.bfloat16, torch.float32, '
+               r'torch.float64\)')
+    with pytest.raises(ValueError,
+                       match=f'`x` must be a floating-point tensor {allowed}'
+                       f', got {dtype}'):
+        conv(x)
+    with pytest.raises(ValueError, match=f'{allowed}, got {dtype}'):
+        peripheral_conv2d(x, conv.weight, conv.grid)
+
+
+def test_module_validates_once(monkeypatch):
+    """The module checked its grid at construction: forward does not check
+    it again (the function form does)."""
+    import pelk_mm.ops.peripheral_conv as module
+    conv = PeripheralConv2d(4, 13)
+    x = torch.randn(1, 4, 8, 8)
+
+    def fail(*args, **kwargs):
+        raise AssertionError('check_grid called again')
+
+    monkeypatch.setattr(module, 'check_grid', fail)
+    conv(x)
+    with pytest.raises(AssertionError, match='again'):
+        peripheral_conv2d(x, conv.weight, conv.grid)
+
+
 @pytest.mark.parametrize('kwargs,name', [
     (dict(channels=4, kernel_size=50), 'kernel_size'),
     (dict(channels=4, kernel_size=51, center_size=6), 'center_size'),

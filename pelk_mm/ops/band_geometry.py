@@ -38,9 +38,9 @@ def band_edges(grid: Sequence[int]) -> Tuple[int, ...]:
 def band_indicator(grid: Sequence[int], like: Tensor) -> Tensor:
     """0/1 matrix ``(k', K)`` whose row ``a`` marks the taps of band ``a``
     (``expand_weight`` is ``A^T w A``, its adjoint ``A dW A^T``)."""
-    band_of_tap = torch.repeat_interleave(
-        torch.arange(len(grid), device=like.device),
-        torch.tensor(tuple(grid), device=like.device))
+    band_of_tap = torch.tensor(
+        [band for band, width in enumerate(grid) for _ in range(width)],
+        device=like.device)  # from the Python grid: a constant under compile
     bands = torch.arange(len(grid), device=like.device)[:, None]
     return (band_of_tap[None, :] == bands).to(like.dtype)
 

@@ -46,8 +46,14 @@ from .precision import accumulation_dtype, mean_term_dtype
 
 
 def fft_size(n: int) -> int:
-    """Smallest 5-smooth integer (``2^a 3^b 5^c``) that is >= ``n``."""
-    best = 1 << max(n - 1, 0).bit_length()
+    """Smallest 5-smooth integer (``2^a 3^b 5^c``) that is >= ``n``.
+
+    Comparisons only, so that a symbolic ``n`` (torch.compile's dynamic
+    shapes) is specialised by guards and the result is a Python int.
+    """
+    best = 1
+    while best < n:
+        best *= 2
     power5 = 1
     while power5 < best:
         power35 = power5
@@ -82,6 +88,16 @@ def _band_phases(grid: Tuple[int, ...], length: int, onesided: bool,
     return (taps_phasor @ bands.t()).to(device=device, dtype=dtype)
 
 
+def _is_compiling() -> bool:
+    """Whether torch.compile is tracing (``torch.compiler.is_compiling``
+    from torch 2.3, ``torch._dynamo.is_compiling`` before)."""
+    is_compiling = getattr(torch.compiler, 'is_compiling', None)
+    if is_compiling is None:
+        import torch._dynamo as dynamo  # torch < 2.3
+        is_compiling = dynamo.is_compiling
+    return is_compiling()
+
+
 def _sizes(height: int, width: int,
            grid: Sequence[int]) -> Tuple[int, int]:
     half = sum(grid) // 2
@@ -93,8 +109,11 @@ def _kernel_spectrum(weight: Tensor, grid: Tuple[int, ...],
     """``G_c = E_H w_c E_W^T``: ``(C, L_H, L_W // 2 + 1)`` complex."""
     cdtype = torch.complex128 if weight.dtype == torch.float64 else \
         torch.complex64
-    rows = _band_phases(grid, sizes[0], False, weight.device, cdtype)
-    cols = _band_phases(grid, sizes[1], True, weight.device, cdtype)
+    # Traced by torch.compile, the phases are built in the graph (Dynamo
+    # ignores lru_cache, with a warning); eager calls reuse the cache.
+    phases = _band_phases.__wrapped__ if _is_compiling() else _band_phases
+    rows = phases(grid, sizes[0], False, weight.device, cdtype)
+    cols = phases(grid, sizes[1], True, weight.device, cdtype)
     return rows @ weight[:, 0].to(cdtype) @ cols.t()
 
 

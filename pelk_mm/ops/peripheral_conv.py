@@ -9,8 +9,14 @@ The convolution itself is computed by ONE swappable function picked by name
 from :data:`PERIPHERAL_CONV_IMPLS` (``fn(x, weight, grid) -> Tensor``, no bias
 and no positional embedding); the bias and the positional-embedding term are
 added outside it, so every implementation has them. ``'dense'`` materialises
-the kernel and calls ``F.conv2d``; faster exact implementations register
-themselves in the same dict, and ``'auto'`` chooses among them.
+the kernel and calls ``F.conv2d``; ``'fft'`` and ``'blocksum'`` are exact
+fast algorithms, listed in :data:`pelk_mm.ops.impl_tuning.CANDIDATES`, and
+``'auto'`` chooses among them (:func:`pelk_mm.ops.impl_tuning.choose_impl`).
+
+Validation happens once: :func:`peripheral_conv2d` checks its arguments,
+:class:`PeripheralConv2d` checks its configuration at construction and the
+input in ``forward``; both then call :func:`apply_peripheral_conv`, which
+checks nothing.
 """
 import math
 from typing import Callable, Dict, Optional, Sequence, Tuple
@@ -21,52 +27,32 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .band_geometry import band_edges
-from .blocksum_conv import blocksum_peripheral_conv
-from .fft_conv import fft_peripheral_conv
-from .impl_selection import select_impl
+from .impl_tuning import CANDIDATES, choose_impl
 from .sharing_grid import check_grid, expand_weight, sharing_grid
-
-
-def dense_peripheral_conv(x: Tensor, weight: Tensor,
-                          grid: Sequence[int]) -> Tensor:
-    """Reference implementation: expand the kernel and run ``F.conv2d``.
-
-    Args:
-        x (Tensor): Input of shape ``(N, C, H, W)``.
-        weight (Tensor): Compact weights of shape ``(C, 1, k', k')``.
-        grid (Sequence[int]): Sharing grid, ``k'`` widths summing to ``K``.
-
-    Returns:
-        Tensor: ``(N, C, H, W)``, the depthwise convolution of ``x`` with
-        :func:`expand_weight` ``(weight, grid)`` and zero padding ``K // 2``.
-    """
-    return F.conv2d(
-        x,
-        expand_weight(weight, grid),
-        padding=sum(grid) // 2,
-        groups=x.shape[1])
 
 
 def auto_peripheral_conv(x: Tensor, weight: Tensor,
                          grid: Sequence[int]) -> Tensor:
-    """Run the implementation that :func:`select_impl`'s cost model predicts
-    to be fastest for this shape, device and grad mode (deterministic)."""
-    return PERIPHERAL_CONV_IMPLS[select_impl(x, weight, grid)](x, weight,
-                                                              grid)
+    """Run the implementation :func:`~pelk_mm.ops.impl_tuning.choose_impl`
+    picks for this call (cost model, or measured once per signature)."""
+    impl = choose_impl(x, weight, grid)
+    return PERIPHERAL_CONV_IMPLS[impl](x, weight, grid)
 
 
 #: Implementations of the bare convolution, by name: ``fn(x, weight, grid)``.
-#: ``'fft'`` and ``'blocksum'`` are exact fast algorithms
-#: (:mod:`pelk_mm.ops.fft_conv`, :mod:`pelk_mm.ops.blocksum_conv`);
-#: ``'auto'``, the default of :func:`peripheral_conv2d`, picks one of
-#: ``'dense'``, ``'fft'``, ``'blocksum'`` (:mod:`pelk_mm.ops.impl_selection`).
+#: ``'dense'`` (expand + ``F.conv2d``, :mod:`pelk_mm.ops.dense_conv`), the
+#: exact fast algorithms ``'fft'`` and ``'blocksum'``
+#: (:mod:`pelk_mm.ops.fft_conv`, :mod:`pelk_mm.ops.blocksum_conv`), and
+#: ``'auto'``, the default of :func:`peripheral_conv2d`, which picks one of
+#: the three (:mod:`pelk_mm.ops.impl_tuning`).
 PERIPHERAL_CONV_IMPLS: Dict[str, Callable[[Tensor, Tensor, Sequence[int]],
                                           Tensor]] = {
-    'dense': dense_peripheral_conv,
-    'fft': fft_peripheral_conv,
-    'blocksum': blocksum_peripheral_conv,
+    **CANDIDATES,
     'auto': auto_peripheral_conv,
 }
+
+#: Input dtypes the convolution accepts.
+INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def pos_embed_bias(weight: Tensor, grid: Sequence[int],
@@ -148,8 +134,8 @@ def pos_embed_map(weight: Tensor, grid: Sequence[int], pos_embed: Tensor,
     Returns:
         Tensor: Shape ``(C, H, W)``, dtype at least float32.
     """
-    dtype = torch.promote_types(
-        torch.promote_types(weight.dtype, pos_embed.dtype), torch.float32)
+    wide = torch.float64 in (weight.dtype, pos_embed.dtype)
+    dtype = torch.float64 if wide else torch.float32  # promoted with float32
     kernel_size = sum(grid)
     with torch.autocast(pos_embed.device.type, enabled=False):
         taps = expand_weight(weight.to(dtype), grid)[:, 0] * pos_embed.to(
@@ -201,30 +187,59 @@ def peripheral_conv2d(x: Tensor,
     Returns:
         Tensor: Output of shape ``(N, C, H, W)``.
     """
-    if impl not in PERIPHERAL_CONV_IMPLS:
-        raise ValueError(f'`impl` must be one of '
-                         f'{sorted(PERIPHERAL_CONV_IMPLS)}, got {impl!r}')
+    check_impl(impl)
     check_pos_embed_mode(pos_embed_mode)
     if weight.dim() != 4 or weight.shape[1] != 1:
         raise ValueError('`weight` must have shape (C, 1, k\', k\'), '
                          f'got {tuple(weight.shape)}')
     grid = check_grid(grid)
-    kernel_size = sum(grid)
     if weight.shape[2:] != (len(grid), len(grid)):
         raise ValueError(f'`weight` must be (C, 1, {len(grid)}, {len(grid)}) '
                          f'for a grid of {len(grid)} bands, got '
                          f'{tuple(weight.shape)}')
     channels = weight.shape[0]
+    check_input(x, channels, f'to match the weight\'s {channels} channels')
+    check_pos_embed(pos_embed, channels, sum(grid))
+    return apply_peripheral_conv(x, weight, grid, bias, pos_embed, impl,
+                                 pos_embed_mode)
+
+
+def check_impl(impl: str) -> str:
+    """Validate ``impl`` (a key of :data:`PERIPHERAL_CONV_IMPLS`)."""
+    if impl not in PERIPHERAL_CONV_IMPLS:
+        raise ValueError(f'`impl` must be one of '
+                         f'{sorted(PERIPHERAL_CONV_IMPLS)}, got {impl!r}')
+    return impl
+
+
+def check_input(x: Tensor, channels: int, context: str) -> None:
+    """Validate the input: ``(N, channels, H, W)`` of a float dtype in
+    :data:`INPUT_DTYPES`; ``context`` ends the shape message."""
     if x.dim() != 4 or x.shape[1] != channels:
-        raise ValueError(f'`x` must have shape (N, {channels}, H, W) to match '
-                         f'the weight\'s {channels} channels, got '
-                         f'{tuple(x.shape)}')
+        raise ValueError(f'`x` must have shape (N, {channels}, H, W) '
+                         f'{context}, got {tuple(x.shape)}')
+    if x.dtype not in INPUT_DTYPES:
+        names = ', '.join(str(dtype) for dtype in INPUT_DTYPES)
+        raise ValueError(f'`x` must be a floating-point tensor ({names}), '
+                         f'got {x.dtype}')
+
+
+def check_pos_embed(pos_embed: Optional[Tensor], channels: int,
+                    kernel_size: int) -> None:
+    """Validate the positional embedding: None or ``(C, K, K)``."""
     if pos_embed is not None and pos_embed.shape != (channels, kernel_size,
                                                      kernel_size):
         raise ValueError(
             f'`pos_embed` must have shape ({channels}, {kernel_size}, '
             f'{kernel_size}), got {tuple(pos_embed.shape)}')
 
+
+def apply_peripheral_conv(x: Tensor, weight: Tensor, grid: Tuple[int, ...],
+                          bias: Optional[Tensor], pos_embed: Optional[Tensor],
+                          impl: str, pos_embed_mode: str) -> Tensor:
+    """:func:`peripheral_conv2d` on arguments already validated (``grid`` a
+    tuple): the convolution, then the positional-embedding term and the
+    bias."""
     out = PERIPHERAL_CONV_IMPLS[impl](x, weight, grid)
     if pos_embed is not None and pos_embed_mode == 'in_image':
         out = out + pos_embed_map(weight, grid, pos_embed, *x.shape[-2:]).to(
@@ -283,9 +298,7 @@ class PeripheralConv2d(nn.Module):
                 or channels < 1):
             raise ValueError(
                 f'`channels` must be a positive integer, got {channels!r}')
-        if impl not in PERIPHERAL_CONV_IMPLS:
-            raise ValueError(f'`impl` must be one of '
-                             f'{sorted(PERIPHERAL_CONV_IMPLS)}, got {impl!r}')
+        check_impl(impl)
         if grid is None:
             grid = sharing_grid(kernel_size, center_size, base)
         self.grid: Tuple[int, ...] = check_grid(grid, kernel_size)
@@ -327,13 +340,12 @@ class PeripheralConv2d(nn.Module):
         Returns:
             Tensor: Output of shape ``(N, C, H, W)``.
         """
-        if x.dim() != 4 or x.shape[1] != self.channels:
-            raise ValueError(
-                f'`x` must have shape (N, {self.channels}, H, W) for '
-                f'PeripheralConv2d(channels={self.channels}), got '
-                f'{tuple(x.shape)}')
-        return peripheral_conv2d(x, self.weight, self.grid, self.bias,
-                                 pos_embed, self.impl, self.pos_embed_mode)
+        check_input(x, self.channels,
+                    f'for PeripheralConv2d(channels={self.channels})')
+        check_pos_embed(pos_embed, self.channels, self.kernel_size)
+        return apply_peripheral_conv(x, self.weight, self.grid, self.bias,
+                                     pos_embed, self.impl,
+                                     self.pos_embed_mode)
 
     def extra_repr(self) -> str:
         s = (f'{self.channels}, kernel_size={self.kernel_size}, '
