@@ -131,12 +131,13 @@ def test_mask_groups_come_from_the_backbone():
         init='uniform',
         generator=torch.Generator().manual_seed(0))
     groups = [layer_group(name, model) for name in masks.masks]
-    assert groups[:3] == [
-        'stem', 'stage0.peripheral_conv', 'stage0.pointwise_conv'
+    assert groups[:5] == ['stem'] + ['downsample'] * 3 + [
+        'stage0.peripheral_conv'
     ]
     assert list(masks.group_counts(model)) == [
-        'stem', 'stage0.peripheral_conv', 'stage0.pointwise_conv',
-        'downsample', 'stage1.peripheral_conv', 'stage1.pointwise_conv',
+        'stem', 'downsample', 'stage0.peripheral_conv',
+        'stage0.pointwise_conv', 'stage1.peripheral_conv',
+        'stage1.pointwise_conv',
         'stage2.peripheral_conv', 'stage2.pointwise_conv',
         'stage3.peripheral_conv', 'stage3.pointwise_conv', 'head.fc'
     ]
@@ -225,8 +226,9 @@ def test_load_backbone_any_backbone_strictly(tmp_path):
     target = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
     load_backbone(target, str(path))  # DDP's module. stripped
     assert torch.equal(target[0].weight, source[0].weight)
-    with pytest.raises(RuntimeError, match='missing keys'):
-        load_backbone(
-            nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 1)), str(path))
+    deeper = nn.Sequential(*target, nn.Conv2d(4, 4, 1))
+    with pytest.raises(RuntimeError, match='missing keys in source state_dict: '
+                       '2.weight, 2.bias'):
+        load_backbone(deeper, str(path))
     with pytest.raises(PeLKCheckpointMismatch, match="prefix 'encoder.'"):
         load_backbone(target, str(path), prefix='encoder')

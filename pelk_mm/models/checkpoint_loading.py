@@ -15,6 +15,7 @@ from typing import Mapping, Optional, Tuple
 
 import torch.nn as nn
 from mmengine.logging import print_log
+from mmengine.model import PretrainedInit
 from mmengine.runner import CheckpointLoader, load_state_dict
 
 from .checkpoint_meta import (ARCH_META_KEY, PeLKCheckpointMismatch,
@@ -122,3 +123,33 @@ def load_backbone(backbone: nn.Module,
             f'{context} {checkpoint}, keys under prefix {prefix!r} '
             f'(listed without it):\n{e}') from None
     return loaded
+
+
+def is_pretrained(init_cfg: Optional[dict]) -> bool:
+    """Whether one ``init_cfg`` entry is ``Pretrained``."""
+    return bool(init_cfg) and init_cfg['type'] in ('Pretrained',
+                                                   PretrainedInit)
+
+
+def load_pretrained(backbone: nn.Module, init_cfg: dict) -> None:
+    """Apply one ``init_cfg=dict(type='Pretrained', checkpoint=...)`` entry.
+
+    With :func:`load_backbone`: the keys under ``prefix`` (optional, e.g.
+    ``'backbone.'`` for a classifier checkpoint; without it the keys are the
+    backbone's own) are loaded with the checkpoint's arch record; keys
+    outside it (heads) are ignored. Unlike mmengine's ``Pretrained`` with
+    ``prefix``, which keeps only the tensors, a PeLK refusing the weights can
+    name the arch they were made for.
+
+    Args:
+        backbone (nn.Module): The backbone to load into.
+        init_cfg (dict): ``checkpoint`` (path or URL), optional ``prefix``
+            and ``map_location`` (default ``'cpu'``).
+    """
+    load_backbone(
+        backbone,
+        init_cfg['checkpoint'],
+        prefix=init_cfg.get('prefix') or '',
+        strict=False,
+        map_location=init_cfg.get('map_location', 'cpu'),
+        context='Pretrained')

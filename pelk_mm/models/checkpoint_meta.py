@@ -66,6 +66,38 @@ def save_arch_record(module: nn.Module, state_dict: dict, prefix: str,
     local_metadata[ARCH_META_KEY] = module.arch_record()
 
 
+class ArchRecordMixin:
+    """Checkpoint policy of a backbone with an ``arch_record()`` method.
+
+    Part of :class:`~pelk_mm.PeLK`: every state dict records the arch (call
+    :meth:`_record_arch` once in ``__init__``) and every load refuses
+    weights that do not fit, before any is copied (:func:`check_state_dict`
+    against the record the weights came with).
+    """
+
+    def _record_arch(self) -> None:
+        """Register :func:`save_arch_record` as a state-dict hook."""
+        self._register_state_dict_hook(save_arch_record)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
+                              missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        """Refuse weights that do not fit, before any is copied.
+
+        Every loader (torch's and mmengine's ``load_state_dict``, hence
+        ``Pretrained``, ``load_from``, resume and ``tools/test.py``) calls
+        this first for the backbone; see :func:`check_state_dict`.
+        """
+        check_state_dict(
+            self, {
+                k[len(prefix):]: v
+                for k, v in state_dict.items() if k.startswith(prefix)
+            }, local_metadata.get(ARCH_META_KEY), prefix)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata,
+                                      strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if is_model_wrapper(model) else model
 

@@ -16,34 +16,19 @@ import torch.nn as nn
 import torch.utils.checkpoint as cp
 from mmcv.cnn import build_activation_layer
 from mmcv.cnn.bricks import DropPath
-from mmengine.model import BaseModule, ModuleList, PretrainedInit
+from mmengine.model import BaseModule, ModuleList
 from mmengine.model.weight_init import trunc_normal_
 from mmengine.registry import MODELS
 from mmpretrain.models.utils import build_norm_layer
 from torch import Tensor
 
-from ..ops import PeripheralConv2d, pos_embed_bias
+from ..ops import PeripheralConv2d
 from ..ops.peripheral_conv import check_pos_embed_mode
 from .arch import ARCH_SETTINGS, parse_arch
-from .checkpoint_loading import load_backbone
-from .checkpoint_meta import ARCH_META_KEY, check_state_dict, save_arch_record
+from .checkpoint_loading import is_pretrained, load_pretrained
+from .checkpoint_meta import ArchRecordMixin
+from .folding import deployed_conv, fold_peripheral_conv
 from .param_groups import ParamGroupsMixin
-
-
-def deployed_conv(channels: int, kernel_size: int) -> nn.Conv2d:
-    """The deployed token mixer: a depthwise ``K x K`` conv with bias.
-
-    Weights ``(channels, 1, K, K)``, zero padding ``K // 2``: what
-    :meth:`PeLKBlock.switch_to_deploy` folds a peripheral conv into and what
-    ``PeLK(deploy=True)`` builds directly.
-    """
-    return nn.Conv2d(
-        channels,
-        channels,
-        kernel_size,
-        padding=kernel_size // 2,
-        groups=channels,
-        bias=True)
 
 
 class PeLKBlock(BaseModule):
@@ -158,35 +143,19 @@ class PeLKBlock(BaseModule):
                 _inner_forward, x, pos_embed, use_reentrant=False)
         return _inner_forward(x, pos_embed)
 
-    @torch.no_grad()
     def switch_to_deploy(self, pos_embed: Optional[Tensor] = None) -> None:
-        """Replace the peripheral conv by a plain depthwise ``nn.Conv2d``.
-
-        The dense kernel is :meth:`PeripheralConv2d.dense_weight` (masked
-        zeros included) and the positional embedding is folded into the bias
-        (Eq. 3 with zero padding adds ``sum_ij w(i, j) h(i, j)``).
+        """Replace the peripheral conv by the plain depthwise ``nn.Conv2d``
+        of :func:`~pelk_mm.models.folding.fold_peripheral_conv`.
 
         Args:
             pos_embed (Tensor, optional): The stage's positional embedding.
         """
-        src = self.peripheral_conv
-        conv = deployed_conv(src.channels, src.kernel_size).to(src.weight)
-        conv.weight.copy_(src.dense_weight())
-        bias = src.bias.clone()
-        if pos_embed is not None:
-            bias += pos_embed_bias(src.weight, src.grid, pos_embed)
-        conv.bias.copy_(bias)
-        self.peripheral_conv = conv
-
-
-def _is_pretrained(init_cfg: Optional[dict]) -> bool:
-    """Whether one ``init_cfg`` entry is ``Pretrained``."""
-    return bool(init_cfg) and init_cfg['type'] in ('Pretrained',
-                                                   PretrainedInit)
+        self.peripheral_conv = fold_peripheral_conv(self.peripheral_conv,
+                                                    pos_embed)
 
 
 @MODELS.register_module()
-class PeLK(ParamGroupsMixin, BaseModule):
+class PeLK(ArchRecordMixin, ParamGroupsMixin, BaseModule):
     """PeLK backbone.
 
     A ConvNeXt whose depthwise convolutions are partial peripheral
@@ -398,7 +367,7 @@ class PeLK(ParamGroupsMixin, BaseModule):
         self.deploy = deploy
         if deploy:
             self._check_deployable(pos_embed)
-        self._register_state_dict_hook(save_arch_record)
+        self._record_arch()
 
         self._freeze_stages()
 
@@ -473,8 +442,8 @@ class PeLK(ParamGroupsMixin, BaseModule):
             return
         init_cfg = self.init_cfg
         cfgs = init_cfg if isinstance(init_cfg, list) else [init_cfg]
-        pretrained = [c for c in cfgs if _is_pretrained(c)]
-        self.init_cfg = [c for c in cfgs if c and not _is_pretrained(c)]
+        pretrained = [c for c in cfgs if is_pretrained(c)]
+        self.init_cfg = [c for c in cfgs if c and not is_pretrained(c)]
         try:
             super().init_weights()
         finally:
@@ -483,31 +452,7 @@ class PeLK(ParamGroupsMixin, BaseModule):
             for h in self.pos_embeds:
                 trunc_normal_(h, std=.02)
         for cfg in pretrained:
-            load_backbone(
-                self,
-                cfg['checkpoint'],
-                prefix=cfg.get('prefix') or '',
-                strict=False,
-                map_location=cfg.get('map_location', 'cpu'),
-                context='Pretrained')
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
-                              missing_keys, unexpected_keys,
-                              error_msgs) -> None:
-        """Refuse weights that do not fit, before any is copied.
-
-        Every loader (torch's and mmengine's ``load_state_dict``, hence
-        ``Pretrained``, ``load_from``, resume and ``tools/test.py``) calls
-        this first for the backbone; see :func:`check_state_dict`.
-        """
-        check_state_dict(
-            self, {
-                k[len(prefix):]: v
-                for k, v in state_dict.items() if k.startswith(prefix)
-            }, local_metadata.get(ARCH_META_KEY), prefix)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata,
-                                      strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+            load_pretrained(self, cfg)
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         """Forward images ``(N, 3, H, W)``.
@@ -520,7 +465,9 @@ class PeLK(ParamGroupsMixin, BaseModule):
         Raises:
             ValueError: ``H`` or ``W`` is below :attr:`min_input_size`.
         """
-        if min(x.shape[-2:]) < self.min_input_size:
+        # (a traced export, e.g. ONNX, fixes the input size itself)
+        if not torch.jit.is_tracing() and min(
+                x.shape[-2:]) < self.min_input_size:
             raise ValueError(
                 f'PeLK needs inputs of at least {self.min_input_size}x'
                 f'{self.min_input_size} pixels (stem patch '
