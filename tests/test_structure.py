@@ -131,15 +131,14 @@ def test_mask_groups_come_from_the_backbone():
         init='uniform',
         generator=torch.Generator().manual_seed(0))
     groups = [layer_group(name, model) for name in masks.masks]
-    assert groups[:5] == ['stem'] + ['downsample'] * 3 + [
-        'stage0.peripheral_conv'
-    ]
+    first = ['stem', 'downsample', 'downsample', 'downsample']
+    assert groups[:5] == first + ['stage0.peripheral_conv']
     assert list(masks.group_counts(model)) == [
         'stem', 'downsample', 'stage0.peripheral_conv',
         'stage0.pointwise_conv', 'stage1.peripheral_conv',
-        'stage1.pointwise_conv',
-        'stage2.peripheral_conv', 'stage2.pointwise_conv',
-        'stage3.peripheral_conv', 'stage3.pointwise_conv', 'head.fc'
+        'stage1.pointwise_conv', 'stage2.peripheral_conv',
+        'stage2.pointwise_conv', 'stage3.peripheral_conv',
+        'stage3.pointwise_conv', 'head.fc'
     ]
     assert sum(t for _, t in masks.group_counts(model).values()) == sum(
         m.numel() for m in masks.masks.values())
@@ -227,8 +226,8 @@ def test_load_backbone_any_backbone_strictly(tmp_path):
     load_backbone(target, str(path))  # DDP's module. stripped
     assert torch.equal(target[0].weight, source[0].weight)
     deeper = nn.Sequential(*target, nn.Conv2d(4, 4, 1))
-    with pytest.raises(RuntimeError, match='missing keys in source state_dict: '
-                       '2.weight, 2.bias'):
+    missing = 'missing keys in source state_dict: 2.weight, 2.bias'
+    with pytest.raises(RuntimeError, match=missing):
         load_backbone(deeper, str(path))
     with pytest.raises(PeLKCheckpointMismatch, match="prefix 'encoder.'"):
         load_backbone(target, str(path), prefix='encoder')
