@@ -284,8 +284,9 @@ def time_sparsity_hook(args, device):
     times = dict(train_step=[], per_step=[], update=[])
     for rep in range(args.iters + 1):  # the first round is the warm-up
         step = timed(runner.train)
-        update = timed(lambda: (masks.update(model, 0.3, 'random', generator,
-                                             optimizer), masks.group_counts(model)))
+        update = timed(lambda: (masks.update(
+            model, 0.3, 'random', generator, optimizer), masks.group_counts(
+                model)))
         per_step = timed(lambda: masks.mask_grads(model))
         if rep:
             times['train_step'].append(step)
