@@ -42,7 +42,6 @@ Examples::
 import argparse
 import contextlib
 import json
-import logging
 import math
 import platform
 import statistics
@@ -100,36 +99,28 @@ def _identity_conv(x, weight, grid):
 
 def build_model(name, device):
     """Build one of :data:`MODELS` in train mode on ``device``."""
-    from mmengine.config import Config
-    from mmengine.logging import MMLogger
-    from mmengine.registry import init_default_scope
     from mmengine.utils import get_installed_path
-    from mmseg.registry import MODELS as SEG_MODELS
 
+    from pelk_mm.models.builder import build_model as build_from_config
+    from pelk_mm.models.builder import load_config
     from pelk_mm.ops import PERIPHERAL_CONV_IMPLS
     PERIPHERAL_CONV_IMPLS.setdefault('identity', _identity_conv)
-    init_default_scope('mmseg')
     mmseg_configs = f'{get_installed_path("mmsegmentation")}/.mim/configs'
-    cfg = Config.fromfile(f'{mmseg_configs}/{CONVNEXT_CONFIG}' if name ==
-                          'convnext' else PELK_CONFIG).model
-    cfg.backbone.init_cfg = None
+    cfg = load_config(f'{mmseg_configs}/{CONVNEXT_CONFIG}' if name ==
+                      'convnext' else PELK_CONFIG)
+    cfg.default_scope = 'mmseg'
+    cfg.model.backbone.init_cfg = None
     if name != 'convnext':
-        cfg.backbone.impl = {
+        cfg.model.backbone.impl = {
             'pelk': 'auto',
             'pelk-dense': 'dense',
             'pelk-identity': 'identity'
         }[name]
-    for head in (cfg.decode_head, cfg.auxiliary_head):
+    for head in (cfg.model.decode_head, cfg.model.auxiliary_head):
         head.norm_cfg = dict(type='BN', requires_grad=True)
-    cfg.data_preprocessor = None
-    torch.manual_seed(0)
-    model = SEG_MODELS.build(cfg).to(device)
-    logger = MMLogger.get_current_instance()
-    level = logger.level
-    logger.setLevel(logging.WARNING)  # init_weights logs every parameter
-    model.init_weights()
-    logger.setLevel(level)
-    return model.train()
+    cfg.model.data_preprocessor = None
+    model = build_from_config(cfg, seed=0, init_weights=True)
+    return model.to(device).train()
 
 
 def make_batch(args, device):
@@ -293,8 +284,9 @@ def time_sparsity_hook(args, device):
     times = dict(train_step=[], per_step=[], update=[])
     for rep in range(args.iters + 1):  # the first round is the warm-up
         step = timed(runner.train)
-        update = timed(lambda: (masks.update(model, 0.3, 'random', generator,
-                                             optimizer), masks.group_counts()))
+        update = timed(lambda: (masks.update(
+            model, 0.3, 'random', generator, optimizer), masks.group_counts(
+                model)))
         per_step = timed(lambda: masks.mask_grads(model))
         if rep:
             times['train_step'].append(step)

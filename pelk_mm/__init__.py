@@ -7,13 +7,16 @@ needs nothing but torch and is always exported, so ``import pelk_mm`` and
 When mmengine is installed, importing this package (directly or through
 ``custom_imports=dict(imports=['pelk_mm'])``) also registers everything it
 offers in mmengine's root registries, which the mmseg, mmdet and mmpretrain
-registries reach as their parent: the ``PeLK`` backbone, the
-``DynamicSparsityHook`` and the optimizer constructors. It also makes mmengine
-0.10.7 load its own checkpoints on torch >= 2.6 (see
-:mod:`pelk_mm.engine.compat`). That side needs mmcv and mmpretrain too: if
-mmengine is there and they are not, the import fails with their
-``ImportError``. The demo data generators (:mod:`pelk_mm.demo`) are imported
-only on demand.
+registries reach as their parent: the ``PeLK`` backbone, the hooks
+``DynamicSparsityHook`` and ``PeLKArchMetaHook`` and the optimizer wrapper
+constructor ``PeLKLearningRateDecayOptimizerConstructor``. It also makes
+mmengine 0.10.7 load its own checkpoints on torch >= 2.6 (see
+:mod:`pelk_mm.engine.compat`) and names the path of a checkpoint file that
+is truncated or not a checkpoint (see
+:mod:`pelk_mm.engine.checkpoint_errors`). That side needs mmcv and
+mmpretrain too: if mmengine is there and they are not, the import fails with
+their ``ImportError``. The demo data generators (:mod:`pelk_mm.demo`) are
+imported only on demand.
 """
 import importlib.util
 

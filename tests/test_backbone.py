@@ -37,20 +37,20 @@ def test_multi_scale_outputs():
 
 
 def test_named_archs():
-    model = PeLK.__new__(PeLK)  # arch resolution only, no 100M-param build
-    tiny = model._parse_arch('tiny')
+    from pelk_mm.models.arch import parse_arch  # no 100M-param build
+    tiny = parse_arch('tiny')
     assert tiny['channels'] == [124, 249, 499, 998]
     assert [int(1.3 * c) for c in [96, 192, 384, 768]] == tiny['channels']
     assert [sum(g) for g in tiny['grids']] == [51, 49, 47, 13]
     assert tiny['grids'][0] == (9, 8, 4, 2, 1, 1, 1, 1, 1, 2, 4, 8, 9)
-    base = model._parse_arch('base')
+    base = parse_arch('base')
     assert base['channels'] == [int(1.3 * c) for c in [128, 256, 512, 1024]]
     assert base['depths'] == [3, 3, 27, 3]
-    b101 = model._parse_arch('base-101')
+    b101 = parse_arch('base-101')
     assert [sum(g) for g in b101['grids']] == [101, 69, 67, 13]
     assert b101['grids'][0][len(b101['grids'][0]) // 2 - 3:][:7] == (1, ) * 7
     grids = [(2, 1, 2), (3, 1, 3), (1, 1, 1), (1, )]
-    custom = model._parse_arch(
+    custom = parse_arch(
         dict(depths=[1, 1, 1, 1], channels=[8] * 4, grids=grids))
     assert custom['grids'] == grids
 

@@ -419,7 +419,7 @@ def test_prefix_not_in_checkpoint(ckpt21):
 
 def test_infer_arch():
     model = classifier(ARCH21, pos_embed=False).backbone
-    assert infer_arch(model.state_dict()) == dict(
+    assert infer_arch(model.state_dict(), model) == dict(
         depths=[1, 1, 1, 1],
         channels=[16, 32, 64, 128],
         conv_channels=[6, 12, 24, 48],

@@ -76,20 +76,11 @@ custom_hooks = [
 ]
 """
 
+# The untrained model as tools/demo.sh saves it.
 UNTRAINED = """
 import sys
-import torch
-from mmengine.config import Config
-from mmengine.registry import MODELS, init_default_scope
-from mmengine.runner import set_random_seed
-import pelk_mm  # noqa: F401
-
-cfg = Config.fromfile(sys.argv[1])
-init_default_scope(cfg.default_scope)
-set_random_seed(0)
-model = MODELS.build(cfg.model)
-model.init_weights()
-torch.save({'state_dict': model.state_dict(), 'meta': {}}, sys.argv[2])
+from pelk_mm.models.builder import save_initial_checkpoint
+save_initial_checkpoint(sys.argv[1], sys.argv[2], seed=0)
 """
 
 

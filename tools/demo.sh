@@ -60,23 +60,9 @@ echo "== [3/4] testing the trained checkpoint $TRAINED"
 
 echo "== [4/4] testing the untrained model (same config, initial weights)"
 UNTRAINED="$WORK_DIR/untrained.pth"
-"$PYTHON" - "$CONFIG" "$UNTRAINED" <<'PYEOF'
-import sys
-
-import torch
-from mmengine.config import Config
-from mmengine.registry import MODELS, init_default_scope
-from mmengine.runner import set_random_seed
-
-import pelk_mm  # noqa: F401
-
-cfg = Config.fromfile(sys.argv[1])
-init_default_scope(cfg.default_scope)
-set_random_seed(0)
-model = MODELS.build(cfg.model)
-model.init_weights()
-torch.save({'state_dict': model.state_dict(), 'meta': {}}, sys.argv[2])
-PYEOF
+"$PYTHON" -c 'import sys
+from pelk_mm.models.builder import save_initial_checkpoint
+save_initial_checkpoint(sys.argv[1], sys.argv[2], seed=0)' "$CONFIG" "$UNTRAINED"
 "$PYTHON" tools/test.py "$CONFIG" "$UNTRAINED" --work-dir "$WORK_DIR/test_untrained"
 
 "$PYTHON" - "$WORK_DIR" "$TRAINED" "$(( $(date +%s) - START ))" <<'PYEOF'

@@ -25,22 +25,21 @@ downstream backbone adds ``norm0``-``norm2`` with their default
 initialisation). Keys outside the backbone (heads) are not
 the backbone's business.
 """
-import re
 from collections import OrderedDict
 from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch.nn as nn
 from mmengine.model import is_model_wrapper
 
+from .arch import arch_name
+
 #: Key of the architecture record in the state dict's per-module metadata and
 #: in ``checkpoint['meta']``.
 ARCH_META_KEY = 'pelk_arch'
 
-# A block, a downsampling layer or a positional embedding: the units whose
-# presence depends on the arch (depths, number of stages, pos_embed, deploy).
-_UNIT = re.compile(
-    r'^(stages\.\d+\.\d+|downsample_layers\.\d+|pos_embeds\.\d+)')
-_OUTPUT_NORM = re.compile(r'^norm\d+\.')
+# The parts whose presence depends on the arch (depths, number of stages,
+# pos_embed, deploy), as the backbone's ``locate`` names them.
+_UNIT_PARTS = ('stem', 'downsample', 'block', 'pos_embed')
 # fields of a record that must agree: the compact weights of one grid have
 # the shapes of those of another (e.g. K = 21 and K = 31, both with k' = 11)
 _ARCH_FIELDS = ('depths', 'channels', 'grids', 'conv_channels', 'in_channels',
@@ -67,17 +66,49 @@ def save_arch_record(module: nn.Module, state_dict: dict, prefix: str,
     local_metadata[ARCH_META_KEY] = module.arch_record()
 
 
+class ArchRecordMixin:
+    """Checkpoint policy of a backbone with an ``arch_record()`` method.
+
+    Part of :class:`~pelk_mm.PeLK`: every state dict records the arch (call
+    :meth:`_record_arch` once in ``__init__``) and every load refuses
+    weights that do not fit, before any is copied (:func:`check_state_dict`
+    against the record the weights came with).
+    """
+
+    def _record_arch(self) -> None:
+        """Register :func:`save_arch_record` as a state-dict hook."""
+        self._register_state_dict_hook(save_arch_record)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
+                              missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        """Refuse weights that do not fit, before any is copied.
+
+        Every loader (torch's and mmengine's ``load_state_dict``, hence
+        ``Pretrained``, ``load_from``, resume and ``tools/test.py``) calls
+        this first for the backbone; see :func:`check_state_dict`.
+        """
+        check_state_dict(
+            self, {
+                k[len(prefix):]: v
+                for k, v in state_dict.items() if k.startswith(prefix)
+            }, local_metadata.get(ARCH_META_KEY), prefix)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata,
+                                      strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if is_model_wrapper(model) else model
 
 
 def arch_records(model: nn.Module) -> Dict[str, dict]:
-    """``{module path: arch record}`` of every PeLK in ``model``."""
-    from .pelk import PeLK
+    """``{module path: arch record}`` of every module of ``model`` with an
+    ``arch_record()`` method (every :class:`~pelk_mm.PeLK`)."""
     return {
         name: module.arch_record()
         for name, module in _unwrap(model).named_modules()
-        if isinstance(module, PeLK)
+        if callable(getattr(module, 'arch_record', None))
     }
 
 
@@ -157,11 +188,13 @@ def sub_state_dict(state_dict: Mapping, prefix: str) -> 'OrderedDict':
     return out
 
 
-def infer_arch(state_dict: Mapping) -> dict:
+def infer_arch(state_dict: Mapping, backbone: nn.Module) -> dict:
     """What a PeLK state dict's shapes say about its arch.
 
     Args:
         state_dict (Mapping): Backbone keys without prefix.
+        backbone (PeLK): Whose ``locate`` maps the keys to stages and
+            blocks.
 
     Returns:
         dict: ``depths`` (from the block keys), ``channels`` (block norms),
@@ -173,10 +206,10 @@ def infer_arch(state_dict: Mapping) -> dict:
     """
     blocks: Dict[int, int] = {}
     for key in state_dict:
-        match = re.match(r'^stages\.(\d+)\.(\d+)\.', key)
-        if match:
-            i, j = int(match[1]), int(match[2])
-            blocks[i] = max(blocks.get(i, 0), j + 1)
+        where = backbone.locate(key)
+        if where.part == 'block':
+            blocks[where.stage] = max(
+                blocks.get(where.stage, 0), where.block + 1)
     stages = range(max(blocks) + 1) if blocks else range(0)
     record = dict(depths=[blocks.get(i, 0) for i in stages])
 
@@ -204,22 +237,10 @@ def _summary(record: dict) -> str:
                      if k in record)
 
 
-def _named_arch(record: dict) -> Optional[str]:
-    """The name in ``PeLK.arch_settings`` whose arch ``record`` is, if any."""
-    from .pelk import PeLK
-    for name, setting in PeLK.arch_settings.items():
-        parsed = PeLK._parse_arch(setting)
-        if (list(parsed['depths']) == record.get('depths')
-                and list(parsed['channels']) == record.get('channels')
-                and [list(g) for g in parsed['grids']] == record.get('grids')):
-            return name
-    return None
-
-
 def _advice(ckpt: dict, model: dict) -> str:
     """What to set so that the config builds the checkpoint's arch."""
     if 'grids' in ckpt:  # a full record, from the checkpoint's metadata
-        name = _named_arch(ckpt)
+        name = arch_name(ckpt)
         arch = repr(name) if name else (
             f'dict(depths={ckpt["depths"]}, channels={ckpt["channels"]}, '
             f'grids={ckpt["grids"]})')
@@ -291,12 +312,17 @@ def check_state_dict(model: nn.Module,
             if theirs != shape:
                 mismatched.append((key, theirs, shape))
     missing = [k for k in own if k not in state_dict]
-    missing_norms = [k for k in missing if _OUTPUT_NORM.match(k)]
-    missing = [k for k in missing if not _OUTPUT_NORM.match(k)]
-    own_units = {m[0] for m in map(_UNIT.match, own) if m}
+    missing_norms = [k for k in missing if model.locate(k).part == 'norm']
+    missing = [k for k in missing if k not in missing_norms]
+
+    def unit(key: str) -> Optional[str]:
+        where = model.locate(key)
+        return where.unit if where.part in _UNIT_PARTS else None
+
+    own_units = {unit(k) for k in own} - {None}
     foreign = [
-        k for k in state_dict if k not in own and _UNIT.match(k)
-        and _UNIT.match(k)[0] not in own_units
+        k for k in state_dict
+        if k not in own and unit(k) is not None and unit(k) not in own_units
     ]
     other_arch = checkpoint_record is not None and any(
         checkpoint_record[k] != model.arch_record()[k]
@@ -325,7 +351,8 @@ def check_state_dict(model: nn.Module,
         ckpt, mine, source = (checkpoint_record, model.arch_record(),
                               'its metadata')
     else:
-        ckpt, mine, source = (infer_arch(state_dict), infer_arch(own_tensors),
+        ckpt, mine, source = (infer_arch(state_dict, model),
+                              infer_arch(own_tensors, model),
                               'inferred from its tensor shapes')
     lines.append(f'Checkpoint arch ({source}): {_summary(ckpt)}')
     lines.append(f'Config asks for: {_summary(mine)}')

@@ -9,29 +9,16 @@ the one of its backbone's ``deploy_mode``, a
 the default: compact weights, box sums in standard ONNX operators) or a plain
 depthwise ``nn.Conv2d`` (``'dense'``).
 """
-from typing import List, Optional, Sequence, Set, Tuple
+from typing import List, Sequence, Set, Tuple
 
 import torch
 import torch.nn as nn
-from mmengine.config import Config
-from mmengine.registry import MODELS, init_default_scope
 from mmengine.runner import CheckpointLoader, load_state_dict
 from torch import Tensor
 
 from ..ops import PeripheralConv2d
+from .builder import build_model  # noqa: F401  (the tools' builder)
 from .pelk import PeLK
-
-
-def build_model(config: str, cfg_options: Optional[dict] = None) -> nn.Module:
-    """Build a config's ``model`` in eval mode, under its ``default_scope``.
-
-    No weights are loaded (``init_weights`` is not called).
-    """
-    cfg = Config.fromfile(config)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    init_default_scope(cfg.get('default_scope', 'mmengine'))
-    return MODELS.build(cfg.model).eval()
 
 
 def load_strictly(model: nn.Module, checkpoint: str) -> dict:

@@ -9,65 +9,26 @@ peripheral conv of a large kernel and one kernel-wise positional embedding
 per stage.
 """
 from itertools import chain
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.utils.checkpoint as cp
 from mmcv.cnn import build_activation_layer
 from mmcv.cnn.bricks import DropPath
-from mmengine.logging import print_log
-from mmengine.model import BaseModule, ModuleList, PretrainedInit
+from mmengine.model import BaseModule, ModuleList
 from mmengine.model.weight_init import trunc_normal_
 from mmengine.registry import MODELS
-from mmengine.runner.checkpoint import _load_checkpoint, load_state_dict
 from mmpretrain.models.utils import build_norm_layer
 from torch import Tensor
 
-from ..ops import PeripheralConv2d, check_grid, pos_embed_bias, sharing_grid
-from ..ops.boxsum_conv import BoxSumPeripheralConv2d
+from ..ops import PeripheralConv2d
 from ..ops.peripheral_conv import check_pos_embed_mode
-from .checkpoint_meta import (ARCH_META_KEY, PeLKCheckpointMismatch,
-                              check_state_dict, find_arch_record,
-                              save_arch_record, sub_state_dict)
-
-
-#: Deploy forms of the token mixer (``deploy_mode``): ``'structured'`` keeps
-#: the compact weights and computes them by box sums in standard ONNX
-#: operators (:class:`~pelk_mm.ops.boxsum_conv.BoxSumPeripheralConv2d`, fast
-#: in onnxruntime / TensorRT); ``'dense'`` expands them to a plain depthwise
-#: ``K x K`` ``nn.Conv2d`` (for runtimes that need a single conv).
-DEPLOY_MODES = ('structured', 'dense')
-
-
-def check_deploy_mode(deploy_mode: str) -> str:
-    """Validate ``deploy_mode`` (one of :data:`DEPLOY_MODES`)."""
-    if deploy_mode not in DEPLOY_MODES:
-        raise ValueError(f'`deploy_mode` must be one of {DEPLOY_MODES}, '
-                         f'got {deploy_mode!r}')
-    return deploy_mode
-
-
-def deployed_conv(channels: int, grid: Sequence[int],
-                  deploy_mode: str) -> nn.Module:
-    """The deployed token mixer of ``deploy_mode``, with a bias.
-
-    ``'structured'``: :class:`BoxSumPeripheralConv2d`, compact weights
-    ``(channels, 1, k', k')``; ``'dense'``: a depthwise ``K x K``
-    ``nn.Conv2d``, weights ``(channels, 1, K, K)``, zero padding ``K // 2``.
-    What :meth:`PeLKBlock.switch_to_deploy` folds a peripheral conv into and
-    what ``PeLK(deploy=True)`` builds directly.
-    """
-    if check_deploy_mode(deploy_mode) == 'structured':
-        return BoxSumPeripheralConv2d(channels, grid)
-    kernel_size = sum(grid)
-    return nn.Conv2d(
-        channels,
-        channels,
-        kernel_size,
-        padding=kernel_size // 2,
-        groups=channels,
-        bias=True)
+from .arch import ARCH_SETTINGS, parse_arch
+from .checkpoint_loading import is_pretrained, load_pretrained
+from .checkpoint_meta import ArchRecordMixin
+from .folding import check_deploy_mode, deployed_conv, fold_peripheral_conv
+from .param_groups import ParamGroupsMixin
 
 
 class PeLKBlock(BaseModule):
@@ -100,8 +61,9 @@ class PeLKBlock(BaseModule):
         with_cp (bool): Use gradient checkpointing. Defaults to False.
         deploy (bool): Build the token mixer in its deployed form, the
             module that :meth:`switch_to_deploy` gives. Defaults to False.
-        deploy_mode (str): Which deployed form, one of :data:`DEPLOY_MODES`
-            (see :func:`deployed_conv`). Defaults to ``'structured'``.
+        deploy_mode (str): Which deployed form, one of
+            :data:`~.folding.DEPLOY_MODES` (see :func:`deployed_conv`).
+            Defaults to ``'structured'``.
         init_cfg (dict, optional): Initialization config. Defaults to None.
     """
 
@@ -185,43 +147,23 @@ class PeLKBlock(BaseModule):
                 _inner_forward, x, pos_embed, use_reentrant=False)
         return _inner_forward(x, pos_embed)
 
-    @torch.no_grad()
     def switch_to_deploy(self,
                          pos_embed: Optional[Tensor] = None,
                          deploy_mode: str = 'structured') -> None:
-        """Replace the peripheral conv by its deployed form.
-
-        ``'structured'``: a :class:`BoxSumPeripheralConv2d` with the same
-        compact weights; ``'dense'``: a plain depthwise ``nn.Conv2d`` with
-        :meth:`PeripheralConv2d.dense_weight` (masked zeros included). Both
-        fold the positional embedding into the bias (Eq. 3 with zero padding
-        adds ``sum_ij w(i, j) h(i, j)``).
+        """Replace the peripheral conv by its deployed form, the module of
+        :func:`~pelk_mm.models.folding.fold_peripheral_conv`.
 
         Args:
             pos_embed (Tensor, optional): The stage's positional embedding.
-            deploy_mode (str): One of :data:`DEPLOY_MODES`.
+            deploy_mode (str): One of :data:`~.folding.DEPLOY_MODES`.
                 Defaults to ``'structured'``.
         """
-        src = self.peripheral_conv
-        conv = deployed_conv(src.channels, src.grid,
-                             deploy_mode).to(src.weight)
-        conv.weight.copy_(src.weight if deploy_mode ==
-                          'structured' else src.dense_weight())
-        bias = src.bias.clone()
-        if pos_embed is not None:
-            bias += pos_embed_bias(src.weight, src.grid, pos_embed)
-        conv.bias.copy_(bias)
-        self.peripheral_conv = conv
-
-
-def _is_pretrained(init_cfg: Optional[dict]) -> bool:
-    """Whether one ``init_cfg`` entry is ``Pretrained``."""
-    return bool(init_cfg) and init_cfg['type'] in ('Pretrained',
-                                                   PretrainedInit)
+        self.peripheral_conv = fold_peripheral_conv(self.peripheral_conv,
+                                                    pos_embed, deploy_mode)
 
 
 @MODELS.register_module()
-class PeLK(BaseModule):
+class PeLK(ArchRecordMixin, ParamGroupsMixin, BaseModule):
     """PeLK backbone.
 
     A ConvNeXt whose depthwise convolutions are partial peripheral
@@ -249,13 +191,10 @@ class PeLK(BaseModule):
     ``norm_eval`` switch.
 
     Args:
-        arch (str | dict): One of ``PeLK.arch_settings`` ('tiny', 'small',
-            'base', 'tiny-101', 'small-101', 'base-101') or a dict with keys
-            ``depths`` and ``channels`` (one int per stage) and either
-            ``kernel_sizes`` (odd ints) with optional ``center_sizes`` (an
-            int or one per stage, default 5) and ``base`` (default 2), or
-            ``grids`` (one explicit sharing grid per stage). Defaults to
-            'tiny'.
+        arch (str | dict): A key of ``PeLK.arch_settings`` ('tiny',
+            'small', 'base', 'tiny-101', 'small-101', 'base-101') or a dict
+            of depths, channels and kernel sizes or grids, see
+            :func:`pelk_mm.models.arch.parse_arch`. Defaults to 'tiny'.
         in_channels (int): Number of input image channels. Defaults to 3.
         stem_patch_size (int): Patch size of the stem. Defaults to 4.
         conv_ratio (float): Fraction of each stage's channels that go
@@ -267,7 +206,9 @@ class PeLK(BaseModule):
             Defaults to ``dict(type='LN2d', eps=1e-6)``.
         act_cfg (dict): Config of the MLP activation.
             Defaults to ``dict(type='GELU')``.
-        drop_path_rate (float): Stochastic depth rate. Defaults to 0.
+        drop_path_rate (float): Stochastic depth rate of the last block, in
+            ``[0, 1)``; it rises linearly from 0 at the first block.
+            Defaults to 0.
         layer_scale_init_value (float): Init value of the layer scale.
             Defaults to 1e-6.
         out_indices (Sequence[int] | int): Output from which stages.
@@ -298,7 +239,7 @@ class PeLK(BaseModule):
             literal positional-embedding reading. Defaults to False.
         deploy_mode (str): The deployed form that ``deploy=True`` builds and
             :meth:`switch_to_deploy` folds into, one of
-            :data:`DEPLOY_MODES`: ``'structured'`` keeps the compact
+            :data:`~.folding.DEPLOY_MODES`: ``'structured'`` keeps the compact
             weights and runs them by box sums in standard ONNX operators
             (:class:`~pelk_mm.ops.boxsum_conv.BoxSumPeripheralConv2d`: what
             onnxruntime and TensorRT run fast); ``'dense'`` expands them to
@@ -312,49 +253,18 @@ class PeLK(BaseModule):
             for a classifier checkpoint, e.g. ``prefix='backbone.'``)
             overwrites everything, strictly (see :meth:`init_weights`).
 
+    Inputs must be at least :attr:`min_input_size` pixels high and wide
+    (``stem_patch_size * 2 ** (num_stages - 1)``, 32 for the 4-stage archs),
+    so that every downsampling layer has a 2x2 map to reduce.
+
     Checkpoints: every state dict of a PeLK records :meth:`arch_record` in
     its metadata, and loading one that does not fit raises
     :class:`~pelk_mm.models.checkpoint_meta.PeLKCheckpointMismatch` (see
-    :mod:`pelk_mm.models.checkpoint_meta`).
+    :mod:`pelk_mm.models.checkpoint_meta`). Parameter names map to stages
+    and blocks through :meth:`locate` (see
+    :mod:`pelk_mm.models.param_groups`).
     """
-    arch_settings = {
-        'tiny': {
-            'depths': [3, 3, 9, 3],
-            'channels': [124, 249, 499, 998],
-            'kernel_sizes': [51, 49, 47, 13],
-            'center_sizes': 5,
-        },
-        'small': {
-            'depths': [3, 3, 27, 3],
-            'channels': [124, 249, 499, 998],
-            'kernel_sizes': [51, 49, 47, 13],
-            'center_sizes': 5,
-        },
-        'base': {
-            'depths': [3, 3, 27, 3],
-            'channels': [166, 332, 665, 1331],
-            'kernel_sizes': [51, 49, 47, 13],
-            'center_sizes': 5,
-        },
-        'tiny-101': {
-            'depths': [3, 3, 9, 3],
-            'channels': [124, 249, 499, 998],
-            'kernel_sizes': [101, 69, 67, 13],
-            'center_sizes': 7,
-        },
-        'small-101': {
-            'depths': [3, 3, 27, 3],
-            'channels': [124, 249, 499, 998],
-            'kernel_sizes': [101, 69, 67, 13],
-            'center_sizes': 7,
-        },
-        'base-101': {
-            'depths': [3, 3, 27, 3],
-            'channels': [166, 332, 665, 1331],
-            'kernel_sizes': [101, 69, 67, 13],
-            'center_sizes': 7,
-        },
-    }
+    arch_settings = ARCH_SETTINGS
 
     def __init__(self,
                  arch: Union[str, dict] = 'tiny',
@@ -385,7 +295,7 @@ class PeLK(BaseModule):
                          bias=0.),
                  ]):
         super().__init__(init_cfg=init_cfg)
-        arch = self._parse_arch(arch)
+        arch = parse_arch(arch)
         self.depths: List[int] = list(arch['depths'])
         self.channels: List[int] = list(arch['channels'])
         self.grids: List[Tuple[int, ...]] = arch['grids']
@@ -412,6 +322,12 @@ class PeLK(BaseModule):
         self.gap_before_final_norm = gap_before_final_norm
         self.pos_embed_mode = check_pos_embed_mode(pos_embed_mode)
         self.deploy_mode = check_deploy_mode(deploy_mode)
+        if not 0 <= drop_path_rate < 1:
+            raise ValueError('`drop_path_rate` must be in [0, 1), got '
+                             f'{drop_path_rate!r}')
+        #: The smallest input side: the stem's patch, then one halving per
+        #: later stage down to a 1x1 map.
+        self.min_input_size = stem_patch_size * 2**(self.num_stages - 1)
 
         # stochastic depth decay rule
         dpr = torch.linspace(
@@ -476,53 +392,9 @@ class PeLK(BaseModule):
         self.deploy = deploy
         if deploy:
             self._check_deployable(pos_embed)
-        self._register_state_dict_hook(save_arch_record)
+        self._record_arch()
 
         self._freeze_stages()
-
-    @classmethod
-    def _parse_arch(cls, arch: Union[str, dict]) -> Dict[str, list]:
-        """Resolve ``arch`` to depths, channels and one grid per stage."""
-        if isinstance(arch, str):
-            if arch not in cls.arch_settings:
-                raise ValueError(f'`arch` must be one of '
-                                 f'{list(cls.arch_settings)} or a dict, '
-                                 f'got {arch!r}')
-            arch = cls.arch_settings[arch]
-        if not isinstance(arch, dict):
-            raise ValueError('`arch` must be a str or a dict with keys '
-                             f'depths, channels, kernel_sizes or grids, '
-                             f'got {type(arch).__name__}')
-        missing = {'depths', 'channels'} - set(arch)
-        if missing or not {'kernel_sizes', 'grids'} & set(arch):
-            raise ValueError(
-                '`arch` dict needs keys depths, channels and kernel_sizes '
-                f'(with optional center_sizes, base) or grids, got '
-                f'{sorted(arch)}')
-        num_stages = len(arch['depths'])
-        if len(arch['channels']) != num_stages:
-            raise ValueError('`arch` depths and channels must have the same '
-                             f'length, got {arch["depths"]} and '
-                             f'{arch["channels"]}')
-        if 'grids' in arch:
-            grids = [check_grid(g) for g in arch['grids']]
-            if 'kernel_sizes' in arch and list(
-                    arch['kernel_sizes']) != [sum(g) for g in grids]:
-                raise ValueError('`arch` grids must sum to its kernel_sizes, '
-                                 f'got {grids} and {arch["kernel_sizes"]}')
-        else:
-            centers = arch.get('center_sizes', 5)
-            if isinstance(centers, int):
-                centers = [centers] * num_stages
-            grids = [
-                sharing_grid(k, c, arch.get('base', 2))
-                for k, c in zip(arch['kernel_sizes'], centers)
-            ]
-        if len(grids) != num_stages:
-            raise ValueError(f'`arch` needs one kernel size / grid per stage '
-                             f'({num_stages}), got {len(grids)}')
-        return dict(
-            depths=arch['depths'], channels=arch['channels'], grids=grids)
 
     def _parse_out_indices(self, out_indices) -> List[int]:
         if isinstance(out_indices, int):
@@ -563,7 +435,7 @@ class PeLK(BaseModule):
             in_channels=int(stem.in_channels),
             stem_patch_size=int(stem.kernel_size[0]),
             pos_embed=bool(self.with_pos_embed),
-            pos_embed_mode=str(getattr(self, 'pos_embed_mode', 'literal')),
+            pos_embed_mode=str(self.pos_embed_mode),
             deploy=bool(self.deploy),
             deploy_mode=str(self.deploy_mode) if self.deploy else None)
 
@@ -578,9 +450,12 @@ class PeLK(BaseModule):
            dense kernels get std 0.02 per tap, which the compact weights
            reproduce tap for tap), biases 0, LayerNorms 1 / 0;
         2. the positional embeddings: trunc-normal std 0.02;
-        3. a ``Pretrained`` entry, loaded strictly: the whole checkpoint is
-           read (so that its arch record is seen), the keys under ``prefix``
-           are loaded, and a checkpoint that does not fit raises
+        3. a ``Pretrained`` entry (``checkpoint``, optional ``prefix`` and
+           ``map_location``), loaded strictly by
+           :func:`~pelk_mm.models.checkpoint_loading.load_backbone`: the
+           keys under ``prefix`` are loaded with the checkpoint's arch
+           record, keys outside it are ignored, and one that does not fit
+           raises
            :class:`~pelk_mm.models.checkpoint_meta.PeLKCheckpointMismatch`
            before any weight is copied. Its positional embeddings replace
            the drawn ones.
@@ -594,8 +469,8 @@ class PeLK(BaseModule):
             return
         init_cfg = self.init_cfg
         cfgs = init_cfg if isinstance(init_cfg, list) else [init_cfg]
-        pretrained = [c for c in cfgs if _is_pretrained(c)]
-        self.init_cfg = [c for c in cfgs if c and not _is_pretrained(c)]
+        pretrained = [c for c in cfgs if is_pretrained(c)]
+        self.init_cfg = [c for c in cfgs if c and not is_pretrained(c)]
         try:
             super().init_weights()
         finally:
@@ -604,75 +479,7 @@ class PeLK(BaseModule):
             for h in self.pos_embeds:
                 trunc_normal_(h, std=.02)
         for cfg in pretrained:
-            self.load_pretrained(cfg['checkpoint'], cfg.get('prefix'),
-                                 cfg.get('map_location', 'cpu'))
-
-    def load_pretrained(self,
-                        checkpoint: str,
-                        prefix: Optional[str] = None,
-                        map_location: str = 'cpu') -> None:
-        """Load a checkpoint strictly, as ``init_cfg=dict(type='Pretrained')``.
-
-        Unlike mmengine's ``Pretrained`` with ``prefix``, which keeps only
-        the tensors, the checkpoint's arch record (state-dict metadata or
-        ``meta['pelk_arch']``) comes along, so a mismatch error can say
-        which arch the checkpoint was made for.
-
-        Args:
-            checkpoint (str): Path or URL (anything mmengine's
-                ``CheckpointLoader`` reads).
-            prefix (str, optional): The backbone's keys in the checkpoint
-                start with it (e.g. ``'backbone.'``); keys outside it (heads)
-                are ignored. Without it, the keys are the backbone's own
-                (a ``module.`` of DDP is stripped, as mmengine does).
-            map_location (str): Where to load the tensors. Defaults to 'cpu'.
-
-        Raises:
-            PeLKCheckpointMismatch: No key starts with ``prefix``, or the
-                weights do not fit (see :func:`check_state_dict`).
-        """
-        print_log(f'load model from: {checkpoint}', logger='current')
-        loaded = _load_checkpoint(checkpoint, map_location=map_location)
-        state_dict = loaded.get('state_dict', loaded)
-        if prefix:
-            prefix = prefix if prefix.endswith('.') else prefix + '.'
-            path = prefix[:-1]
-        else:
-            prefix, path = '', ''
-            if state_dict and all(k.startswith('module.') for k in state_dict):
-                prefix, path = 'module.', 'module'
-        own = sub_state_dict(state_dict, prefix)
-        if not own:
-            raise PeLKCheckpointMismatch(
-                f'No key of {checkpoint} starts with prefix {prefix!r} '
-                f'(first keys: {list(state_dict)[:5]})')
-        record = find_arch_record(loaded, path)
-        if record is not None:
-            own._metadata.setdefault('', {})[ARCH_META_KEY] = record
-        try:
-            load_state_dict(self, own, strict=False, logger='current')
-        except PeLKCheckpointMismatch as e:
-            raise PeLKCheckpointMismatch(
-                f'Pretrained {checkpoint}, keys under prefix {prefix!r} '
-                f'(listed without it):\n{e}') from None
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata,
-                              strict, missing_keys, unexpected_keys,
-                              error_msgs) -> None:
-        """Refuse weights that do not fit, before any is copied.
-
-        Every loader (torch's and mmengine's ``load_state_dict``, hence
-        ``Pretrained``, ``load_from``, resume and ``tools/test.py``) calls
-        this first for the backbone; see :func:`check_state_dict`.
-        """
-        check_state_dict(
-            self, {
-                k[len(prefix):]: v
-                for k, v in state_dict.items() if k.startswith(prefix)
-            }, local_metadata.get(ARCH_META_KEY), prefix)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata,
-                                      strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+            load_pretrained(self, cfg)
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         """Forward images ``(N, 3, H, W)``.
@@ -681,7 +488,19 @@ class PeLK(BaseModule):
             tuple[Tensor]: For each ``i`` in ``out_indices``, stage ``i``'s
             normed features ``(N, C_i, H / 2^(i+2), W / 2^(i+2))``, or
             ``(N, C_i)`` with ``gap_before_final_norm``.
+
+        Raises:
+            ValueError: ``H`` or ``W`` is below :attr:`min_input_size`.
         """
+        # (a traced export, e.g. ONNX, fixes the input size itself)
+        if not torch.jit.is_tracing() and min(
+                x.shape[-2:]) < self.min_input_size:
+            raise ValueError(
+                f'PeLK needs inputs of at least {self.min_input_size}x'
+                f'{self.min_input_size} pixels (stem patch '
+                f'{self.downsample_layers[0][0].kernel_size[0]}, then '
+                f'{self.num_stages - 1} halvings), got '
+                f'{tuple(x.shape[-2:])}')
         outs = []
         for i, stage in enumerate(self.stages):
             x = self.downsample_layers[i](x)
@@ -748,111 +567,10 @@ class PeLK(BaseModule):
         ``pos_embed_mode='in_image'`` the term depends on the position and the
         map size, so no fixed depthwise conv reproduces it.
         """
-        mode = getattr(self, 'pos_embed_mode', 'literal')
+        mode = self.pos_embed_mode
         if pos_embed and mode != 'literal':
             raise ValueError(
                 f"deploy supports only pos_embed_mode='literal', got "
                 f'pos_embed_mode={mode!r}: its positional-embedding term '
                 'depends on the position in the map and on the map size, so '
                 'it cannot be folded into a conv bias')
-
-    def get_layer_depth(self, param_name: str, prefix: str = ''):
-        """Get the layer-wise depth of a parameter, for layer-wise lr decay.
-
-        Every 3 consecutive blocks of a stage make one layer (BEiT / ConvNeXt
-        count 12 layers in a ViT-B-deep network), so stage ``i`` spans
-        ``ceil(depths[i] / 3)`` layers and ``num_layers = sum_i
-        ceil(depths[i] / 3)``. Depths are numbered in forward order:
-
-        - ``downsample_layers.0`` (the stem): 0;
-        - ``stages.{i}.{j}``: ``1 + sum_{k<i} ceil(depths[k] / 3) + j // 3``;
-        - ``downsample_layers.{i}`` (``i >= 1``) and ``pos_embeds.{i}``: the
-          depth of stage ``i``'s first block (they act right before it);
-        - anything else, the output norms ``norm{i}`` and every name without
-          ``prefix`` (neck, heads): ``num_layers + 1``.
-
-        The depths never decrease along the forward pass and hold for any
-        number of stages. For the 4-stage archs this is mmpretrain ConvNeXt's
-        table exactly: ``depths=[3, 3, 9, 3]`` (tiny) gives 6 layers, stage 2
-        spanning depths 3-5 and stage 3 depth 6; ``[3, 3, 27, 3]`` (small,
-        base) gives 12.
-
-        Args:
-            param_name (str): The name of the parameter.
-            prefix (str): The prefix for the parameter.
-                Defaults to an empty string.
-
-        Returns:
-            Tuple[int, int]: The layer-wise depth and ``num_layers + 2`` (the
-            number of depths).
-        """
-        # first_layer[i]: the depth of stage i's first block
-        first_layer = [1]
-        for depth in self.depths:
-            first_layer.append(first_layer[-1] + (depth + 2) // 3)
-        num_layers = first_layer[-1] - 1
-
-        layer_id = num_layers + 1  # output norms, neck, heads
-        if param_name.startswith(prefix):
-            parts = param_name[len(prefix):].split('.')
-            if parts[0] in ('downsample_layers', 'pos_embeds', 'stages'):
-                stage_id = int(parts[1])
-                layer_id = first_layer[stage_id]
-                if parts[0] == 'downsample_layers' and stage_id == 0:
-                    layer_id = 0
-                elif parts[0] == 'stages':
-                    layer_id += int(parts[2]) // 3
-        return layer_id, num_layers + 2
-
-    def get_stage_depth(self, param_name: str, prefix: str = ''):
-        """Get the stage-wise depth of a parameter, for stage-wise lr decay.
-
-        As ConvNeXt's released segmentation code (which SLaK and PeLK follow)
-        and mmseg's ``get_stage_id_for_convnext``: every downsampling layer
-        (the stem included) 0, stage ``i`` (its blocks and its positional
-        embedding ``pos_embeds.{i}``) ``i + 1``, anything else (the output
-        norms, every name without ``prefix``) ``num_stages + 1``.
-
-        Args:
-            param_name (str): The name of the parameter.
-            prefix (str): The prefix for the parameter.
-                Defaults to an empty string.
-
-        Returns:
-            Tuple[int, int]: The stage-wise depth and ``num_stages + 2`` (the
-            number of depths).
-        """
-        stage_id = self.num_stages + 1
-        if param_name.startswith(prefix):
-            parts = param_name[len(prefix):].split('.')
-            if parts[0] == 'downsample_layers':
-                stage_id = 0
-            elif parts[0] in ('pos_embeds', 'stages'):
-                stage_id = int(parts[1]) + 1
-        return stage_id, self.num_stages + 2
-
-    def no_weight_decay(self) -> set:
-        """Names of the parameters that take no weight decay.
-
-        timm's convention: a set of parameter names relative to the backbone,
-        read by :class:`PeLKLearningRateDecayOptimizerConstructor`. They are
-        the kernel-wise positional embeddings ``pos_embeds.{i}`` (Eq. 3),
-        every weight and bias of the norm layers, every bias (peripheral conv,
-        pointwise convs, downsampling convs) and the layer scales ``gamma``;
-        every other parameter (the compact peripheral weights, the pointwise
-        and downsampling weights) decays.
-
-        Returns:
-            set[str]: e.g. ``{'pos_embeds.0', 'stages.0.0.gamma',
-            'stages.0.0.peripheral_conv.bias', 'norm3.weight', ...}``.
-        """
-        norm_types = (nn.LayerNorm, nn.GroupNorm,
-                      nn.modules.batchnorm._BatchNorm)
-        names = set()
-        for module_name, module in self.named_modules():
-            for name, _ in module.named_parameters(recurse=False):
-                layer_scale = isinstance(module, PeLKBlock) and name == 'gamma'
-                if (module is self.pos_embeds or name == 'bias' or layer_scale
-                        or isinstance(module, norm_types)):
-                    names.add(f'{module_name}.{name}' if module_name else name)
-        return names

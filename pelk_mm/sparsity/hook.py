@@ -10,8 +10,8 @@ from mmengine.optim import OptimWrapperDict
 from mmengine.registry import HOOKS
 from torch import Tensor
 
-from .masks import (DEFAULT_INCLUDE, GROWTH_MODES, INIT_MODES, SparsityMasks,
-                    select_parameters, unwrap_model)
+from .masks import (DEFAULT_INCLUDE, SparsityMasks, check_growth, check_init,
+                    check_sparsity, select_parameters, unwrap_model)
 
 MODES = ('auto', 'dynamic', 'fixed')
 CHECKPOINT_KEY = 'sparsity'
@@ -148,13 +148,10 @@ class DynamicSparsityHook(Hook):
                  min_zero_fraction: float = 0.1):
         if mode not in MODES:
             raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
-        if init not in INIT_MODES:
-            raise ValueError(f'init must be one of {INIT_MODES}, got {init!r}')
-        if growth not in GROWTH_MODES:
-            raise ValueError(
-                f'growth must be one of {GROWTH_MODES}, got {growth!r}')
-        if not 0.0 <= sparsity < 1.0:
-            raise ValueError(f'sparsity must be in [0, 1), got {sparsity}')
+        # the masks' own checks, here so that a bad config fails at once
+        check_init(init)
+        check_growth(growth)
+        check_sparsity(sparsity)
         if int(update_interval) != update_interval or update_interval < 1:
             raise ValueError('update_interval must be a positive integer, '
                              f'got {update_interval}')
@@ -249,16 +246,15 @@ class DynamicSparsityHook(Hook):
                 init = ('from_weights'
                         if self.active_mode == 'fixed' else self.init)
                 self.masks = self._broadcast(
-                    SparsityMasks.init(model,
-                                       sparsity=self.sparsity,
-                                       init=init,
-                                       include=self.include,
-                                       exclude=self.exclude,
-                                       generator=self.generator,
-                                       grad_fn=self._snip_grad_fn(
-                                           runner, model),
-                                       erk_power_scale=self.erk_power_scale),
-                    model)
+                    SparsityMasks.init(
+                        model,
+                        sparsity=self.sparsity,
+                        init=init,
+                        include=self.include,
+                        exclude=self.exclude,
+                        generator=self.generator,
+                        grad_fn=self._snip_grad_fn(runner, model),
+                        erk_power_scale=self.erk_power_scale), model)
                 how += f'; masks init={init!r}'
         self._loaded = self._loaded_masks = None
         self.masks.apply(model, optimizer)
@@ -328,7 +324,7 @@ class DynamicSparsityHook(Hook):
 
     def _log_densities(self, when: str) -> None:
         """One log line: the density of every layer group and the total."""
-        counts = self.masks.group_counts()
+        counts = self.masks.group_counts(self._model)
         active = sum(a for a, _ in counts.values())
         total = sum(t for _, t in counts.values())
         groups = ', '.join(f'{g} {a / t:.4f}' for g, (a, t) in counts.items())
@@ -351,13 +347,14 @@ class DynamicSparsityHook(Hook):
         def grad_fn():
             batch_size = loader.batch_size or getattr(loader.batch_sampler,
                                                       'batch_size', 1)
-            indices = torch.randperm(len(loader.dataset),
-                                     generator=self.generator)[:batch_size]
+            indices = torch.randperm(
+                len(loader.dataset), generator=self.generator)[:batch_size]
             batch = loader.collate_fn(
                 [loader.dataset[int(i)] for i in indices])
             data = model.data_preprocessor(batch, True)
-            losses = model(**data, mode='loss') if isinstance(
-                data, dict) else model(*data, mode='loss')
+            losses = model(
+                **data, mode='loss') if isinstance(data, dict) else model(
+                    *data, mode='loss')
             loss, _ = model.parse_losses(losses)
             loss.backward()
 
@@ -385,8 +382,8 @@ class DynamicSparsityHook(Hook):
         found_inf = getattr(optimizer, 'found_inf', None)
         if isinstance(found_inf, Tensor):
             flag = found_inf.detach().float().sum()
-            self._skipped = flag if self._skipped is None else (
-                self._skipped + flag)
+            self._skipped = flag if self._skipped is None else (self._skipped +
+                                                                flag)
         # `_step` >= the real step count, so below `_next_update` no update
         # is due; otherwise `step` makes the count exact (one sync).
         if self._step >= self._next_update and self.step >= self._next_update:

@@ -6,16 +6,16 @@ of the parameter's shape: ``True`` = active weight, ``False`` = pruned weight,
 which is held at exactly zero together with its optimizer moments.
 
 Parameters are addressed by the names of ``model.named_parameters()`` after
-unwrapping a DDP / mmengine model wrapper, e.g. ``backbone.stages.0.0.dwconv
-.weight`` for an mm model (``EncoderDecoder``, ``ImageClassifier``, ...) and
-``stages.0.0.dwconv.weight`` for a bare backbone, which therefore needs
-``include=(r'',)``.
+unwrapping a DDP / mmengine model wrapper, e.g.
+``backbone.stages.0.0.peripheral_conv.weight`` for an mm model
+(``EncoderDecoder``, ``ImageClassifier``, ...) and
+``stages.0.0.peripheral_conv.weight`` for a bare backbone, which therefore
+needs ``include=(r'',)``.
 """
 import math
 import re
 from collections import OrderedDict
-from typing import (Callable, Dict, List, Mapping, Optional, Sequence,
-                    Tuple)
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from mmengine.model import is_model_wrapper
@@ -70,22 +70,62 @@ def select_parameters(
                                          for pat in exclude))
 
 
-def layer_group(name: str) -> str:
+def check_init(init: str) -> str:
+    """``init`` if it is one of :data:`INIT_MODES`, else a ValueError."""
+    if init not in INIT_MODES:
+        raise ValueError(f'init must be one of {INIT_MODES}, got {init!r}')
+    return init
+
+
+def check_sparsity(sparsity: float) -> float:
+    """``sparsity`` if it is in [0, 1), else a ValueError."""
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f'sparsity must be in [0, 1), got {sparsity}')
+    return sparsity
+
+
+def check_growth(growth: str) -> str:
+    """``growth`` if it is one of :data:`GROWTH_MODES`, else a ValueError."""
+    if growth not in GROWTH_MODES:
+        raise ValueError(
+            f'growth must be one of {GROWTH_MODES}, got {growth!r}')
+    return growth
+
+
+def _locators(model: nn.Module) -> List[Tuple[str, Callable]]:
+    """``(prefix, locate)`` of every module of ``model`` that locates its
+    parameters (:meth:`pelk_mm.PeLK.locate`), outermost first."""
+    return [(f'{path}.' if path else '', module.locate)
+            for path, module in unwrap_model(model).named_modules()
+            if callable(getattr(module, 'locate', None))]
+
+
+def layer_group(name: str, model: nn.Module) -> str:
     """The group a masked parameter's density is reported under.
 
-    PeLK / ConvNeXt names (with or without a ``backbone.`` prefix):
-    ``downsample_layers.0`` is ``'stem'``, ``downsample_layers.{1,2,3}``
-    are ``'downsample'``, and the blocks of stage ``i`` give one group per
-    kind of layer, e.g. ``'stage2.peripheral_conv'`` and
-    ``'stage2.pointwise_conv'`` (``pointwise_conv1`` and ``2`` together).
-    Any other name is grouped by its module, e.g. ``'head.fc'``.
+    A parameter of a backbone that locates its parameters (PeLK, through
+    :meth:`pelk_mm.PeLK.locate`) is grouped by what it is: the stem
+    ``'stem'``, the other downsampling layers ``'downsample'``, and the
+    blocks of stage ``i`` one group per kind of layer, e.g.
+    ``'stage2.peripheral_conv'`` and ``'stage2.pointwise_conv'``
+    (``pointwise_conv1`` and ``2`` together). Any other parameter is grouped
+    by its module, e.g. ``'head.fc'``.
+
+    Args:
+        name (str): A name of ``model.named_parameters()``.
+        model (nn.Module): The model, wrapped or not.
     """
-    match = re.search(r'(?:^|\.)downsample_layers\.(\d+)\.', name)
-    if match:
-        return 'stem' if match[1] == '0' else 'downsample'
-    match = re.search(r'(?:^|\.)stages\.(\d+)\.\d+\.([A-Za-z_]+?)\d*\.', name)
-    if match:
-        return f'stage{match[1]}.{match[2]}'
+    return _layer_group(name, _locators(model))
+
+
+def _layer_group(name: str, locators: Sequence[Tuple[str, Callable]]) -> str:
+    for prefix, locate in locators:
+        where = locate(name, prefix)
+        if where.part in ('stem', 'downsample'):
+            return where.part
+        if where.part == 'block':
+            layer = where.rest.split('.')[0].rstrip('0123456789')
+            return f'stage{where.stage}.{layer}'
     return name.rpartition('.')[0] or name
 
 
@@ -173,10 +213,8 @@ class SparsityMasks:
         Returns:
             The masks. They are not applied yet: call :meth:`apply`.
         """
-        if init not in INIT_MODES:
-            raise ValueError(f'init must be one of {INIT_MODES}, got {init!r}')
-        if not 0.0 <= sparsity < 1.0:
-            raise ValueError(f'sparsity must be in [0, 1), got {sparsity}')
+        check_init(init)
+        check_sparsity(sparsity)
         params = select_parameters(model, include, exclude)
         if not params:
             raise ValueError(
@@ -195,8 +233,8 @@ class SparsityMasks:
         elif init == 'uniform':
             densities = uniform_densities(shapes, density)
         else:
-            densities = snip_densities(_snip_scores(model, params, grad_fn),
-                                       density)
+            densities = snip_densities(
+                _snip_scores(model, params, grad_fn), density)
         counts = densities_to_counts(shapes, densities, density)
         return cls(
             {n: _random_mask(shapes[n], counts[n], generator)
@@ -214,14 +252,15 @@ class SparsityMasks:
         """``{name: fraction of active weights}``."""
         return {n: int(m.sum()) / m.numel() for n, m in self.masks.items()}
 
-    def group_counts(self) -> Dict[str, Tuple[int, int]]:
-        """``{group: (active weights, weights)}`` per :func:`layer_group`,
-        in mask order."""
+    def group_counts(self, model: nn.Module) -> Dict[str, Tuple[int, int]]:
+        """``{group: (active weights, weights)}`` per :func:`layer_group` of
+        ``model`` (wrapped or not), in mask order."""
+        locators = _locators(model)
         counts: Dict[str, Tuple[int, int]] = OrderedDict()
         for name, mask in self.masks.items():
-            active, total = counts.get(layer_group(name), (0, 0))
-            counts[layer_group(name)] = (active + int(mask.sum()),
-                                         total + mask.numel())
+            group = _layer_group(name, locators)
+            active, total = counts.get(group, (0, 0))
+            counts[group] = (active + int(mask.sum()), total + mask.numel())
         return counts
 
     def _parameters(self, model: nn.Module) -> Dict[str, nn.Parameter]:
@@ -252,9 +291,7 @@ class SparsityMasks:
         model = unwrap_model(model)
         if self._bound is None or self._bound[0] is not model:
             params = list(self._parameters(model).values())
-            keep = [
-                m.to(p.dtype) for m, p in zip(self.masks.values(), params)
-            ]
+            keep = [m.to(p.dtype) for m, p in zip(self.masks.values(), params)]
             self._bound = (model, params, keep)
         return self._bound[1], self._bound[2]
 
@@ -334,9 +371,7 @@ class SparsityMasks:
         Returns:
             The number of weights pruned (= regrown) over all layers.
         """
-        if growth not in GROWTH_MODES:
-            raise ValueError(
-                f'growth must be one of {GROWTH_MODES}, got {growth!r}')
+        check_growth(growth)
         if not 0.0 <= prune_rate <= 1.0:
             raise ValueError(f'prune_rate must be in [0, 1], got {prune_rate}')
         moved = 0
@@ -349,12 +384,13 @@ class SparsityMasks:
             num = math.ceil(prune_rate * active)
             # Prune: the `num` active weights of smallest magnitude.
             mask &= bottom_k(
-                torch.where(mask, p.detach().flatten().abs().float(), inf),
+                torch.where(mask,
+                            p.detach().flatten().abs().float(), inf),
                 num).logical_not_()
             # Regrow as many among the inactive positions.
             if growth == 'random':
-                score = torch.rand(mask.numel(),
-                                   generator=generator).to(p.device)
+                score = torch.rand(
+                    mask.numel(), generator=generator).to(p.device)
             else:
                 score = p.grad.detach().flatten().abs().float().neg_()
             mask |= bottom_k(score.masked_fill_(mask, inf), num)
@@ -379,8 +415,8 @@ class SparsityMasks:
 
 def _mul_(tensors: List[Tensor], factors: List[Tensor]) -> None:
     """``t.mul_(f)`` for each pair: one ``torch._foreach_mul_`` on CUDA (few
-    kernel launches), a loop elsewhere (on CPU the loop is several times
-    faster than ``_foreach_mul_``, which falls back to a slow path there)."""
+    kernel launches), a loop elsewhere (torch's CPU ``_foreach_mul_`` is a
+    per-tensor fallback, with no launches to save)."""
     if tensors and tensors[0].is_cuda:
         torch._foreach_mul_(tensors, factors)
     else:

@@ -30,13 +30,13 @@ import logging
 from functools import partial
 
 import torch
-from mmengine import Config, DictAction
+from mmengine import DictAction
 from mmengine.analysis import FlopAnalyzer
 from mmengine.logging import MMLogger
-from mmengine.registry import MODELS, init_default_scope
 
 import pelk_mm
 from pelk_mm import PeripheralConv2d, SparsityMasks, count_parameters
+from pelk_mm.models.builder import build_model, load_config
 
 # Input (H, W) of the paper's FLOPs per library: ImageNet 224x224, UperNet
 # 2048x512, Cascade Mask R-CNN 1280x800.
@@ -119,13 +119,10 @@ def get_flops(cfg, shape, sparsity=0.4, sparsity_init='uniform'):
         they were measured with.
     """
     scope = cfg.get('default_scope')
-    if scope is not None:
-        init_default_scope(scope)
     height, width = input_shape(shape, scope)
-    model = MODELS.build(cfg.model)
+    model = build_model(cfg)
     if getattr(model, 'auxiliary_head', None) is not None:
         model.auxiliary_head = None
-    model.eval()
 
     masks = SparsityMasks.init(
         model,
@@ -170,9 +167,7 @@ def get_flops(cfg, shape, sparsity=0.4, sparsity_init='uniform'):
 
 def main():
     args = parse_args()
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
+    cfg = load_config(args.config, args.cfg_options)
     # the FLOP counter warns about every op it skips (shapes, indexing)
     MMLogger.get_current_instance().setLevel(logging.ERROR)
     result = get_flops(cfg, args.shape, args.sparsity, args.sparsity_init)

@@ -43,11 +43,12 @@ Images: the first ``--num-images`` jpg / png files under ``--data-root``
 ADE20K-style scenes from the project's demo data generator (no dataset
 needed; deterministic for a given ``--seed``).
 
-Cost: one PeLK-T image takes 203 s at 1024x1024 and 46 s at 512x512 on a
-loaded 2-core CPU (docs/erf.md); use ``--device cuda`` for the full
-50-image protocol.
+Cost: a PeLK-T image at 1024x1024 takes minutes on a CPU (``--json``
+prints the seconds per image; docs/erf.md); use ``--device cuda`` for the
+full 50-image protocol.
 """
 import argparse
+import copy
 import json
 import logging
 import os
@@ -66,15 +67,14 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from mmengine import Config  # noqa: E402
-from mmengine.hub import get_config  # noqa: E402
 from mmengine.logging import MMLogger  # noqa: E402
-from mmengine.registry import MODELS, init_default_scope  # noqa: E402
-from mmengine.runner import CheckpointLoader  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import pelk_mm  # noqa: E402,F401  (registers PeLK and the checkpoint shim)
 # The project's demo image generator (the only import of it in this tool).
 from pelk_mm.demo import make_ade20k_demo  # noqa: E402
+from pelk_mm.models.builder import build_model, load_config  # noqa: E402
+from pelk_mm.models.checkpoint_loading import load_backbone  # noqa: E402
 
 # Fractions of the total contribution whose area ratios are reported.
 THRESHOLDS = (0.2, 0.3, 0.5, 0.99)
@@ -101,7 +101,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help='whole-model or backbone checkpoint (default: random init)')
     images = parser.add_mutually_exclusive_group(required=True)
     images.add_argument(
-        '--data-root', help='folder of jpg / png images (searched '
+        '--data-root',
+        help='folder of jpg / png images (searched '
         'recursively)')
     images.add_argument(
         '--demo',
@@ -170,9 +171,9 @@ def input_contribution(backbone: nn.Module,
     return F.relu(grad).sum((0, 1))
 
 
-def contribution_map(backbone: nn.Module,
-                     images: Iterable[torch.Tensor]) -> Tuple[np.ndarray,
-                                                              List[float]]:
+def contribution_map(
+        backbone: nn.Module,
+        images: Iterable[torch.Tensor]) -> Tuple[np.ndarray, List[float]]:
     """Average :func:`input_contribution` over images.
 
     Returns:
@@ -229,8 +230,9 @@ def area_ratios(contribution: np.ndarray,
     radii = np.arange(max(cy, cx, h - 1 - cy, w - 1 - cx) + 1)
     top, bottom = np.maximum(cy - radii, 0), np.minimum(cy + radii + 1, h)
     left, right = np.maximum(cx - radii, 0), np.minimum(cx + radii + 1, w)
-    sums = (integral[bottom, right] - integral[top, right] -
-            integral[bottom, left] + integral[top, left])
+    sums = (
+        integral[bottom, right] - integral[top, right] -
+        integral[bottom, left] + integral[top, left])
     fractions = sums / sums[-1]  # the last square is the whole map
     areas = (bottom - top) * (right - left) / (h * w)
     return {
@@ -242,17 +244,6 @@ def area_ratios(contribution: np.ndarray,
 # --------------------------------------------------------------------------
 # Models and images
 # --------------------------------------------------------------------------
-def load_config(path: str) -> Config:
-    """A config file, or a package config ``mmpretrain::path/in/configs``."""
-    if osp.isfile(path):
-        return Config.fromfile(path)
-    if '::' in path:
-        return get_config(path)
-    raise ValueError(f'CONFIG must be a config file or a package config '
-                     f'such as mmpretrain::convnext/'
-                     f'convnext-tiny_32xb128_in1k.py, got {path!r}')
-
-
 def normalisation(cfg: Config) -> Tuple[torch.Tensor, torch.Tensor, bool]:
     """Mean, std and channel order the config's data preprocessor applies.
 
@@ -286,33 +277,24 @@ def build_backbone(cfg: Config,
                    seed: int = 0) -> nn.Module:
     """``cfg.model.backbone`` from the registry, in eval mode, float32.
 
-    With ``checkpoint`` its weights are loaded strictly (``backbone.*`` keys
-    of a whole-model checkpoint, else every key); without it the backbone is
-    initialised by ``init_weights()`` after ``torch.manual_seed(seed)``, a
+    With ``checkpoint`` its weights are loaded strictly by
+    :func:`pelk_mm.models.load_backbone` (``backbone.*`` keys of a
+    whole-model checkpoint, else every key); without it the backbone is
+    initialised by ``init_weights()`` after seeding with ``seed``, a
     ``Pretrained`` ``init_cfg`` being dropped (the class default applies).
     A backbone with ``gap_before_final_norm`` is set to return feature maps.
     """
     if 'backbone' not in cfg.model:
         raise ValueError(f'CONFIG model {cfg.model.get("type")!r} has no '
                          'backbone')
-    init_default_scope(cfg.get('default_scope'))
-    backbone_cfg = cfg.model.backbone.copy()
-    if _is_pretrained(backbone_cfg.get('init_cfg')):
-        backbone_cfg.pop('init_cfg')
-    torch.manual_seed(seed)
-    backbone = MODELS.build(backbone_cfg)
-    if checkpoint is None:
-        backbone.init_weights()
-    else:
-        ckpt = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
-        state_dict = ckpt.get('state_dict', ckpt)
-        prefix = 'backbone.'
-        state_dict = {
-            k[len(prefix):]: v
-            for k, v in state_dict.items() if k.startswith(prefix)
-        } or state_dict
+    cfg = copy.deepcopy(cfg)
+    if _is_pretrained(cfg.model.backbone.get('init_cfg')):
+        cfg.model.backbone.pop('init_cfg')
+    backbone = build_model(
+        cfg, part='model.backbone', seed=seed, init_weights=checkpoint is None)
+    if checkpoint is not None:
         try:
-            backbone.load_state_dict(state_dict)
+            load_backbone(backbone, checkpoint)
         except RuntimeError as error:
             raise ValueError(f'CKPT {checkpoint} does not fit the backbone '
                              f'of the config: {error}') from error
@@ -341,11 +323,7 @@ def demo_image_paths(root: str, num_images: int, size: int,
                      seed: int) -> List[str]:
     """Draw ``num_images`` demo scenes of ``size x size`` under ``root``."""
     make_ade20k_demo(
-        root,
-        num_train=1,
-        num_val=num_images,
-        size=(size, size),
-        seed=seed)
+        root, num_train=1, num_val=num_images, size=(size, size), seed=seed)
     return image_paths(osp.join(root, 'images', 'validation'), num_images)
 
 
@@ -420,8 +398,8 @@ def plot(results: Sequence[dict], out: str, source: str) -> None:
             f'log map (RepLKNet) {_ratios_text(result["area_ratios_log"])}\n'
             f'raw map {_ratios_text(result["area_ratios"])}',
             fontsize=8)
-        fig.colorbar(image, ax=ax, orientation='horizontal', fraction=0.04,
-                     pad=0.2)
+        fig.colorbar(
+            image, ax=ax, orientation='horizontal', fraction=0.04, pad=0.2)
     first = results[0]
     fig.suptitle(
         f'ERF: log10(x + 1) / max, {first["num_images"]} {source} images '
@@ -454,8 +432,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     summary = dict(
         out=args.out,
         images=source,
-        models=[{k: v
-                 for k, v in r.items() if k != 'raw_map'} for r in results])
+        models=[{
+            k: v
+            for k, v in r.items() if k != 'raw_map'
+        } for r in results])
     if args.json:
         print(json.dumps(summary))
         return

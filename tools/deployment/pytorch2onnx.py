@@ -52,16 +52,15 @@ import copy
 import inspect
 import os.path as osp
 import sys
-from collections import OrderedDict
 from typing import List
 
 import torch
 import torch.nn as nn
 from mmengine.config import DictAction
-from mmengine.runner import CheckpointLoader, load_state_dict
 
 import pelk_mm  # noqa: F401  (registers PeLK and the checkpoint loaders)
 from pelk_mm import PeLK
+from pelk_mm.models import load_backbone
 from pelk_mm.models.deploy import (build_model, check_deploy_form,
                                    compare_outputs, deploy_modes, is_detector,
                                    load_strictly, tensor_outputs)
@@ -134,17 +133,6 @@ def check_exportable(model: nn.Module) -> None:
             'and post-processing): export the deployed backbone with '
             '--backbone')
     check_deploy_form(model)
-
-
-def load_backbone(backbone: nn.Module, checkpoint: str) -> None:
-    """Load a backbone from a backbone or whole-model checkpoint, strictly."""
-    ckpt = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
-    state_dict = ckpt.get('state_dict', ckpt)
-    if any(k.startswith('backbone.') for k in state_dict):
-        state_dict = OrderedDict((k[len('backbone.'):], v)
-                                 for k, v in state_dict.items()
-                                 if k.startswith('backbone.'))
-    load_state_dict(backbone, state_dict, strict=True)
 
 
 class AdaptiveAvgPoolAsMatMul(nn.Module):

@@ -44,11 +44,12 @@ import sys
 from collections import OrderedDict
 
 import torch
-from mmengine.config import Config
 from mmengine.runner import CheckpointLoader
 
 import pelk_mm  # noqa: F401  (registers the mmengine checkpoint classes)
 from pelk_mm import PeLK
+from pelk_mm.models.builder import build_model, load_config
+from pelk_mm.models.checkpoint_loading import backbone_state_dict
 from pelk_mm.models.checkpoint_meta import (add_arch_meta, check_state_dict,
                                             find_arch_record)
 
@@ -77,7 +78,11 @@ def parse_args():
 
 
 def extract_state_dict(checkpoint) -> 'OrderedDict[str, torch.Tensor]':
-    """The model weights in a checkpoint of any of the supported layouts."""
+    """The model weights in a checkpoint of any of the supported layouts.
+
+    The state dict's per-module metadata (where the arch record is) comes
+    along.
+    """
     if not isinstance(checkpoint, dict):
         raise ValueError(f'expected a dict checkpoint, got '
                          f'{type(checkpoint).__name__}')
@@ -90,47 +95,19 @@ def extract_state_dict(checkpoint) -> 'OrderedDict[str, torch.Tensor]':
     if not tensors:
         raise ValueError(f'no tensors found; top-level keys: '
                          f'{sorted(checkpoint)[:10]}')
+    tensors._metadata = getattr(checkpoint, '_metadata', OrderedDict())
     return tensors
-
-
-def split_backbone(state_dict):
-    """Strip ``module.``; split off the keys outside ``backbone.`` if any.
-
-    Returns:
-        tuple: (backbone weights without the ``backbone.`` prefix, names of
-        the other keys, e.g. the classifier head).
-    """
-    state_dict = OrderedDict(
-        (k[len('module.'):] if k.startswith('module.') else k, v)
-        for k, v in state_dict.items())
-    if not any(k.startswith('backbone.') for k in state_dict):
-        return state_dict, []
-    backbone = OrderedDict((k[len('backbone.'):], v)
-                           for k, v in state_dict.items()
-                           if k.startswith('backbone.'))
-    return backbone, [k for k in state_dict if not k.startswith('backbone.')]
-
-
-def source_record(checkpoint):
-    """The arch record a (PeLK-written) source checkpoint carries, if any."""
-    for path in ('backbone', '', 'module.backbone', 'module'):
-        record = find_arch_record(checkpoint, path)
-        if record is not None:
-            return record
-    return None
 
 
 def target_backbone(arch=None, config=None) -> PeLK:
     """The PeLK that the weights must fit: a named arch, or a config's."""
     if config is None:
         return PeLK(arch=arch, out_indices=(0, 1, 2, 3))
-    backbone_cfg = Config.fromfile(config).model.backbone
-    if backbone_cfg.get('type') != 'PeLK':
+    backbone_type = load_config(config).model.backbone.get('type')
+    if backbone_type != 'PeLK':
         raise ValueError(f'model.backbone of {config} is '
-                         f'{backbone_cfg.get("type")!r}, not PeLK')
-    kwargs = {k: v for k, v in backbone_cfg.items() if k != 'type'}
-    kwargs['init_cfg'] = None
-    return PeLK(**kwargs)
+                         f'{backbone_type!r}, not PeLK')
+    return build_model(config, part='model.backbone')
 
 
 def load_safely(src: str):
@@ -154,14 +131,17 @@ def convert(src: str, dst: str, model: PeLK, trust_pickle: bool = False):
         checkpoint = torch.load(src, map_location='cpu', weights_only=False)
     else:
         checkpoint = load_safely(src)
-    state_dict, others = split_backbone(extract_state_dict(checkpoint))
+    whole = extract_state_dict(checkpoint)
+    state_dict, prefix = backbone_state_dict(
+        dict(state_dict=whole, meta=checkpoint.get('meta')), name=src)
+    others = [k for k in whole if not k.startswith(prefix)]
     own = model.state_dict()
     if not any(k in own for k in state_dict):
         raise ValueError(f'{src} has no PeLK backbone key at all (first keys: '
                          f'{list(state_dict)[:5]})')
     try:
         missing = check_state_dict(model, state_dict,
-                                   source_record(checkpoint))
+                                   find_arch_record(state_dict, ''))
     except ValueError as e:
         raise ValueError(f'{src} does not fit the target PeLK.\n{e}') from e
     kept = [k for k in state_dict if k in own]
