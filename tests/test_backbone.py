@@ -174,6 +174,7 @@ def test_classifier_forward_224():
     from mmpretrain.registry import MODELS
     from mmpretrain.structures import DataSample
     torch.manual_seed(0)
+    # a dict, not a config, trained below: built by the registry (train mode)
     classifier = MODELS.build(
         dict(
             type='ImageClassifier',

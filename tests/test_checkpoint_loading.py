@@ -16,7 +16,6 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from mmengine.config import Config
 from mmengine.model import BaseModel
 from mmengine.runner import load_checkpoint, save_checkpoint
 from mmengine.runner.checkpoint import get_state_dict, weights_to_cpu
@@ -25,6 +24,7 @@ from torch.utils.data import Dataset
 import pelk_mm  # noqa: F401  (registers PeLK, the hook, checkpoint compat)
 from pelk_mm import PeLK
 from pelk_mm.engine import PeLKArchMetaHook
+from pelk_mm.models.builder import build_model, load_config
 from pelk_mm.models.checkpoint_meta import (ARCH_META_KEY,
                                             PeLKCheckpointMismatch,
                                             add_arch_meta, infer_arch)
@@ -244,15 +244,13 @@ def test_metadata_less_checkpoint_refused_with_inferred_arch(tmp_path):
 @pytest.mark.slow
 def test_tools_test_refuses(tmp_path):
     """``tools/test.py CONFIG CKPT`` (demo config) stops before testing."""
-    from mmseg.registry import MODELS
-
     from pelk_mm.demo import make_ade20k_demo
     data = make_ade20k_demo(str(tmp_path / 'ade'), 1, 1, size=(32, 32))
-    cfg = Config.fromfile(
+    cfg = load_config(
         osp.join(ROOT, 'configs', 'demo', 'upernet_pelk_demo_ade20k.py'))
     cfg.model.backbone.arch.kernel_sizes = [21, 29, 27, 13]
     cfg.model.pop('data_preprocessor')
-    model = MODELS.build(cfg.model)
+    model = build_model(cfg)
     ckpt = save(model, tmp_path / 'k21_demo.pth')
     proc = subprocess.run([
         sys.executable, 'tools/test.py',

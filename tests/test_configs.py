@@ -3,11 +3,11 @@ import glob
 import os.path as osp
 
 import pytest
-from mmengine.config import Config
 from mmengine.optim import build_optim_wrapper
-from mmengine.registry import HOOKS, MODELS, init_default_scope
+from mmengine.registry import HOOKS
 
 from pelk_mm import PeLK, PeLKLearningRateDecayOptimizerConstructor
+from pelk_mm.models.builder import build_model, load_config
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = sorted(
@@ -45,11 +45,10 @@ def _size_of(path):
 @pytest.mark.slow
 @pytest.mark.parametrize('path', CONFIGS)
 def test_config_builds(path):
-    cfg = Config.fromfile(osp.join(ROOT, path))
+    cfg = load_config(osp.join(ROOT, path))
     assert 'pelk_mm' in cfg.custom_imports['imports']
     scope = cfg.get('default_scope', cfg.model.get('_scope_'))
-    init_default_scope(scope)
-    model = MODELS.build(cfg.model)
+    model = build_model(cfg)
     backbone = model.backbone
     assert isinstance(backbone, PeLK)
 

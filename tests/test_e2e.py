@@ -299,6 +299,7 @@ def test_converter_round_trip(classifier_checkpoint, tmp_path):
         init_cfg=dict(type='Pretrained', checkpoint=dst, prefix='backbone.'))
     backbone.init_weights()
     source = _load_checkpoint(src)['state_dict']
+    # the expected weights by hand: the loader is what is under test
     for name, value in backbone.state_dict().items():
         if f'backbone.{name}' in source:
             assert torch.equal(value, source[f'backbone.{name}']), name

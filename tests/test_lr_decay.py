@@ -2,18 +2,16 @@
 the backbone's own parameter groups (get_layer_depth, get_stage_depth,
 no_weight_decay)."""
 import copy
-import importlib
 import os.path as osp
 from functools import partial
 
 import pytest
 import torch
-from mmengine.config import Config
 from mmengine.optim import build_optim_wrapper
-from mmengine.registry import init_default_scope
 from torch import nn
 
 from pelk_mm import PeLK
+from pelk_mm.models.builder import build_model, load_config
 
 BASE_LR, BASE_WD, DECAY = 1e-3, 0.05, 0.5
 
@@ -359,10 +357,8 @@ CONFIGS = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs')
 
 
 def build_config_model(name):
-    cfg = Config.fromfile(osp.join(CONFIGS, name))
-    init_default_scope(cfg.default_scope)
-    registry = importlib.import_module(f'{cfg.default_scope}.registry')
-    return cfg, registry.MODELS.build(cfg.model)
+    cfg = load_config(osp.join(CONFIGS, name))
+    return cfg, build_model(cfg)
 
 
 def effective_settings(optimizer, model):

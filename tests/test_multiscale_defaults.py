@@ -11,10 +11,10 @@ model-level ``pretrained`` names the ResNet checkpoint), and a forward + loss
 import pytest
 import torch
 from mmengine.config import Config
-from mmengine.registry import init_default_scope
 
 import pelk_mm  # noqa: F401
 from pelk_mm import PeLK
+from pelk_mm.models.builder import build_model
 
 from helpers import ARCH21
 
@@ -44,10 +44,8 @@ def test_default_pools_only_the_last_stage_alone(out_indices, gap, pooled):
 
 
 def test_mmseg_upernet_r50_base():
-    from mmseg.registry import MODELS
     from mmseg.structures import SegDataSample
     from mmengine.structures import PixelData
-    init_default_scope('mmseg')
     cfg = Config.fromstring(
         "_base_ = ['mmseg::_base_/models/upernet_r50.py']\n"
         "model = dict(\n"
@@ -63,9 +61,9 @@ def test_mmseg_upernet_r50_base():
     assert cfg.model.backbone == dict(type='PeLK',
                                       arch=ARCH21,
                                       out_indices=(0, 1, 2, 3))
-    torch.manual_seed(0)
-    model = MODELS.build(cfg.model)
-    model.init_weights()
+    model = build_model(cfg, dict(default_scope='mmseg'), seed=0,
+                        init_weights=True)
+    model.train()  # the builder's model is in eval mode
     inputs = torch.randn(2, 3, 64, 64)
     samples = []
     for _ in range(2):
@@ -82,9 +80,7 @@ def test_mmseg_upernet_r50_base():
 
 @pytest.mark.slow
 def test_mmdet_mask_rcnn_r50_base():
-    from mmdet.registry import MODELS
     from mmdet.testing import demo_mm_inputs
-    init_default_scope('mmdet')
     cfg = Config.fromstring(
         "_base_ = ['mmdet::_base_/models/mask-rcnn_r50_fpn.py']\n"
         "model = dict(\n"
@@ -93,9 +89,9 @@ def test_mmdet_mask_rcnn_r50_base():
         f"                  arch={ARCH21!r}),\n"
         "    neck=dict(in_channels=[16, 32, 64, 128]))\n",
         file_format='.py')
-    torch.manual_seed(0)
-    model = MODELS.build(cfg.model)
-    model.init_weights()
+    model = build_model(cfg, dict(default_scope='mmdet'), seed=0,
+                        init_weights=True)
+    model.train()  # the builder's model is in eval mode
     packed = demo_mm_inputs(2, [[3, 64, 64]] * 2,
                             num_items=[2, 3],
                             num_classes=80,

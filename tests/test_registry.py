@@ -24,6 +24,7 @@ def test_registered_under_every_scope(scope):
     from mmengine.registry import DefaultScope
     with DefaultScope.overwrite_default_scope(scope):
         torch.manual_seed(0)
+        # the registry itself under test: not pelk_mm.models.build_model
         backbone = registry.MODELS.build(
             dict(type='PeLK', arch=TINY_ARCH, out_indices=3))
         assert isinstance(backbone, pelk_mm.PeLK)
@@ -51,6 +52,7 @@ def test_repeated_custom_imports_do_not_raise(tmp_path):
             backbone = dict(type='PeLK', arch={TINY_ARCH!r})
         """))
         configs.append(str(cfg))
+    # builds through MODELS, not build_model: the registration is under test
     script = textwrap.dedent(f"""
         import importlib
         import sys
@@ -85,6 +87,7 @@ def test_custom_imports_in_a_fresh_interpreter(tmp_path):
         default_scope = 'mmseg'
         backbone = dict(type='PeLK', arch={TINY_ARCH!r})
     """))
+    # a user's own code path (Config, scope, MODELS), not build_model
     script = textwrap.dedent(f"""
         from mmengine.config import Config
         from mmengine.registry import init_default_scope
