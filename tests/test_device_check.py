@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from pelk_mm.ops import sharing_grid
 from pelk_mm.ops.impl_selection import COST_COEFFICIENTS
@@ -18,6 +19,11 @@ sys.path.insert(0, str(ROOT / 'benchmarks'))
 import fit_cost_model  # noqa: E402
 
 
+@pytest.mark.skipif(
+    not hasattr(torch.amp, 'GradScaler'),
+    reason=f'the smoke run trains under fp16 autocast on the CPU, which '
+    f'needs a CPU GradScaler (torch.amp.GradScaler, torch >= 2.3); this is '
+    f'torch {torch.__version__}')
 def test_smoke_run_writes_every_result(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     subprocess.run(
@@ -51,6 +57,16 @@ def test_smoke_run_writes_every_result(tmp_path):
     cost = hook['sparsity_hook']
     assert cost['train_step'] > 0 and cost['update'] > 0
     assert cost['per_step_fraction'] == cost['per_step'] / cost['train_step']
+
+
+@pytest.mark.skipif(
+    hasattr(torch.amp, 'GradScaler'),
+    reason=f'torch {torch.__version__} has a CPU GradScaler')
+def test_fp16_without_a_cpu_grad_scaler_names_the_torch_needed():
+    import bench_backbone
+    with pytest.raises(RuntimeError, match=r'fp16 on cpu .* torch >= 2\.3'):
+        bench_backbone.grad_scaler(torch.device('cpu'), enabled=True)
+    bench_backbone.grad_scaler(torch.device('cpu'), enabled=False)  # fp32
 
 
 def _synthetic_rows(coefficients):

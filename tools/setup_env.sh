@@ -132,6 +132,20 @@ build_mmcv_wheel() {
         "${PIP[@]}" wheel -q --no-deps --no-build-isolation -w "$1" .)
 }
 
+# stamp_hash: what the stack's stamp ($VENV/.pelk_mm_stamp) must hold. Any
+# change to this script, the stack's requirements or setup.py invalidates it.
+stamp_hash() {
+    cat "$ROOT/tools/setup_env.sh" "$REQUIREMENTS" "$ROOT/setup.py" | sha256sum | cut -d' ' -f1
+}
+
+# wheel_cache_dir: the cache folder of mmcv wheels for this stack's mmcv, torch
+# and Python ($PY) versions.
+wheel_cache_dir() {
+    local pytag
+    pytag=$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
+    echo "$CACHE/wheels/mmcv-$MMCV_VERSION-torch$TORCH_VERSION-$pytag"
+}
+
 main() {
     select_stack "${1:-latest}" || exit 2
     TMP_PATHS=()
@@ -142,10 +156,8 @@ main() {
     fi
     PIP=("$PY" -m pip --disable-pip-version-check)
 
-    # The stamp records what this script installed; any change to the script, the
-    # requirements or setup.py invalidates it.
     local stamp="$VENV/.pelk_mm_stamp" want
-    want=$(cat "$ROOT/tools/setup_env.sh" "$REQUIREMENTS" "$ROOT/setup.py" | sha256sum | cut -d' ' -f1)
+    want=$(stamp_hash)
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
         log "$STACK stack up to date ($VENV)"
         return 0
@@ -158,9 +170,8 @@ main() {
     "${PIP[@]}" install -q "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" \
         'setuptools<81' 'numpy<2' wheel ninja
 
-    local pytag wheels wheel dist
-    pytag=$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
-    wheels="$CACHE/wheels/mmcv-$MMCV_VERSION-torch$TORCH_VERSION-$pytag"
+    local wheels wheel dist
+    wheels=$(wheel_cache_dir)
     if ! "$PY" -c "import mmcv, mmcv.ops, sys; sys.exit(mmcv.__version__ != '$MMCV_VERSION')" 2>/dev/null; then
         if ! wheel=$(cached_wheel "$wheels"); then
             log "no cached mmcv wheel in $wheels: building mmcv $MMCV_VERSION with ops (10-20 min on 2 cores)"
