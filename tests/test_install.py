@@ -34,8 +34,8 @@ def stack_python(tmp_path_factory):
         [python, '-c', "import sysconfig; print(sysconfig.get_path('purelib'))"],
         check=True, stdout=subprocess.PIPE, text=True).stdout.strip()
     with open(osp.join(purelib, 'stack.pth'), 'w') as f:
-        f.write(f'import site; [site.addsitedir(p) for p in '
-                f'{site.getsitepackages()!r}]\n')
+        f.write(f'import site; list(map(site.addsitedir, '
+                f'{site.getsitepackages()!r}))\n')
     return python
 
 

@@ -37,6 +37,7 @@ is 1 if the relative error exceeds ``--tol``.
 """
 import argparse
 import copy
+import inspect
 import os.path as osp
 import sys
 from collections import OrderedDict
@@ -186,6 +187,10 @@ def export(model: nn.Module, shape, out: str) -> List[str]:
     names = output_names(model)
     dummy = torch.randn(
         1, 3, *shape, generator=torch.Generator().manual_seed(0))
+    # torch >= 2.5 also has the torch.export-based exporter (the default from
+    # 2.9): choose the TorchScript one; older torch.onnx.export has only it.
+    exporter = ({'dynamo': False} if 'dynamo' in inspect.signature(
+        torch.onnx.export).parameters else {})
     torch.onnx.export(
         TensorForward(exportable_copy(model)),
         (dummy, ),
@@ -194,7 +199,7 @@ def export(model: nn.Module, shape, out: str) -> List[str]:
         output_names=names,
         dynamic_axes={name: {0: 'batch'} for name in ['input', *names]},
         opset_version=OPSET,
-        dynamo=False)
+        **exporter)
     return names
 
 
