@@ -98,7 +98,10 @@ needs_weights_only_default = pytest.mark.skipif(
 
 @needs_weights_only_default
 def test_torch_load_alone_refuses_mmengine_checkpoint(tmp_path):
-    make_runner(tmp_path / 'run', max_iters=2).train()
+    # its own experiment name: a Runner built in the same second as another
+    # one would share its MessageHub (named by the start time)
+    make_runner(tmp_path / 'run', max_iters=2,
+                experiment_name='refused').train()
     with pytest.raises(pickle.UnpicklingError, match='HistoryBuffer|getattr'):
         torch.load(tmp_path / 'run' / 'iter_2.pth')
 
