@@ -171,3 +171,37 @@ def test_each_stack_has_its_own_stamp(tmp_path, stack):
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == (f'[setup_env] {stack} stack up to date '
                            f'({tmp_path / STACKS[stack][0]})\n')
+
+
+@pytest.mark.parametrize('codes, status, failed', [
+    ((0, 0), 0, None),
+    ((0, 5), 1, 'canonical (exit code 1)'),  # no tests collected: a failure
+    ((2, 0), 2, 'latest (exit code 2)'),
+    ((1, 3), 1, 'latest (exit code 1) canonical (exit code 3)'),
+])
+def test_ci_runs_both_stacks_and_names_the_failed_one(tmp_path, codes, status,
+                                                       failed):
+    """.ci/run on stand-ins: a setup script that succeeds and venv pythons
+    that exit with the given pytest codes (latest, canonical)."""
+    (tmp_path / '.ci').mkdir()
+    shutil.copy(osp.join(ROOT, '.ci', 'run'), tmp_path / '.ci' / 'run')
+    (tmp_path / 'tools').mkdir()
+    (tmp_path / 'tools' / 'setup_env.sh').write_text(
+        'echo "setup $1" >> "$(dirname "$0")/../calls"\n')
+    for venv, code in zip(('.venv', '.venv-canonical'), codes):
+        (tmp_path / venv / 'bin').mkdir(parents=True)
+        python = tmp_path / venv / 'bin' / 'python'
+        python.write_text(f'#!/bin/sh\necho "{venv} $*" >> calls\n'
+                          f'exit {code}\n')
+        python.chmod(0o755)
+    proc = subprocess.run(['bash', str(tmp_path / '.ci' / 'run')],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, timeout=60)
+    assert proc.returncode == status, proc.stderr
+    assert (tmp_path / 'calls').read_text().splitlines() == [
+        'setup latest', '.venv -m pytest tests', 'setup canonical',
+        '.venv-canonical -m pytest tests']
+    if failed is None:
+        assert 'CI: passed on both stacks' in proc.stderr
+    else:
+        assert f'CI: FAILED on: {failed}\n' in proc.stderr
