@@ -31,7 +31,8 @@ def stack_python(tmp_path_factory):
     venv.create(root, with_pip=False)
     python = str(root / 'bin' / 'python')
     purelib = subprocess.run(
-        [python, '-c', "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        [python, '-c', 'import sysconfig; '
+         "print(sysconfig.get_path('purelib'))"],
         check=True, stdout=subprocess.PIPE, text=True).stdout.strip()
     with open(osp.join(purelib, 'stack.pth'), 'w') as f:
         f.write(f'import site; list(map(site.addsitedir, '
