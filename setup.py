@@ -1,7 +1,9 @@
 """pelk-mm: PeLK (CVPR 2024) for OpenMMLab.
 
 Pure PyTorch: no custom CUDA extension to build. ``pip install .`` installs
-what ``import pelk_mm`` needs for the operator (torch alone); the extras add
+what ``import pelk_mm`` needs for the operator (torch >= 2.1 alone; on top of
+an existing OpenMMLab environment it installs nothing but pelk-mm,
+tests/test_install.py); the extras add
 the OpenMMLab side, with the version ranges this plugin is tested against:
 
 - ``[mm]``: mmengine, mmcv, mmpretrain: the ``PeLK`` backbone, the sparsity
@@ -28,7 +30,7 @@ EXTRAS = {
     'mm': MM,
     'seg': MM + ['mmsegmentation>=1.2.0,<1.3.0'],
     'det': MM + ['mmdet>=3.2.0,<3.4.0'],
-    # torch.onnx's torch.export-based exporter needs onnxscript.
+    # torch.onnx's torch.export-based exporter (torch >= 2.5) needs onnxscript.
     'deploy': ['onnx', 'onnxruntime', 'onnxscript'],
     'analysis': ['matplotlib'],
 }
@@ -51,12 +53,14 @@ setup(
     long_description_content_type='text/markdown',
     license='Apache-2.0',
     packages=find_packages(include=['pelk_mm', 'pelk_mm.*']),
-    python_requires='>=3.8',
+    # CI tests Python 3.10 (canonical stack) and 3.11 (latest stack);
+    # docs/installation.md. 3.8 / 3.9 are not tested, so not admitted.
+    python_requires='>=3.10',
     install_requires=[
-        # The fast convolutions call torch.is_autocast_enabled(device_type)
-        # and torch.get_autocast_dtype(device_type), added in torch 2.4
-        # (pytorch/pytorch#124359); pelk_mm/ops/autocast_policy.py.
-        'torch>=2.4',
+        # The oldest torch CI tests (the canonical OpenMMLab stack: torch
+        # 2.1.2 + mmcv 2.1.0); newer-torch APIs are feature
+        # detected (pelk_mm/ops/autocast_policy.py, pelk_mm/engine/compat.py).
+        'torch>=2.1',
     ],
     extras_require=EXTRAS,
     classifiers=[

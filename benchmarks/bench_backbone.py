@@ -148,6 +148,24 @@ def amp_context(amp, device):
         device.type, dtype=dtype))
 
 
+def grad_scaler(device, enabled):
+    """A GradScaler for ``device``: ``torch.amp.GradScaler`` (torch >= 2.3,
+    every device); older torch has only CUDA's (``torch.cuda.amp``).
+
+    Raises:
+        RuntimeError: fp16 (``enabled``) on a non-CUDA device with torch
+            < 2.3, naming the torch version it needs.
+    """
+    if hasattr(torch.amp, 'GradScaler'):
+        return torch.amp.GradScaler(device.type, enabled=enabled)
+    if enabled and device.type != 'cuda':
+        raise RuntimeError(
+            f'--amp fp16 on {device.type} needs a GradScaler for that device: '
+            f'torch >= 2.3 (torch.amp.GradScaler); this is torch '
+            f'{torch.__version__}')
+    return torch.cuda.amp.GradScaler(enabled=enabled)
+
+
 class Runner:
     """One model, its optimizer and the two timed operations."""
 
@@ -157,8 +175,7 @@ class Runner:
             self.model.parameters(), lr=1e-4, weight_decay=0.05)
         self.inputs, self.samples = make_batch(args, device)
         self.device, self.amp = device, amp or args.amp
-        self.scaler = torch.amp.GradScaler(
-            device.type, enabled=self.amp == 'fp16')
+        self.scaler = grad_scaler(device, enabled=self.amp == 'fp16')
         height, width = args.infer_size or (args.size, args.size)
         self.infer_inputs = torch.randn(
             args.batch, 3, height, width,

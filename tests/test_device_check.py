@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from pelk_mm.ops import sharing_grid
 from pelk_mm.ops.impl_selection import COST_COEFFICIENTS
@@ -20,6 +21,11 @@ import fit_cost_model  # noqa: E402
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    not hasattr(torch.amp, 'GradScaler'),
+    reason=f'the smoke run trains under fp16 autocast on the CPU, which '
+    f'needs a CPU GradScaler (torch.amp.GradScaler, torch >= 2.3); this is '
+    f'torch {torch.__version__}')
 def test_smoke_run_writes_every_result(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     subprocess.run(
@@ -86,6 +92,16 @@ def test_torch_only_part_needs_no_mm_package(tmp_path):
     assert not (tmp_path / 'backbone.json').exists()
     seconds = json.loads((tmp_path / 'seconds.json').read_text())
     assert seconds['skipped'] == {'mm': '--no-mm'}
+
+
+@pytest.mark.skipif(
+    hasattr(torch.amp, 'GradScaler'),
+    reason=f'torch {torch.__version__} has a CPU GradScaler')
+def test_fp16_without_a_cpu_grad_scaler_names_the_torch_needed():
+    import bench_backbone
+    with pytest.raises(RuntimeError, match=r'fp16 on cpu .* torch >= 2\.3'):
+        bench_backbone.grad_scaler(torch.device('cpu'), enabled=True)
+    bench_backbone.grad_scaler(torch.device('cpu'), enabled=False)  # fp32
 
 
 def _synthetic_rows(coefficients):

@@ -25,6 +25,27 @@ from pelk_mm.sparsity import DynamicSparsityHook, cosine_prune_rate
 from helpers import check_records, make_sparsity_runner
 
 
+def _fused_adamw_on_cpu():
+    try:
+        torch.optim.AdamW([nn.Parameter(torch.zeros(1))], fused=True)
+    except RuntimeError:  # torch < 2.4: fused=True requires CUDA
+        return False
+    return True
+
+
+# The AMP tests run mmengine's AmpOptimWrapper on the CPU: they need a CPU
+# GradScaler (torch.amp.GradScaler('cpu'), torch >= 2.3) and, for fused=True,
+# a CPU fused AdamW (torch >= 2.4). The hook itself has no torch floor.
+needs_cpu_grad_scaler = pytest.mark.skipif(
+    not hasattr(torch.amp, 'GradScaler'),
+    reason=f'torch {torch.__version__} has no CPU GradScaler '
+    '(torch.amp.GradScaler, torch >= 2.3)')
+needs_cpu_fused_adamw = pytest.mark.skipif(
+    not _fused_adamw_on_cpu(),
+    reason=f'torch {torch.__version__} has no fused AdamW on the CPU '
+    '(torch >= 2.4)')
+
+
 class TinyDataset(Dataset):
     """32 fixed random 3x8x8 images, 4 classes; ``inf_at`` poisons a sample."""
 
@@ -119,7 +140,9 @@ def test_exact_after_every_step(tmp_path, init, growth, accumulative_counts):
                 ) == [hook.masks.density] * len(update_steps)
 
 
-@pytest.mark.parametrize('fused', [False, True])
+@needs_cpu_grad_scaler
+@pytest.mark.parametrize('fused', [
+    False, pytest.param(True, marks=needs_cpu_fused_adamw)])
 def test_step_skipped_by_loss_scaler(tmp_path, monkeypatch, fused):
     """mmengine's real AmpOptimWrapper with torch's real CPU GradScaler.
 
@@ -294,6 +317,8 @@ def test_ddp_masks_identical_on_both_ranks(tmp_path):
                            ranks[1]['weights'][name])
 
 
+@needs_cpu_grad_scaler
+@needs_cpu_fused_adamw
 def test_no_host_sync_between_updates(tmp_path, monkeypatch):
     """Before an optimizer step, the hook reads no tensor value on the host
     (``item`` / ``int`` / ``float`` / ``bool``) unless an update may be due,

@@ -1,34 +1,74 @@
 #!/usr/bin/env bash
-# Create (or bring up to date) .venv/ at the repository root with the CPU stack that
-# pelk-mm is developed and tested on:
-#   torch 2.14.1 + torchvision 0.29.1, mmcv 2.1.0 built from source with its ops,
-#   mmengine 0.10.7, mmsegmentation 1.2.2, mmdet 3.3.0, mmpretrain 1.2.0,
-#   onnx / onnxruntime / onnxscript, matplotlib, pelk_mm (editable): what
-#   `pip install -e .[all]` declares, pinned in requirements.txt.
+# Create (or bring up to date) a venv at the repository root with one of the two
+# CPU stacks that pelk-mm is tested on (docs/installation.md):
 #
-# Idempotent: a second run only checks a stamp and returns in about a second.
-# mmcv 2.1.0 has no wheel for torch 2.14, so it is compiled once (about 11 min on 2
-# idle cores, 20 when they are busy) and the wheel is cached outside the checkout,
-# keyed by mmcv, torch and Python versions:
-#   ${PELK_MM_CACHE:-~/.cache/pelk-mm}/wheels/
+#   bash tools/setup_env.sh            # latest:    .venv/, Python 3.11,
+#   bash tools/setup_env.sh latest     #   torch 2.14.1 + torchvision 0.29.1
+#   bash tools/setup_env.sh canonical  # canonical: .venv-canonical/, Python 3.10,
+#                                      #   torch 2.1.2 + torchvision 0.16.2
+#
+# Both: mmcv 2.1.0 built from its sdist with its ops, mmengine 0.10.7,
+# mmsegmentation 1.2.2, mmdet 3.3.0, mmpretrain 1.2.0, onnx / onnxruntime /
+# onnxscript, matplotlib, pelk_mm (editable): what `pip install -e .[all]`
+# declares, pinned per stack in requirements/<stack>.txt. PYTHON=... overrides
+# the interpreter the venv is created with.
+#
+# Idempotent: a second run only checks the venv's stamp and returns in about a
+# second. mmcv 2.1.0 has no wheel on PyPI (and none at all for torch 2.14), so it
+# is compiled once per stack (latest: about 11 min on 2 idle cores, 20 when they
+# are busy; its C++ standard is raised to C++20 for torch 2.14's headers;
+# canonical: built unpatched) and the wheel is cached outside the checkout, keyed
+# by mmcv, torch and Python versions:
+#   ${PELK_MM_CACHE:-~/.cache/pelk-mm}/wheels/mmcv-2.1.0-torch<T>-cp<XY>/
 # The wheel enters the cache by an atomic rename, and a cached wheel that is not a
 # valid zip archive is deleted and rebuilt, so an interrupted setup never poisons
 # later ones. A machine without that cache still works; it just builds.
 #
 # Users with their own (CUDA) OpenMMLab environment do not need this script at all:
-#   pip install -e .[seg]    (or [det], [mm], [all]; see README "Installation")
+#   pip install -e .[seg]    (or [det], [mm], [all]; see docs/installation.md)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-VENV="$ROOT/.venv"
-PYTHON=${PYTHON:-python3.11}
 CACHE="${PELK_MM_CACHE:-$HOME/.cache/pelk-mm}"
-TORCH_VERSION=2.14.1
-TORCHVISION_VERSION=0.29.1
 MMCV_VERSION=2.1.0
-PY="$VENV/bin/python"
 
 log() { echo "[setup_env] $*" >&2; }
+
+# python310: pyenv's Python 3.10 when pyenv has one (its bare `python3.10` shim
+# refuses a version that is not selected), else python3.10 on the PATH.
+python310() {
+    local found
+    found=$(ls -d "$(pyenv root 2>/dev/null)"/versions/3.10.*/bin/python3.10 \
+        2>/dev/null | sort -V | tail -1)
+    echo "${found:-python3.10}"
+}
+
+# select_stack STACK: set the venv, interpreter, pins and mmcv build of STACK.
+select_stack() {
+    case "$1" in
+        latest)
+            VENV="$ROOT/.venv"
+            PYTHON=${PYTHON:-python3.11}
+            TORCH_VERSION=2.14.1
+            TORCHVISION_VERSION=0.29.1
+            MMCV_CXX20=1  # torch 2.14 headers require C++20
+            ;;
+        canonical)
+            VENV="$ROOT/.venv-canonical"
+            PYTHON=${PYTHON:-$(python310)}
+            TORCH_VERSION=2.1.2
+            TORCHVISION_VERSION=0.16.2
+            MMCV_CXX20=0  # mmcv 2.1.0 builds as released against torch 2.1
+            ;;
+        *)
+            log "unknown stack '$1': expected 'latest' (default) or 'canonical'"
+            return 2
+            ;;
+    esac
+    STACK=$1
+    REQUIREMENTS="$ROOT/requirements/$STACK.txt"
+    PY="$VENV/bin/python"
+}
 
 # valid_wheel WHEEL: whether WHEEL is a readable zip archive with intact CRCs.
 valid_wheel() {
@@ -83,14 +123,31 @@ build_mmcv_wheel() {
         -d "$build" "mmcv==$MMCV_VERSION"
     tar -xzf "$build"/mmcv-"$MMCV_VERSION".tar.gz -C "$build"
     src="$build/mmcv-$MMCV_VERSION"
-    # torch 2.14 headers require C++20; mmcv 2.1.0 asks for c++14 / c++17.
-    sed -i -e 's/c++14/c++20/g' -e 's/c++17/c++20/g' "$src/setup.py"
-    grep -q 'c++20' "$src/setup.py" || { log "could not raise mmcv's C++ standard"; return 1; }
+    if [ "$MMCV_CXX20" = 1 ]; then
+        # mmcv 2.1.0 asks for c++14 / c++17.
+        sed -i -e 's/c++14/c++20/g' -e 's/c++17/c++20/g' "$src/setup.py"
+        grep -q 'c++20' "$src/setup.py" || { log "could not raise mmcv's C++ standard"; return 1; }
+    fi
     (cd "$src" && MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS="$(nproc)" \
         "${PIP[@]}" wheel -q --no-deps --no-build-isolation -w "$1" .)
 }
 
+# stamp_hash: what the stack's stamp ($VENV/.pelk_mm_stamp) must hold. Any
+# change to this script, the stack's requirements or setup.py invalidates it.
+stamp_hash() {
+    cat "$ROOT/tools/setup_env.sh" "$REQUIREMENTS" "$ROOT/setup.py" | sha256sum | cut -d' ' -f1
+}
+
+# wheel_cache_dir: the cache folder of mmcv wheels for this stack's mmcv, torch
+# and Python ($PY) versions.
+wheel_cache_dir() {
+    local pytag
+    pytag=$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
+    echo "$CACHE/wheels/mmcv-$MMCV_VERSION-torch$TORCH_VERSION-$pytag"
+}
+
 main() {
+    select_stack "${1:-latest}" || exit 2
     TMP_PATHS=()
     trap 'rm -rf "${TMP_PATHS[@]}"' EXIT
     if [ ! -x "$PY" ]; then
@@ -99,27 +156,25 @@ main() {
     fi
     PIP=("$PY" -m pip --disable-pip-version-check)
 
-    # The stamp records what this script installed; any change to the script, the
-    # requirements or setup.py invalidates it.
     local stamp="$VENV/.pelk_mm_stamp" want
-    want=$(cat "$ROOT/tools/setup_env.sh" "$ROOT/requirements.txt" "$ROOT/setup.py" | sha256sum | cut -d' ' -f1)
+    want=$(stamp_hash)
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
-        log "environment up to date ($VENV)"
+        log "$STACK stack up to date ($VENV)"
         return 0
     fi
 
     # setuptools<81 keeps pkg_resources, which mmcv's setup.py and mmengine's
     # `mmseg::`-style base configs import.
-    # torch asks for setuptools too: pin both in one resolve.
+    # torch asks for setuptools too: pin both in one resolve. numpy < 2 from the
+    # start: torch 2.1 and mmcv 2.1 are compiled against numpy 1.
     "${PIP[@]}" install -q "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" \
-        'setuptools<81' wheel ninja
+        'setuptools<81' 'numpy<2' wheel ninja
 
-    local pytag wheels wheel dist
-    pytag=$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
-    wheels="$CACHE/wheels/mmcv-$MMCV_VERSION-torch$TORCH_VERSION-$pytag"
+    local wheels wheel dist
+    wheels=$(wheel_cache_dir)
     if ! "$PY" -c "import mmcv, mmcv.ops, sys; sys.exit(mmcv.__version__ != '$MMCV_VERSION')" 2>/dev/null; then
         if ! wheel=$(cached_wheel "$wheels"); then
-            log "no cached mmcv wheel in $wheels: building mmcv $MMCV_VERSION with ops (about 11 min on 2 idle cores, 20 when busy)"
+            log "no cached mmcv wheel in $wheels: building mmcv $MMCV_VERSION with ops (10-20 min on 2 cores)"
             dist=$(mktemp -d)
             TMP_PATHS+=("$dist")
             build_mmcv_wheel "$dist"
@@ -130,13 +185,13 @@ main() {
         "${PIP[@]}" install -q --no-deps --force-reinstall "$wheel"
     fi
 
-    "${PIP[@]}" install -q -r "$ROOT/requirements.txt" "mmcv==$MMCV_VERSION" \
+    "${PIP[@]}" install -q -r "$REQUIREMENTS" "mmcv==$MMCV_VERSION" \
         "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" 'setuptools<81'
     "${PIP[@]}" install -q --no-deps -e "$ROOT"
     "$PY" -c "import mmcv.ops, mmseg, mmdet, mmpretrain, onnxruntime, onnxscript, matplotlib, pelk_mm" \
         || { log "the installed stack does not import"; exit 1; }
     echo "$want" > "$stamp"
-    log "environment ready: $VENV"
+    log "$STACK stack ready: $VENV"
 }
 
 # Sourcing the script (tests/test_setup_env.py) only defines the functions:

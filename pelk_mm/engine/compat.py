@@ -36,7 +36,9 @@ turns the bare ``ModuleNotFoundError`` into an actionable message.
 """
 import functools
 import importlib.util
+import io
 import os
+import pickle
 import warnings
 
 import numpy as np
@@ -112,6 +114,44 @@ def load_from_http(filename: str,
         if rank > 0:
             checkpoint = load()
     return checkpoint
+
+
+def _torch_load_defaults_to_weights_only() -> bool:
+    """Whether a plain ``torch.load`` refuses a foreign pickled object."""
+    buffer = io.BytesIO()
+    torch.save(_Foreign(), buffer)
+    buffer.seek(0)
+    try:
+        torch.load(buffer)
+    except pickle.UnpicklingError:
+        return True
+    return False
+
+
+class _Foreign:
+    """A class no weights-only unpickler allows."""
+
+
+#: torch >= 2.6: ``torch.load`` (so mmengine's loaders) is weights-only by
+#: default. Before, mmengine's loaders unpickle anything, as upstream.
+TORCH_LOAD_WEIGHTS_ONLY_BY_DEFAULT = _torch_load_defaults_to_weights_only()
+
+
+def load_weights_only(filename: str, map_location=None):
+    """``torch.load(filename, weights_only=True)`` on every torch.
+
+    mmengine's own globals (:data:`MMENGINE_CHECKPOINT_GLOBALS`) are allowed
+    where torch can allow-list them (``safe_globals``, torch >= 2.5); older
+    torch refuses mmengine's training checkpoints (their ``message_hub``).
+
+    Raises:
+        pickle.UnpicklingError: the file pickles an object not allowed.
+    """
+    if hasattr(torch.serialization, 'safe_globals'):
+        with torch.serialization.safe_globals(MMENGINE_CHECKPOINT_GLOBALS):
+            return torch.load(filename, map_location=map_location,
+                              weights_only=True)
+    return torch.load(filename, map_location=map_location, weights_only=True)
 
 
 def patch_mmengine_checkpoint_loaders() -> None:

@@ -48,6 +48,8 @@ from mmengine.runner import CheckpointLoader
 
 import pelk_mm  # noqa: F401  (registers the mmengine checkpoint classes)
 from pelk_mm import PeLK
+from pelk_mm.engine.compat import (TORCH_LOAD_WEIGHTS_ONLY_BY_DEFAULT,
+                                   load_weights_only)
 from pelk_mm.models.builder import build_model, load_config
 from pelk_mm.models.checkpoint_loading import backbone_state_dict
 from pelk_mm.models.checkpoint_meta import (add_arch_meta, check_state_dict,
@@ -111,9 +113,26 @@ def target_backbone(arch=None, config=None) -> PeLK:
 
 
 def load_safely(src: str):
-    """mmengine's loader (local, http(s), open-mmlab://...), weights only."""
+    """mmengine's loader (local, http(s), open-mmlab://...), weights only.
+
+    On torch < 2.6, whose ``torch.load`` (so mmengine's loaders) is not
+    weights-only by default, local files are read with an explicit
+    ``weights_only=True`` (torch < 2.5 cannot allow-list mmengine's own
+    globals, so its training checkpoints need ``--trust-pickle`` there),
+    http(s) URLs with pelk_mm's weights-only loader, and other schemes are
+    refused.
+    """
     try:
-        return CheckpointLoader.load_checkpoint(src, map_location='cpu')
+        if (TORCH_LOAD_WEIGHTS_ONLY_BY_DEFAULT
+                or src.startswith(('http://', 'https://'))):
+            return CheckpointLoader.load_checkpoint(src, map_location='cpu')
+        if '://' in src:
+            raise ValueError(
+                f'{src}: on torch {torch.__version__} mmengine loads this '
+                'scheme with the unrestricted unpickler (torch >= 2.6 loads '
+                'it weights-only); download the file, or rerun with '
+                '--trust-pickle if it comes from a trusted source.')
+        return load_weights_only(src, map_location='cpu')
     except pickle.UnpicklingError as e:
         raise ValueError(
             f'{src} cannot be read with weights_only=True ({e}). If the file '
