@@ -7,7 +7,8 @@ tests/test_install.py); the extras add
 the OpenMMLab side, with the version ranges this plugin is tested against:
 
 - ``[mm]``: mmengine, mmcv, mmpretrain: the ``PeLK`` backbone, the sparsity
-  hook, the optimizer constructors, ImageNet classification configs, the tools;
+  hook, the optimizer wrapper constructor, ImageNet classification configs,
+  the tools;
 - ``[seg]`` / ``[det]``: ``[mm]`` + mmsegmentation / mmdet, for the UperNet and
   Cascade Mask R-CNN configs (mmcv must be < 2.2.0: both assert it);
 - ``[deploy]``: ONNX export and its onnxruntime check;
@@ -30,7 +31,8 @@ EXTRAS = {
     'mm': MM,
     'seg': MM + ['mmsegmentation>=1.2.0,<1.3.0'],
     'det': MM + ['mmdet>=3.2.0,<3.4.0'],
-    # torch.onnx's torch.export-based exporter (torch >= 2.5) needs onnxscript.
+    # The tools export with the TorchScript exporter; onnxscript serves the
+    # torch.export-based one (dynamo=True, torch >= 2.5), tested beside it.
     'deploy': ['onnx', 'onnxruntime', 'onnxscript'],
     'analysis': ['matplotlib'],
 }
@@ -47,7 +49,8 @@ def read_version():
 setup(
     name='pelk-mm',
     version=read_version(),
-    description='PeLK: parameter-efficient large kernel ConvNets with peripheral '
+    description=
+    'PeLK: parameter-efficient large kernel ConvNets with peripheral '
     'convolution, as an OpenMMLab plugin (mmseg / mmdet / mmpretrain)',
     long_description=open('README.md').read(),
     long_description_content_type='text/markdown',

@@ -12,21 +12,20 @@ SyncBN and no pretrained weights, all timed in one run:
 - ``convnext``: UperNet + ConvNeXt-T (mmpretrain backbone in mmseg's
   ``convnext-tiny_upernet`` config).
 
-A train step is ``loss`` forward (decode + auxiliary heads) + backward +
-AdamW step, under ``--amp`` autocast if given (fp16 with a ``GradScaler``);
-inference is the ``mode='tensor'`` forward under ``no_grad`` (and the same
-autocast) on a whole ``--infer-size`` image (e.g. ``512 2048``, an ADE20K
-test image, in one piece rather than mmseg's sliding window). Times are
-medians over ``--iters`` repetitions in which the models are interleaved;
-on CUDA each is bracketed by ``torch.cuda.synchronize``.
-``--amp-steps N`` also trains PeLK-T (``impl='auto'``) N steps under fp16
-and under bf16 autocast and reports the losses and whether all are finite. Peak memory is that of one more train step / inference per
-model, after the timed ones: on CPU the process's peak RSS during the step
-minus its RSS just before it (Linux ``VmHWM`` after resetting it through
-``/proc/self/clear_refs``, and ``VmRSS``), i.e. the step's own peak above the
-resident model, optimizer state and allocator caches; on CUDA
-``torch.cuda.max_memory_allocated`` minus the memory allocated before the
-step.
+A train step is ``loss`` forward (decode + auxiliary heads) + backward + AdamW
+step, under ``--amp`` autocast if given (fp16 with a ``GradScaler``); inference
+is the ``mode='tensor'`` forward under ``no_grad`` (and the same autocast) on a
+whole ``--infer-size`` image (e.g. ``512 2048``, an ADE20K test image, in one
+piece rather than mmseg's sliding window). Times are medians over ``--iters``
+repetitions in which the models are interleaved; on CUDA each is bracketed by
+``torch.cuda.synchronize``. ``--amp-steps N`` also trains PeLK-T
+(``impl='auto'``) N steps under fp16 and under bf16 autocast and reports the
+losses and whether all are finite. Peak memory is that of one more train step /
+inference per model, after the timed ones: on CPU the process's peak RSS during
+the step minus its RSS just before it (Linux ``VmHWM`` after resetting it
+through ``/proc/self/clear_refs``, and ``VmRSS``), i.e. the step's own peak
+above the resident model, optimizer state and allocator caches; on CUDA
+``torch.cuda.max_memory_allocated`` minus the memory allocated before the step.
 
 On CPU the ``pelk-dense`` step at 512x512 takes about a minute; use
 ``--size 256`` for a quick run.
@@ -53,7 +52,8 @@ import torch
 MODELS = ('pelk', 'pelk-dense', 'pelk-identity', 'convnext')
 AMP_DTYPES = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 PELK_CONFIG = 'configs/_base_/models/upernet_pelk.py'  # PeLK-T
-CONVNEXT_CONFIG = 'convnext/convnext-tiny_upernet_8xb2-amp-160k_ade20k-512x512.py'
+CONVNEXT_CONFIG = ('convnext/'
+                   'convnext-tiny_upernet_8xb2-amp-160k_ade20k-512x512.py')
 
 
 def parse_args(argv=None):
@@ -61,35 +61,58 @@ def parse_args(argv=None):
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--size', type=int, default=512)
-    parser.add_argument('--batch', type=int, default=2,
-                        help='per-device batch of mmseg 8xb2 configs; >= 2 '
-                        '(BN in the pyramid pooling needs it)')
-    parser.add_argument('--iters', type=int, default=2,
-                        help='timed repetitions (after one warm-up)')
-    parser.add_argument('--models', nargs='+', default=list(MODELS),
-                        choices=MODELS)
-    parser.add_argument('--modes', nargs='+', default=['train', 'infer'],
-                        choices=['train', 'infer', 'hook'],
-                        help="'hook': the DynamicSparsityHook's per-step and "
-                        'update cost on UperNet + PeLK-T, as a fraction of '
-                        'its train step (see time_sparsity_hook)')
-    parser.add_argument('--no-memory', action='store_true',
-                        help='skip the peak-memory measurement')
-    parser.add_argument('--amp', default='none', choices=sorted(AMP_DTYPES),
-                        help='autocast dtype of the timed train step and '
-                        'inference (fp16 with a GradScaler); default none')
-    parser.add_argument('--infer-size', type=int, nargs=2, default=None,
-                        metavar=('H', 'W'),
-                        help='image of the timed inference (whole-image '
-                        'forward), e.g. 512 2048 as an ADE20K test image; '
-                        'default --size x --size')
-    parser.add_argument('--amp-steps', type=int, default=0,
-                        help='also train PeLK-T (auto) this many steps under '
-                        'fp16 and bf16 autocast and report whether every '
-                        'loss is finite (0: skip)')
+    parser.add_argument(
+        '--batch',
+        type=int,
+        default=2,
+        help='per-device batch of mmseg 8xb2 configs; >= 2 '
+        '(BN in the pyramid pooling needs it)')
+    parser.add_argument(
+        '--iters',
+        type=int,
+        default=2,
+        help='timed repetitions (after one warm-up)')
+    parser.add_argument(
+        '--models', nargs='+', default=list(MODELS), choices=MODELS)
+    parser.add_argument(
+        '--modes',
+        nargs='+',
+        default=['train', 'infer'],
+        choices=['train', 'infer', 'hook'],
+        help="'hook': the DynamicSparsityHook's per-step and "
+        'update cost on UperNet + PeLK-T, as a fraction of '
+        'its train step (see time_sparsity_hook)')
+    parser.add_argument(
+        '--no-memory',
+        action='store_true',
+        help='skip the peak-memory measurement')
+    parser.add_argument(
+        '--amp',
+        default='none',
+        choices=sorted(AMP_DTYPES),
+        help='autocast dtype of the timed train step and '
+        'inference (fp16 with a GradScaler); default none')
+    parser.add_argument(
+        '--infer-size',
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=('H', 'W'),
+        help='image of the timed inference (whole-image '
+        'forward), e.g. 512 2048 as an ADE20K test image; '
+        'default --size x --size')
+    parser.add_argument(
+        '--amp-steps',
+        type=int,
+        default=0,
+        help='also train PeLK-T (auto) this many steps under '
+        'fp16 and bf16 autocast and report whether every '
+        'loss is finite (0: skip)')
     parser.add_argument('--json', action='store_true')
-    parser.add_argument('--save', metavar='PREFIX',
-                        help='also write PREFIX.json and PREFIX.md')
+    parser.add_argument(
+        '--save',
+        metavar='PREFIX',
+        help='also write PREFIX.json and PREFIX.md')
     return parser.parse_args(argv)
 
 
@@ -131,12 +154,14 @@ def make_batch(args, device):
     samples = []
     for _ in range(args.batch):
         sample = SegDataSample()
-        sample.gt_sem_seg = PixelData(data=torch.randint(
-            0, 150, (1, args.size, args.size), generator=gen).to(device))
+        sample.gt_sem_seg = PixelData(
+            data=torch.randint(
+                0, 150, (1, args.size, args.size), generator=gen).to(device))
         sample.set_metainfo(
-            dict(img_shape=(args.size, args.size),
-                 ori_shape=(args.size, args.size),
-                 pad_shape=(args.size, args.size)))
+            dict(
+                img_shape=(args.size, args.size),
+                ori_shape=(args.size, args.size),
+                pad_shape=(args.size, args.size)))
         samples.append(sample)
     return inputs.to(device), samples
 
@@ -178,7 +203,10 @@ class Runner:
         self.scaler = grad_scaler(device, enabled=self.amp == 'fp16')
         height, width = args.infer_size or (args.size, args.size)
         self.infer_inputs = torch.randn(
-            args.batch, 3, height, width,
+            args.batch,
+            3,
+            height,
+            width,
             generator=torch.Generator().manual_seed(1)).to(device)
 
     def train(self):
@@ -232,10 +260,13 @@ def time_models(args, device):
                     times[name, mode].append(time.perf_counter() - start)
     memory = {} if args.no_memory else {
         (name, mode): peak_memory_mib(runners[name], mode, device)
-        for mode in args.modes for name in args.models
+        for mode in args.modes
+        for name in args.models
     }
-    return {key: statistics.median(value)
-            for key, value in times.items()}, memory
+    return {
+        key: statistics.median(value)
+        for key, value in times.items()
+    }, memory
 
 
 def _proc_status_mib(key):
@@ -287,8 +318,8 @@ def time_sparsity_hook(args, device):
     runner = Runner('pelk', args, device)
     model, optimizer = runner.model, runner.optimizer
     generator = torch.Generator().manual_seed(0)
-    masks = SparsityMasks.init(model, sparsity=0.4, init='ERK',
-                               generator=generator)
+    masks = SparsityMasks.init(
+        model, sparsity=0.4, init='ERK', generator=generator)
     masks.apply(model, optimizer)
 
     def timed(fn):
@@ -301,9 +332,9 @@ def time_sparsity_hook(args, device):
     times = dict(train_step=[], per_step=[], update=[])
     for rep in range(args.iters + 1):  # the first round is the warm-up
         step = timed(runner.train)
-        update = timed(lambda: (masks.update(
-            model, 0.3, 'random', generator, optimizer), masks.group_counts(
-                model)))
+        update = timed(
+            lambda: (masks.update(model, 0.3, 'random', generator, optimizer),
+                     masks.group_counts(model)))
         per_step = timed(lambda: masks.mask_grads(model))
         if rep:
             times['train_step'].append(step)
@@ -323,11 +354,15 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     import pelk_mm  # noqa: F401  (registers PeLK)
     if 'hook' in args.modes:
-        hook = json.dumps(dict(sparsity_hook=time_sparsity_hook(args, device),
-                               device=str(device), size=args.size,
-                               batch=args.batch,
-                               threads=torch.get_num_threads(),
-                               torch=torch.__version__), indent=1)
+        hook = json.dumps(
+            dict(
+                sparsity_hook=time_sparsity_hook(args, device),
+                device=str(device),
+                size=args.size,
+                batch=args.batch,
+                threads=torch.get_num_threads(),
+                torch=torch.__version__),
+            indent=1)
         print(hook)
         if args.save:
             with open(f'{args.save}_hook.json', 'w') as out:
@@ -339,16 +374,23 @@ def main(argv=None):
     machine = dict(
         device=(torch.cuda.get_device_name(device) if device.type == 'cuda'
                 else platform.processor() or platform.machine()),
-        threads=torch.get_num_threads(), torch=torch.__version__,
-        size=args.size, batch=args.batch, iters=args.iters, amp=args.amp,
+        threads=torch.get_num_threads(),
+        torch=torch.__version__,
+        size=args.size,
+        batch=args.batch,
+        iters=args.iters,
+        amp=args.amp,
         infer_size=args.infer_size or [args.size, args.size],
         memory=('cuda max_memory_allocated' if device.type == 'cuda' else
                 'peak RSS (VmHWM) minus RSS before the step'))
     rows = []
     for mode in args.modes:
         for name in args.models:
-            row = dict(model=name, mode=mode, seconds=times[name, mode],
-                       peak_mib=memory.get((name, mode)))
+            row = dict(
+                model=name,
+                mode=mode,
+                seconds=times[name, mode],
+                peak_mib=memory.get((name, mode)))
             if 'pelk' in args.models:
                 row['x_pelk'] = times[name, mode] / times['pelk', mode]
             rows.append(row)
@@ -358,16 +400,17 @@ def main(argv=None):
             summary[f'{mode}_large_kernel_share'] = 1 - times[
                 'pelk-identity', mode] / times['pelk', mode]
         if {'pelk', 'pelk-dense'} <= set(args.models):
-            summary[f'{mode}_speedup_vs_dense'] = times[
-                'pelk-dense', mode] / times['pelk', mode]
+            summary[f'{mode}_speedup_vs_dense'] = times['pelk-dense',
+                                                        mode] / times['pelk',
+                                                                      mode]
         if {'pelk', 'convnext'} <= set(args.models):
             summary[f'{mode}_pelk_over_convnext'] = times[
                 'pelk', mode] / times['convnext', mode]
     losses = amp_losses(args, device) if args.amp_steps else {}
     for amp, values in losses.items():
         summary[f'{amp}_losses_finite'] = all(map(math.isfinite, values))
-    result = dict(machine=machine, results=rows, summary=summary,
-                  amp_losses=losses)
+    result = dict(
+        machine=machine, results=rows, summary=summary, amp_losses=losses)
     if args.save:
         with open(f'{args.save}.json', 'w') as out:
             json.dump(result, out, indent=1)
@@ -382,8 +425,10 @@ def main(argv=None):
 
 def markdown_table(result):
     """The rows as a markdown table, then the summary and the machine."""
-    lines = ['| mode | model | s / iter | x pelk | peak MiB |',
-             '|---|---|---|---|---|']
+    lines = [
+        '| mode | model | s / iter | x pelk | peak MiB |',
+        '|---|---|---|---|---|'
+    ]
     for row in result['results']:
         peak = '' if row['peak_mib'] is None else f'{row["peak_mib"]:.0f}'
         lines.append(f'| {row["mode"]} | {row["model"]} | '

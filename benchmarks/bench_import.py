@@ -36,12 +36,19 @@ LINE = re.compile(r'import time:\s+\d+ \|\s+(\d+) \| *(\S+)')
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--torch-only', action='store_true',
-                        help='hide the OpenMMLab packages and PIL')
-    parser.add_argument('--reps', type=int, default=5,
-                        help='fresh interpreters per statement (default 5)')
-    parser.add_argument('--json', action='store_true',
-                        help='print one JSON object instead of the summary')
+    parser.add_argument(
+        '--torch-only',
+        action='store_true',
+        help='hide the OpenMMLab packages and PIL')
+    parser.add_argument(
+        '--reps',
+        type=int,
+        default=5,
+        help='fresh interpreters per statement (default 5)')
+    parser.add_argument(
+        '--json',
+        action='store_true',
+        help='print one JSON object instead of the summary')
     return parser.parse_args(argv)
 
 
@@ -54,7 +61,10 @@ def import_times(statement, torch_only):
     env['PYTHONPATH'] = os.pathsep.join(p for p in path if p)
     proc = subprocess.run(
         [sys.executable, '-X', 'importtime', '-c', statement],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
         check=True)
     times = {}
     for match in LINE.finditer(proc.stderr):

@@ -56,12 +56,15 @@ def parse_args(argv=None):
         metavar='H W',
         help='input sizes as H W pairs (default 224x224, 512x512, '
         '512x2048: an ADE20K test image at full width)')
-    parser.add_argument('--iters', type=int, default=3,
-                        help='timed rounds per size (after one warm-up)')
-    parser.add_argument('--models', nargs='+', default=list(MODELS),
-                        choices=MODELS)
-    parser.add_argument('--save', metavar='DIR',
-                        help='write DIR/onnx_cpu_<date>.json')
+    parser.add_argument(
+        '--iters',
+        type=int,
+        default=3,
+        help='timed rounds per size (after one warm-up)')
+    parser.add_argument(
+        '--models', nargs='+', default=list(MODELS), choices=MODELS)
+    parser.add_argument(
+        '--save', metavar='DIR', help='write DIR/onnx_cpu_<date>.json')
     args = parser.parse_args(argv)
     if len(args.sizes) % 2:
         parser.error('--sizes takes H W pairs')
@@ -117,7 +120,10 @@ def export(model, size, path, tool):
             path,
             input_names=['input'],
             output_names=names,
-            dynamic_axes={n: {0: 'batch'} for n in ['input', *names]},
+            dynamic_axes={n: {
+                0: 'batch'
+            }
+                          for n in ['input', *names]},
             opset_version=tool.OPSET,
             **tool.exporter_kwargs())
 
@@ -147,8 +153,8 @@ def time_size(models, size, args, tool, workdir):
         path = osp.join(workdir, f'{name}_{size[0]}x{size[1]}.onnx')
         export(model, size, path, tool)
         sessions[name] = session(path, args.threads)
-    x = np.random.default_rng(0).standard_normal(
-        (1, 3, *size), dtype=np.float32)
+    x = np.random.default_rng(0).standard_normal((1, 3, *size),
+                                                 dtype=np.float32)
     outputs = {n: s.run(None, {'input': x}) for n, s in sessions.items()}
     times = {name: [] for name in models}
     names = list(models)
@@ -160,8 +166,10 @@ def time_size(models, size, args, tool, workdir):
             times[name].append(time.perf_counter() - start)
     row = dict(
         size=list(size),
-        median_s={n: statistics.median(t)
-                  for n, t in times.items()},
+        median_s={
+            n: statistics.median(t)
+            for n, t in times.items()
+        },
         times_s=times)
     if {'pelk', 'pelk-dense'} <= set(models):
         row['structured_vs_dense_rel_error'] = relative_error(
@@ -183,8 +191,7 @@ def markdown(result):
     names = result['models']
     lines = [
         '| H x W | ' + ' | '.join(f'{n} ms' for n in names) +
-        ' | pelk / convnext | pelk / dense |',
-        '|---' * (len(names) + 3) + '|'
+        ' | pelk / convnext | pelk / dense |', '|---' * (len(names) + 3) + '|'
     ]
     for row in result['results']:
         medians, ratios = row['median_s'], row['ratios']
@@ -208,8 +215,7 @@ def main(argv=None):
     models = build_backbones(args.models)
     with tempfile.TemporaryDirectory() as workdir:
         rows = [
-            time_size(models, size, args, tool, workdir)
-            for size in args.sizes
+            time_size(models, size, args, tool, workdir) for size in args.sizes
         ]
     result = dict(
         run=dict(

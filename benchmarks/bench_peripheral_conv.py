@@ -53,36 +53,67 @@ BASELINE = 'dw7x7'
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--device', default='cpu', help='cpu or cuda')
-    parser.add_argument('--threads', type=int, default=2,
-                        help='torch CPU threads (default 2)')
-    parser.add_argument('--kernels', type=int, nargs='+',
-                        default=[13, 31, 51, 101])
-    parser.add_argument('--sizes', type=int, nargs='+',
-                        default=[16, 32, 64, 128], help='square map sides')
+    parser.add_argument(
+        '--threads', type=int, default=2, help='torch CPU threads (default 2)')
+    parser.add_argument(
+        '--kernels', type=int, nargs='+', default=[13, 31, 51, 101])
+    parser.add_argument(
+        '--sizes',
+        type=int,
+        nargs='+',
+        default=[16, 32, 64, 128],
+        help='square map sides')
     parser.add_argument('--channels', type=int, nargs='+', default=[48])
     parser.add_argument('--batch', type=int, nargs='+', default=[1])
-    parser.add_argument('--precisions', nargs='+', default=['fp32'],
-                        choices=sorted(PRECISIONS),
-                        help='fp32, or autocast to bf16 / fp16')
-    parser.add_argument('--layouts', nargs='+', default=['nchw'],
-                        choices=['nchw', 'channels_last'])
-    parser.add_argument('--methods', nargs='+', default=None,
-                        help='default: every registered implementation')
-    parser.add_argument('--modes', nargs='+', default=['fwd', 'fwd+bwd'],
-                        choices=['fwd', 'fwd+bwd'])
-    parser.add_argument('--reps', type=int, default=5,
-                        help='timed repetitions per method (after warm-up)')
-    parser.add_argument('--budget', type=float, default=20.0,
-                        help='seconds of timed repetitions per case, which '
-                        'caps --reps (at least 1 repetition)')
-    parser.add_argument('--input-mean', type=float, default=0.0,
-                        help='mean of the N(mean, 1) input (precision)')
-    parser.add_argument('--no-errors', action='store_true',
-                        help='skip the float64 reference and the errors')
-    parser.add_argument('--json', action='store_true',
-                        help='print one JSON object instead of the table')
-    parser.add_argument('--save', metavar='PREFIX',
-                        help='also write PREFIX.json and PREFIX.md')
+    parser.add_argument(
+        '--precisions',
+        nargs='+',
+        default=['fp32'],
+        choices=sorted(PRECISIONS),
+        help='fp32, or autocast to bf16 / fp16')
+    parser.add_argument(
+        '--layouts',
+        nargs='+',
+        default=['nchw'],
+        choices=['nchw', 'channels_last'])
+    parser.add_argument(
+        '--methods',
+        nargs='+',
+        default=None,
+        help='default: every registered implementation')
+    parser.add_argument(
+        '--modes',
+        nargs='+',
+        default=['fwd', 'fwd+bwd'],
+        choices=['fwd', 'fwd+bwd'])
+    parser.add_argument(
+        '--reps',
+        type=int,
+        default=5,
+        help='timed repetitions per method (after warm-up)')
+    parser.add_argument(
+        '--budget',
+        type=float,
+        default=20.0,
+        help='seconds of timed repetitions per case, which '
+        'caps --reps (at least 1 repetition)')
+    parser.add_argument(
+        '--input-mean',
+        type=float,
+        default=0.0,
+        help='mean of the N(mean, 1) input (precision)')
+    parser.add_argument(
+        '--no-errors',
+        action='store_true',
+        help='skip the float64 reference and the errors')
+    parser.add_argument(
+        '--json',
+        action='store_true',
+        help='print one JSON object instead of the table')
+    parser.add_argument(
+        '--save',
+        metavar='PREFIX',
+        help='also write PREFIX.json and PREFIX.md')
     return parser.parse_args(argv)
 
 
@@ -150,13 +181,15 @@ def bench_case(methods, case, args, device):
     shape = (batch, channels, size, size)
     x64 = torch.randn(shape, generator=gen, dtype=torch.float64)
     x64 += args.input_mean
-    w64 = torch.randn(channels, 1, len(grid), len(grid), generator=gen,
-                      dtype=torch.float64) / kernel_size
+    w64 = torch.randn(
+        channels, 1, len(grid), len(grid), generator=gen,
+        dtype=torch.float64) / kernel_size
     w7 = torch.randn(channels, 1, 7, 7, generator=gen) / 7
     g64 = torch.randn(shape, generator=gen, dtype=torch.float64)
     backward = mode == 'fwd+bwd'
-    memory_format = (torch.channels_last
-                     if layout == 'channels_last' else torch.contiguous_format)
+    memory_format = (
+        torch.channels_last
+        if layout == 'channels_last' else torch.contiguous_format)
 
     def inputs(dtype, weight=w64):
         x = x64.to(device, dtype).contiguous(memory_format=memory_format)
@@ -172,10 +205,8 @@ def bench_case(methods, case, args, device):
             for name in methods
         }
         calls = {
-            name: (lambda name=name: _run(fns[name], args_of[name][0],
-                                          args_of[name][1], grid,
-                                          args_of[name][2], precision,
-                                          device))
+            name: (lambda name=name: _run(fns[name], args_of[name][0], args_of[
+                name][1], grid, args_of[name][2], precision, device))
             for name in methods
         }
         errors = {}
@@ -193,8 +224,8 @@ def bench_case(methods, case, args, device):
                                 for r, ref in zip(result, reference)]
             del result
         _sync(device)
-        warm_up = (time.perf_counter() - start) / (
-            2 if device.type == 'cuda' else 1)
+        warm_up = (time.perf_counter() -
+                   start) / (2 if device.type == 'cuda' else 1)
         reps = max(1, min(args.reps, int(args.budget / max(warm_up, 1e-9))))
         times = {name: [] for name in methods}
         for rep in range(reps):
@@ -204,41 +235,51 @@ def bench_case(methods, case, args, device):
         peaks = {name: _peak_mib(calls[name], device) for name in methods}
         with _autocast(precision, device):  # the pick 'auto' just ran
             x, w = args_of['dense'][:2]
-            picked = (choose_impl(x, w, grid) if 'auto' in methods else
-                      None)
-    medians = {name: statistics.median(times[name]) * 1e3
-               for name in methods}
+            picked = (choose_impl(x, w, grid) if 'auto' in methods else None)
+    medians = {name: statistics.median(times[name]) * 1e3 for name in methods}
     rows = []
     for name in methods:
         if name == BASELINE:
             continue
         rows.append(
-            dict(method=name, mode=mode, precision=precision, layout=layout,
-                 batch=batch, channels=channels, size=size,
-                 kernel_size=kernel_size, grid=list(grid), reps=reps,
-                 ms=medians[name], dense_ms=medians['dense'],
-                 dw7x7_ms=medians.get(BASELINE),
-                 speedup_vs_dense=medians['dense'] / medians[name],
-                 x_dw7x7=(medians[name] / medians[BASELINE]
-                          if BASELINE in medians else None),
-                 peak_mib=peaks[name],
-                 auto_pick=picked if name == 'auto' else None,
-                 max_abs_err=dict(zip(('out', 'grad_x', 'grad_w'),
-                                      errors.get(name, [])))))
+            dict(
+                method=name,
+                mode=mode,
+                precision=precision,
+                layout=layout,
+                batch=batch,
+                channels=channels,
+                size=size,
+                kernel_size=kernel_size,
+                grid=list(grid),
+                reps=reps,
+                ms=medians[name],
+                dense_ms=medians['dense'],
+                dw7x7_ms=medians.get(BASELINE),
+                speedup_vs_dense=medians['dense'] / medians[name],
+                x_dw7x7=(medians[name] /
+                         medians[BASELINE] if BASELINE in medians else None),
+                peak_mib=peaks[name],
+                auto_pick=picked if name == 'auto' else None,
+                max_abs_err=dict(
+                    zip(('out', 'grad_x', 'grad_w'), errors.get(name, [])))))
     return rows
 
 
 def machine_info(device):
-    info = dict(torch=torch.__version__, python=platform.python_version(),
-                threads=torch.get_num_threads(),
-                date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()))
+    info = dict(
+        torch=torch.__version__,
+        python=platform.python_version(),
+        threads=torch.get_num_threads(),
+        date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()))
     if device.type == 'cuda':
         props = torch.cuda.get_device_properties(device)
-        info.update(device=props.name, capability=list(
-            torch.cuda.get_device_capability(device)),
-                    cuda=torch.version.cuda,
-                    cudnn=torch.backends.cudnn.version(),
-                    memory_gib=round(props.total_memory / 2**30, 1))
+        info.update(
+            device=props.name,
+            capability=list(torch.cuda.get_device_capability(device)),
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+            memory_gib=round(props.total_memory / 2**30, 1))
     else:
         info.update(device=platform.processor() or platform.machine())
     return info
@@ -247,8 +288,7 @@ def machine_info(device):
 def cases(args):
     return list(
         itertools.product(args.modes, args.precisions, args.layouts,
-                          args.batch, args.channels, args.sizes,
-                          args.kernels))
+                          args.batch, args.channels, args.sizes, args.kernels))
 
 
 def main(argv=None):
@@ -289,8 +329,10 @@ def markdown_table(result):
         key = tuple(row[k] for k in ('mode', 'precision', 'layout', 'batch',
                                      'channels', 'size', 'kernel_size'))
         by_case.setdefault(key, []).append(row)
-    methods = [r['method'] for r in next(iter(by_case.values()))
-               if r['method'] != 'dense'] if by_case else []
+    methods = [
+        r['method'] for r in next(iter(by_case.values()))
+        if r['method'] != 'dense'
+    ] if by_case else []
     lines = [
         f'machine: {json.dumps(result["machine"])}', '',
         '| mode | prec | layout | N | C | H | K | dense ms | 7x7 ms | ' +
@@ -311,8 +353,7 @@ def markdown_table(result):
         ] + [
             str(auto.get('auto_pick')),
             '-' if auto.get('x_dw7x7') is None else f'{auto["x_dw7x7"]:.2f}',
-            '-' if auto.get('peak_mib') is None else
-            f'{auto["peak_mib"]:.0f}'
+            '-' if auto.get('peak_mib') is None else f'{auto["peak_mib"]:.0f}'
         ]
         lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines) + '\n'

@@ -64,45 +64,61 @@ ROOT = Path(__file__).resolve().parents[1]
 SITE = Path('/tmp/pelk_site')
 
 FULL = {
-    'conv': ['--device', 'cuda', '--kernels', '13', '31', '51', '101',
-             '--sizes', '16', '32', '64', '128', '--batch', '2',
-             '--channels', '96', '--precisions', 'fp32', 'bf16',
-             '--reps', '10', '--budget', '1.5'],
-    'conv_shapes': ['--device', 'cuda', '--kernels', '51', '--sizes', '64',
-                    '--batch', '1', '2', '8', '16', '--channels', '48',
-                    '384', '--precisions', 'fp16', '--layouts', 'nchw',
-                    'channels_last', '--modes', 'fwd+bwd', '--reps', '10',
-                    '--budget', '1.0', '--no-errors'],
-    'backbone': ['--device', 'cuda', '--size', '512', '--batch', '2',
-                 '--amp', 'bf16', '--iters', '5', '--models', 'pelk',
-                 'pelk-dense', 'convnext', '--infer-size', '512', '2048',
-                 '--amp-steps', '20'],
-    'hook': ['--device', 'cuda', '--size', '512', '--batch', '2',
-             '--modes', 'hook', '--iters', '3'],
-    'tuning': ['--device', 'cuda', '--preset', 'pelk-t', '--amp', 'bf16',
-               '--steps', '5'],
+    'conv': [
+        '--device', 'cuda', '--kernels', '13', '31', '51', '101', '--sizes',
+        '16', '32', '64', '128', '--batch', '2', '--channels', '96',
+        '--precisions', 'fp32', 'bf16', '--reps', '10', '--budget', '1.5'
+    ],
+    'conv_shapes': [
+        '--device', 'cuda', '--kernels', '51', '--sizes', '64', '--batch', '1',
+        '2', '8', '16', '--channels', '48', '384', '--precisions', 'fp16',
+        '--layouts', 'nchw', 'channels_last', '--modes', 'fwd+bwd', '--reps',
+        '10', '--budget', '1.0', '--no-errors'
+    ],
+    'backbone': [
+        '--device', 'cuda', '--size', '512', '--batch', '2', '--amp', 'bf16',
+        '--iters', '5', '--models', 'pelk', 'pelk-dense', 'convnext',
+        '--infer-size', '512', '2048', '--amp-steps', '20'
+    ],
+    'hook': [
+        '--device', 'cuda', '--size', '512', '--batch', '2', '--modes', 'hook',
+        '--iters', '3'
+    ],
+    'tuning': [
+        '--device', 'cuda', '--preset', 'pelk-t', '--amp', 'bf16', '--steps',
+        '5'
+    ],
 }
 SMOKE = {
-    'conv': ['--device', 'cpu', '--kernels', '13', '31', '--sizes', '12',
-             '--batch', '2', '--channels', '4', '--precisions', 'fp32',
-             'bf16', '--reps', '1', '--budget', '0.1'],
-    'conv_shapes': ['--device', 'cpu', '--kernels', '13', '--sizes', '12',
-                    '--batch', '1', '--channels', '4', '--precisions',
-                    'bf16', '--layouts', 'nchw', 'channels_last', '--modes',
-                    'fwd+bwd', '--reps', '1', '--budget', '0.1',
-                    '--no-errors'],
+    'conv': [
+        '--device', 'cpu', '--kernels', '13', '31', '--sizes', '12', '--batch',
+        '2', '--channels', '4', '--precisions', 'fp32', 'bf16', '--reps', '1',
+        '--budget', '0.1'
+    ],
+    'conv_shapes': [
+        '--device', 'cpu', '--kernels', '13', '--sizes', '12', '--batch', '1',
+        '--channels', '4', '--precisions', 'bf16', '--layouts', 'nchw',
+        'channels_last', '--modes', 'fwd+bwd', '--reps', '1', '--budget',
+        '0.1', '--no-errors'
+    ],
     # CPUs without native bf16 run autocast convolutions about 10x slower
     # than float32: the smoke times float32 and trains one autocast step.
-    'backbone': ['--device', 'cpu', '--size', '32', '--batch', '2',
-                 '--iters', '1', '--models', 'pelk', 'convnext', '--modes',
-                 'train', 'infer', '--infer-size', '32', '64',
-                 '--amp-steps', '1', '--no-memory'],
-    'hook': ['--device', 'cpu', '--size', '32', '--batch', '2', '--modes',
-             'hook', '--iters', '1'],
+    'backbone': [
+        '--device', 'cpu', '--size', '32', '--batch', '2', '--iters', '1',
+        '--models', 'pelk', 'convnext', '--modes', 'train', 'infer',
+        '--infer-size', '32', '64', '--amp-steps', '1', '--no-memory'
+    ],
+    'hook': [
+        '--device', 'cpu', '--size', '32', '--batch', '2', '--modes', 'hook',
+        '--iters', '1'
+    ],
     'tuning': ['--device', 'cpu', '--preset', 'smoke', '--steps', '1'],
 }
 TIME_LIMITS = {
-    'conv': 150, 'conv_shapes': 60, 'tuning': 45, 'backbone': 140,
+    'conv': 150,
+    'conv_shapes': 60,
+    'tuning': 45,
+    'backbone': 140,
     'hook': 60
 }
 #: The whole run, installs included: 8 of the 10 minutes a device command
@@ -114,14 +130,22 @@ SMOKE_TIME_LIMIT = 1200  # a shared CPU can be slow; no device time at stake
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--out', required=True, help='output folder')
-    parser.add_argument('--smoke', action='store_true',
-                        help='same path on the CPU with tiny sizes')
-    parser.add_argument('--wheels', default=str(ROOT / '.whl'),
-                        help='folder of prepare_device_wheels.sh')
-    parser.add_argument('--install-only', action='store_true',
-                        help='stop after installing the packages')
-    parser.add_argument('--no-mm', action='store_true',
-                        help='only the torch-only part (no mm packages)')
+    parser.add_argument(
+        '--smoke',
+        action='store_true',
+        help='same path on the CPU with tiny sizes')
+    parser.add_argument(
+        '--wheels',
+        default=str(ROOT / '.whl'),
+        help='folder of prepare_device_wheels.sh')
+    parser.add_argument(
+        '--install-only',
+        action='store_true',
+        help='stop after installing the packages')
+    parser.add_argument(
+        '--no-mm',
+        action='store_true',
+        help='only the torch-only part (no mm packages)')
     return parser.parse_args(argv)
 
 
@@ -143,24 +167,33 @@ def install(wheels, timeout):
     if not wheels.is_dir():
         raise SystemExit(f'mm packages missing and no {wheels}/: run '
                          'benchmarks/prepare_device_wheels.sh first')
-    pip = [sys.executable, '-m', 'pip', 'install', '-q', '--no-index',
-           '--no-deps', '--no-compile', '--no-cache-dir', '--upgrade',
-           '--target', str(SITE)]
-    subprocess.run(pip + sorted(map(str, wheels.glob('*.whl'))), check=True,
-                   timeout=timeout)
+    pip = [
+        sys.executable, '-m', 'pip', 'install', '-q', '--no-index',
+        '--no-deps', '--no-compile', '--no-cache-dir', '--upgrade', '--target',
+        str(SITE)
+    ]
+    subprocess.run(
+        pip + sorted(map(str, wheels.glob('*.whl'))),
+        check=True,
+        timeout=timeout)
     build = Path(tempfile.mkdtemp(prefix='mmcv_build_'))
     with tarfile.open(next(wheels.glob('mmcv-*.tar.gz'))) as sdist:
         sdist.extractall(build)
     source = next(build.glob('mmcv-*'))
     setup = source / 'setup.py'  # torch >= 2.1 headers need C++17
     setup.write_text(setup.read_text().replace('c++14', 'c++17'))
-    env = dict(os.environ, MMCV_WITH_OPS='1', FORCE_CUDA='0',
-               MAX_JOBS=str(os.cpu_count() or 1),
-               PYTHONPATH=f'{SITE}{os.pathsep}' +
-               os.environ.get('PYTHONPATH', ''))
+    env = dict(
+        os.environ,
+        MMCV_WITH_OPS='1',
+        FORCE_CUDA='0',
+        MAX_JOBS=str(os.cpu_count() or 1),
+        PYTHONPATH=f'{SITE}{os.pathsep}' + os.environ.get('PYTHONPATH', ''))
     start = time.perf_counter()
-    subprocess.run(pip + ['--no-build-isolation', str(source)], check=True,
-                   env=env, timeout=max(deadline - time.perf_counter(), 1))
+    subprocess.run(
+        pip + ['--no-build-isolation', str(source)],
+        check=True,
+        env=env,
+        timeout=max(deadline - time.perf_counter(), 1))
     print(f'mmcv built in {time.perf_counter() - start:.0f} s', flush=True)
 
 
@@ -171,10 +204,13 @@ def run(name, script, args, env, limit):
     start = time.perf_counter()
     print('$', ' '.join(command), flush=True)
     try:
-        subprocess.run(command, check=True, env=env, timeout=limit,
-                       stdout=subprocess.DEVNULL)
-    except (subprocess.CalledProcessError,
-            subprocess.TimeoutExpired) as error:
+        subprocess.run(
+            command,
+            check=True,
+            env=env,
+            timeout=limit,
+            stdout=subprocess.DEVNULL)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as error:
         print(f'{name}: FAILED ({error})', flush=True)
         return None
     seconds = time.perf_counter() - start
@@ -230,14 +266,18 @@ def main(argv=None):
 def torch_only_part(out, sweeps, env, limit, seconds):
     """The convolution sweeps, the cost-model fit and the tuned dispatch."""
     for name in ('conv', 'conv_shapes'):
-        seconds[name] = run(name, 'bench_peripheral_conv.py',
-                            sweeps[name] + ['--save', str(out / name)], env,
-                            limit(name))
+        seconds[name] = run(name, 'bench_peripheral_conv.py', sweeps[name] +
+                            ['--save', str(out / name)], env, limit(name))
     if (out / 'conv.json').exists():
-        fit = subprocess.run(
-            [sys.executable, str(ROOT / 'benchmarks' / 'fit_cost_model.py'),
-             str(out / 'conv.json')], env=env, capture_output=True,
-            text=True, timeout=60)
+        fit = subprocess.run([
+            sys.executable,
+            str(ROOT / 'benchmarks' / 'fit_cost_model.py'),
+            str(out / 'conv.json')
+        ],
+                             env=env,
+                             capture_output=True,
+                             text=True,
+                             timeout=60)
         (out / 'fit.md').write_text(fit.stdout + fit.stderr)
         print(fit.stdout + fit.stderr, flush=True)
     seconds['tuning'] = run('tuning', 'bench_impl_tuning.py',
@@ -250,15 +290,15 @@ def torch_only_part(out, sweeps, env, limit, seconds):
 
 def mm_part(out, sweeps, env, limit, seconds):
     """UperNet + PeLK-T against ConvNeXt-T, and the sparsity hook's cost."""
-    seconds['backbone'] = run('backbone', 'bench_backbone.py',
-                              sweeps['backbone'] +
-                              ['--save', str(out / 'backbone')], env,
-                              limit('backbone'))
+    seconds['backbone'] = run(
+        'backbone', 'bench_backbone.py',
+        sweeps['backbone'] + ['--save', str(out / 'backbone')], env,
+        limit('backbone'))
     if (out / 'backbone.md').exists():
         print((out / 'backbone.md').read_text(), flush=True)
-    seconds['hook'] = run('hook', 'bench_backbone.py',
-                          sweeps['hook'] + ['--save', str(out / 'backbone')],
-                          env, limit('hook'))
+    seconds['hook'] = run('hook', 'bench_backbone.py', sweeps['hook'] +
+                          ['--save', str(out / 'backbone')], env,
+                          limit('hook'))
     if (out / 'backbone_hook.json').exists():
         print((out / 'backbone_hook.json').read_text(), flush=True)
 

@@ -33,16 +33,22 @@ IMPLS = ('dense', 'fft', 'blocksum')
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('results', help='JSON of bench_peripheral_conv.py')
-    parser.add_argument('--device-type', default=None,
-                        help='key of the entry (default: cuda if the JSON '
-                        'names a compute capability, else cpu)')
-    parser.add_argument('--precision', default='fp32',
-                        help='rows of this precision (default fp32)')
-    parser.add_argument('--layout', default='nchw',
-                        help='rows of this layout (default nchw)')
+    parser.add_argument(
+        '--device-type',
+        default=None,
+        help='key of the entry (default: cuda if the JSON '
+        'names a compute capability, else cpu)')
+    parser.add_argument(
+        '--precision',
+        default='fp32',
+        help='rows of this precision (default fp32)')
+    parser.add_argument(
+        '--layout', default='nchw', help='rows of this layout (default nchw)')
     parser.add_argument('--tolerance', type=float, default=0.10)
-    parser.add_argument('--check', action='store_true',
-                        help='exit 1 unless every pick is within tolerance')
+    parser.add_argument(
+        '--check',
+        action='store_true',
+        help='exit 1 unless every pick is within tolerance')
     return parser.parse_args(argv)
 
 
@@ -54,11 +60,14 @@ def cells(rows, precision='fp32', layout='nchw'):
                 or row.get('layout', 'nchw') != layout
                 or row['method'] not in IMPLS):
             continue
-        key = (row['mode'], row.get('batch', 1), row.get('channels', 48),
-               row['size'], tuple(row['grid']))
+        key = (row['mode'], row.get('batch', 1), row.get('channels',
+                                                         48), row['size'],
+               tuple(row['grid']))
         table.setdefault(key, {})[row['method']] = row['ms'] / 1e3
-    return {key: times for key, times in table.items()
-            if set(times) == set(IMPLS)}
+    return {
+        key: times
+        for key, times in table.items() if set(times) == set(IMPLS)
+    }
 
 
 def features(impl, key):
@@ -101,8 +110,9 @@ def fit(table):
     for mode in sorted({key[0] for key in table}):
         keys = [key for key in table if key[0] == mode]
         coefficients[mode] = {
-            impl: nnls_relative([features(impl, key) for key in keys],
-                                [table[key][impl] for key in keys])
+            impl:
+            nnls_relative([features(impl, key) for key in keys],
+                          [table[key][impl] for key in keys])
             for impl in IMPLS
         }
     return coefficients
@@ -114,16 +124,23 @@ def picks(table, coefficients, tolerance):
     for key, times in sorted(table.items(), key=lambda item: str(item[0])):
         coeffs = coefficients[key[0]]
         predicted = {
-            impl: sum(c * f for c, f in zip(coeffs[impl], features(
-                impl, key)))
+            impl: sum(c * f for c, f in zip(coeffs[impl], features(impl, key)))
             for impl in IMPLS
         }
         pick = min(predicted, key=predicted.get)
         fastest = min(times, key=times.get)
         ratio = times[pick] / times[fastest]
-        report.append(dict(cell=key, pick=pick, fastest=fastest, ratio=ratio,
-                           ok=ratio <= 1 + tolerance, ms={
-                               k: v * 1e3 for k, v in times.items()}))
+        report.append(
+            dict(
+                cell=key,
+                pick=pick,
+                fastest=fastest,
+                ratio=ratio,
+                ok=ratio <= 1 + tolerance,
+                ms={
+                    k: v * 1e3
+                    for k, v in times.items()
+                }))
     return report
 
 
@@ -142,8 +159,8 @@ def main(argv=None):
     args = parse_args(argv)
     with open(args.results) as file:
         result = json.load(file)
-    device_type = args.device_type or (
-        'cuda' if 'capability' in result.get('machine', {}) else 'cpu')
+    device_type = args.device_type or ('cuda' if 'capability' in result.get(
+        'machine', {}) else 'cpu')
     table = cells(result['results'], args.precision, args.layout)
     if not table:
         raise SystemExit(f'no {args.precision} / {args.layout} cells with '

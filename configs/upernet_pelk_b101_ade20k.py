@@ -1,7 +1,7 @@
-# UperNet + PeLK-B-101 on ADE20K, 512x512 crops, 80K iterations (paper section 3).
-# Shared settings: configs/_base_/upernet_pelk_ade20k.py. Drop path 0.4 as
-# ConvNeXt's UperNet config of the same size.
-# Backbone: the sparse ImageNet-1K PeLK-B-101 classifier converted with
+# UperNet + PeLK-B-101 on ADE20K, 512x512 crops, 80K iterations (paper section
+# 3). Shared settings: configs/_base_/upernet_pelk_ade20k.py. Drop path 0.4 as
+# ConvNeXt's UperNet config of the same size. Backbone: the sparse ImageNet-1K
+# PeLK-B-101 classifier converted with
 #   python tools/model_converters/cls2backbone.py CLS_CKPT \
 #       checkpoints/pelk_b101_in1k_backbone.pth --arch base-101
 _base_ = ['./_base_/upernet_pelk_ade20k.py']

@@ -1,4 +1,5 @@
-# UperNet + PeLK-B-101 on ADE20K, 512x512 crops, 160K iterations (paper table 2).
+# UperNet + PeLK-B-101 on ADE20K, 512x512 crops, 160K iterations (paper table
+# 2).
 _base_ = ['./upernet_pelk_b101_ade20k.py']
 
 max_iters = 160000

@@ -73,26 +73,29 @@ def build_runner(work_dir,
     from mmengine.runner import Runner
     torch.manual_seed(0)
     model = build_model()
-    default_hooks = dict(checkpoint=dict(
-        type='CheckpointHook', by_epoch=False, interval=checkpoint_interval))
+    default_hooks = dict(
+        checkpoint=dict(
+            type='CheckpointHook',
+            by_epoch=False,
+            interval=checkpoint_interval))
     if log_interval is not None:
-        default_hooks['logger'] = dict(type='LoggerHook',
-                                       interval=log_interval)
+        default_hooks['logger'] = dict(
+            type='LoggerHook', interval=log_interval)
     kwargs.setdefault('randomness', dict(seed=0))
     kwargs.setdefault('default_scope', 'mmengine')
-    return Runner(model=model,
-                  work_dir=str(work_dir),
-                  train_dataloader=dict(dataset=dataset,
-                                        sampler=dict(type='DefaultSampler',
-                                                     shuffle=shuffle),
-                                        collate_fn=dict(
-                                            type='default_collate'),
-                                        batch_size=batch_size,
-                                        num_workers=0),
-                  train_cfg=dict(by_epoch=False, max_iters=max_iters),
-                  optim_wrapper=optim_wrapper,
-                  default_hooks=default_hooks,
-                  **kwargs)
+    return Runner(
+        model=model,
+        work_dir=str(work_dir),
+        train_dataloader=dict(
+            dataset=dataset,
+            sampler=dict(type='DefaultSampler', shuffle=shuffle),
+            collate_fn=dict(type='default_collate'),
+            batch_size=batch_size,
+            num_workers=0),
+        train_cfg=dict(by_epoch=False, max_iters=max_iters),
+        optim_wrapper=optim_wrapper,
+        default_hooks=default_hooks,
+        **kwargs)
 
 
 class StepChecker(Hook):
@@ -130,18 +133,19 @@ class StepChecker(Hook):
         }
         steps = steps or {0}  # no optimizer step taken yet
         self.records.append(
-            dict(iter=runner.iter,
-                 hook_step=self.sparsity_hook.step,
-                 optim_steps=steps,
-                 leaks=leaks,
-                 counts={
-                     n: int(m.sum())
-                     for n, m in masks.items()
-                 },
-                 masks={
-                     n: m.clone()
-                     for n, m in masks.items()
-                 }))
+            dict(
+                iter=runner.iter,
+                hook_step=self.sparsity_hook.step,
+                optim_steps=steps,
+                leaks=leaks,
+                counts={
+                    n: int(m.sum())
+                    for n, m in masks.items()
+                },
+                masks={
+                    n: m.clone()
+                    for n, m in masks.items()
+                }))
 
 
 def check_records(records, hook_cfg):
@@ -158,8 +162,9 @@ def check_records(records, hook_cfg):
         if prev is not None:
             changed = any(not torch.equal(r['masks'][n], prev['masks'][n])
                           for n in r['masks'])
-            stepped_to_update = (r['hook_step'] != prev['hook_step']
-                                 and r['hook_step'] % interval == 0)
+            stepped_to_update = (
+                r['hook_step'] != prev['hook_step']
+                and r['hook_step'] % interval == 0)
             assert changed == stepped_to_update, r['iter']
         prev = r
     return first

@@ -10,7 +10,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pelk_mm import PeLK, PeripheralConv2d, pos_embed_bias
-
 from helpers import SMALL_ARCH
 
 
@@ -93,8 +92,7 @@ def test_pos_embed_once_per_stage():
     for hook in hooks:
         hook.remove()
     assert [i for i, _ in received] == [
-        i for i, depth in enumerate(SMALL_ARCH['depths'])
-        for _ in range(depth)
+        i for i, depth in enumerate(SMALL_ARCH['depths']) for _ in range(depth)
     ]
     assert all(h is model.pos_embeds[i] for i, h in received)
     # ... so its gradient is the sum of the blocks' gradients
@@ -129,8 +127,8 @@ def test_pos_embed_effect_is_exactly_the_closed_form_term():
         h = model.pos_embeds[i]
         for block in stage:
             g = block.conv_channels
-            x = torch.randn(2, channels, 5, 7, generator=gen,
-                            dtype=torch.float64)
+            x = torch.randn(
+                2, channels, 5, 7, generator=gen, dtype=torch.float64)
             with torch.no_grad():
                 diff = block.mix_tokens(x, h) - block.mix_tokens(x)
             conv = block.peripheral_conv
@@ -199,8 +197,10 @@ def test_classifier_forward_224():
 
 
 def test_switch_to_deploy_equivalence():
-    model = small_pelk(out_indices=(0, 1, 2, 3), gap_before_final_norm=False,
-                       deploy_mode='dense')
+    model = small_pelk(
+        out_indices=(0, 1, 2, 3),
+        gap_before_final_norm=False,
+        deploy_mode='dense')
     convs = [m for m in model.modules() if isinstance(m, PeripheralConv2d)]
     with torch.no_grad():
         for conv in convs:  # non-trivial biases and masked (zeroed) weights
@@ -233,8 +233,7 @@ def test_switch_to_deploy_equivalence():
     assert list(again) == list(state)
     assert all(torch.equal(again[k], v) for k, v in state.items())
     with torch.no_grad():
-        assert all(
-            torch.equal(a, b) for a, b in zip(model(x), outs))
+        assert all(torch.equal(a, b) for a, b in zip(model(x), outs))
 
 
 def test_frozen_stages():
@@ -284,7 +283,11 @@ def test_init_weights_and_pretrained_prefix(tmp_path):
 
 def test_with_cp_same_gradients():
     x = torch.randn(
-        2, 3, 32, 32, generator=torch.Generator().manual_seed(0),
+        2,
+        3,
+        32,
+        32,
+        generator=torch.Generator().manual_seed(0),
         requires_grad=True)
     grads = []
     for with_cp in (False, True):

@@ -16,13 +16,16 @@ CASES = [(13, 5, (16, 16)), (31, 5, (7, 40)), (51, 5, (20, 37)),
          (51, 5, (60, 53)), (101, 7, (9, 130)), (101, 7, (1, 1))]
 
 #: What the graph computes at run time (nodes that depend on the input)
-RUNTIME_OPS = {'Pad', 'AveragePool', 'Concat', 'Gather', 'MatMul', 'Add',
-               'Reshape'}
+RUNTIME_OPS = {
+    'Pad', 'AveragePool', 'Concat', 'Gather', 'MatMul', 'Add', 'Reshape'
+}
 
 
 def dense(x, weight, grid):
     return F.conv2d(
-        x, expand_weight(weight, grid), padding=sum(grid) // 2,
+        x,
+        expand_weight(weight, grid),
+        padding=sum(grid) // 2,
         groups=x.shape[1])
 
 
@@ -50,7 +53,9 @@ def test_asymmetric_grid(size):
     x, weight = inputs(3, size, grid)
     ref = dense(x, weight, grid)
     torch.testing.assert_close(
-        boxsum_peripheral_conv(x, weight, grid), ref, rtol=0,
+        boxsum_peripheral_conv(x, weight, grid),
+        ref,
+        rtol=0,
         atol=1e-12 * ref.abs().max())
 
 
@@ -93,22 +98,35 @@ def export_and_run(module, size, out, batch=3, dynamo=False):
     onnx = pytest.importorskip('onnx')
     ort = pytest.importorskip('onnxruntime')
     x1 = torch.zeros(1, module.channels, *size)
-    dynamic = (dict(dynamic_shapes=({0: torch.export.Dim('batch')}, ))
-               if dynamo else dict(dynamic_axes={'x': {0: 'batch'}}))
+    dynamic = (
+        dict(dynamic_shapes=({
+            0: torch.export.Dim('batch')
+        }, )) if dynamo else dict(dynamic_axes={'x': {
+            0: 'batch'
+        }}))
     torch.onnx.export(
-        module, (x1, ), out, input_names=['x'], opset_version=17,
-        dynamo=dynamo, **dynamic)
+        module, (x1, ),
+        out,
+        input_names=['x'],
+        opset_version=17,
+        dynamo=dynamo,
+        **dynamic)
     graph = onnx.load(out)
     onnx.checker.check_model(graph)
     x = torch.randn(
-        batch, module.channels, *size,
+        batch,
+        module.channels,
+        *size,
         generator=torch.Generator().manual_seed(1))
     session = ort.InferenceSession(out, providers=['CPUExecutionProvider'])
     got = torch.from_numpy(session.run(None, {'x': x.numpy()})[0])
     with torch.no_grad():
         ref = F.conv2d(
-            x.double(), module.dense_weight().double(), module.bias.double(),
-            padding=module.kernel_size // 2, groups=module.channels)
+            x.double(),
+            module.dense_weight().double(),
+            module.bias.double(),
+            padding=module.kernel_size // 2,
+            groups=module.channels)
     return graph, float((got.double() - ref).abs().max() / ref.abs().max())
 
 
@@ -125,8 +143,9 @@ def test_onnx_standard_operators_dynamic_batch(kernel_size, center, size,
     assert rel <= 1e-5, rel
     assert runtime_ops(graph.graph) <= RUNTIME_OPS
     assert {o.domain for o in graph.opset_import} == {''}
-    assert not {n.op_type for n in graph.graph.node} & {
-        'Loop', 'If', 'Scan', 'CumSum', 'Conv'}
+    assert not {n.op_type
+                for n in graph.graph.node
+                } & {'Loop', 'If', 'Scan', 'CumSum', 'Conv'}
     assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param
 
 

@@ -28,7 +28,6 @@ from pelk_mm.models.builder import build_model, load_config
 from pelk_mm.models.checkpoint_meta import (ARCH_META_KEY,
                                             PeLKCheckpointMismatch,
                                             add_arch_meta, infer_arch)
-
 from helpers import ARCH21, ROOT, build_runner, load_tool
 
 ARCH31 = dict(ARCH21, kernel_sizes=[31, 13, 13, 7])
@@ -97,18 +96,19 @@ def ckpt21(tmp_path):
 def test_arch_record_in_every_state_dict(tmp_path):
     model = classifier(ARCH21)
     record = model.backbone.arch_record()
-    assert record == dict(depths=[1, 1, 1, 1],
-                          channels=[16, 32, 64, 128],
-                          kernel_sizes=[21, 13, 13, 7],
-                          grids=[list(g) for g in model.backbone.grids],
-                          conv_ratio=3 / 8,
-                          conv_channels=[6, 12, 24, 48],
-                          in_channels=3,
-                          stem_patch_size=4,
-                          pos_embed=True,
-                          pos_embed_mode='literal',
-                          deploy=False,
-                          deploy_mode=None)
+    assert record == dict(
+        depths=[1, 1, 1, 1],
+        channels=[16, 32, 64, 128],
+        kernel_sizes=[21, 13, 13, 7],
+        grids=[list(g) for g in model.backbone.grids],
+        conv_ratio=3 / 8,
+        conv_channels=[6, 12, 24, 48],
+        in_channels=3,
+        stem_patch_size=4,
+        pos_embed=True,
+        pos_embed_mode='literal',
+        deploy=False,
+        deploy_mode=None)
     # torch's state_dict and mmengine's get_state_dict, bare and nested
     assert model.state_dict()._metadata['backbone'][ARCH_META_KEY] == record
     assert get_state_dict(model)._metadata['backbone'][ARCH_META_KEY] == record
@@ -135,9 +135,10 @@ def test_add_arch_meta_and_hook(tmp_path):
     assert add_arch_meta({}, nn.Linear(2, 2)) == {}  # no PeLK, no record
 
     # the hook, in a real Runner run: the saved checkpoint has both copies
-    runner = make_runner(tmp_path / 'run',
-                         classifier(ARCH21),
-                         custom_hooks=[dict(type='PeLKArchMetaHook')])
+    runner = make_runner(
+        tmp_path / 'run',
+        classifier(ARCH21),
+        custom_hooks=[dict(type='PeLKArchMetaHook')])
     runner.train()
     assert any(isinstance(h, PeLKArchMetaHook) for h in runner.hooks)
     saved = torch.load(tmp_path / 'run' / 'iter_1.pth', weights_only=False)
@@ -161,11 +162,10 @@ def check_message(message, keys='backbone.', source='its metadata'):
 def test_pretrained_init_cfg_refuses_other_kernel(ckpt21, tmp_path, prefix):
     if prefix is None:  # a bare backbone checkpoint, Pretrained without prefix
         ckpt21 = save(classifier(ARCH21).backbone, tmp_path / 'bare.pth')
-    model = Classifier(ARCH31,
-                       out_indices=(0, 1, 2, 3),
-                       init_cfg=dict(type='Pretrained',
-                                     checkpoint=ckpt21,
-                                     prefix=prefix))
+    model = Classifier(
+        ARCH31,
+        out_indices=(0, 1, 2, 3),
+        init_cfg=dict(type='Pretrained', checkpoint=ckpt21, prefix=prefix))
     with pytest.raises(PeLKCheckpointMismatch) as error:
         model.init_weights()
     message = str(error.value)
@@ -194,24 +194,22 @@ def test_load_checkpoint_refuses_and_loads_nothing(ckpt21):
 def make_runner(work_dir, model, **kwargs):
     """One AdamW iteration of ``model`` on :class:`TinyImages`, then a
     checkpoint."""
-    return build_runner(work_dir,
-                        lambda: model,
-                        TinyImages(),
-                        max_iters=1,
-                        batch_size=2,
-                        optim_wrapper=dict(
-                            optimizer=dict(type='AdamW', lr=1e-3)),
-                        shuffle=False,
-                        checkpoint_interval=1,
-                        **kwargs)
+    return build_runner(
+        work_dir,
+        lambda: model,
+        TinyImages(),
+        max_iters=1,
+        batch_size=2,
+        optim_wrapper=dict(optimizer=dict(type='AdamW', lr=1e-3)),
+        shuffle=False,
+        checkpoint_interval=1,
+        **kwargs)
 
 
 @pytest.mark.parametrize('resume', [False, True])
 def test_runner_load_from_and_resume_refuse(ckpt21, tmp_path, resume):
-    runner = make_runner(tmp_path / 'run',
-                         classifier(ARCH31),
-                         load_from=ckpt21,
-                         resume=resume)
+    runner = make_runner(
+        tmp_path / 'run', classifier(ARCH31), load_from=ckpt21, resume=resume)
     with pytest.raises(PeLKCheckpointMismatch) as error:
         runner.train()
     check_message(str(error.value))
@@ -224,10 +222,10 @@ def test_metadata_less_checkpoint_refused_with_inferred_arch(tmp_path):
     path = tmp_path / 'plain.pth'
     torch.save({'state_dict': dict(state)}, path)  # a dict: no _metadata
     assert not hasattr(torch.load(path)['state_dict'], '_metadata')
-    model = Classifier(ARCH31,
-                       init_cfg=dict(type='Pretrained',
-                                     checkpoint=str(path),
-                                     prefix='backbone.'))
+    model = Classifier(
+        ARCH31,
+        init_cfg=dict(
+            type='Pretrained', checkpoint=str(path), prefix='backbone.'))
     with pytest.raises(PeLKCheckpointMismatch) as error:
         model.init_weights()
     message = str(error.value)
@@ -331,8 +329,9 @@ def test_pos_embed_and_deploy_checkpoints_refused(tmp_path):
 
     # the reverse: positional embeddings the model does not have
     with pytest.raises(PeLKCheckpointMismatch, match='pos_embeds.0'):
-        load_checkpoint(classifier(ARCH31, pos_embed=False),
-                        save(classifier(ARCH31), tmp_path / 'pe.pth'))
+        load_checkpoint(
+            classifier(ARCH31, pos_embed=False),
+            save(classifier(ARCH31), tmp_path / 'pe.pth'))
 
     deployed = classifier(ARCH31, deploy_mode='dense')
     deployed.backbone.switch_to_deploy()
@@ -361,11 +360,10 @@ def test_matching_checkpoint_loads_heads_and_output_norms_aside(tmp_path):
     backbone's business, the missing output norms keep their init."""
     source = classifier(ARCH31, seed=1)
     path = save(source, tmp_path / 'cls.pth')
-    backbone = PeLK(ARCH31,
-                    out_indices=(0, 1, 2, 3),
-                    init_cfg=dict(type='Pretrained',
-                                  checkpoint=path,
-                                  prefix='backbone.'))
+    backbone = PeLK(
+        ARCH31,
+        out_indices=(0, 1, 2, 3),
+        init_cfg=dict(type='Pretrained', checkpoint=path, prefix='backbone.'))
     backbone.init_weights()
     for key, value in source.backbone.state_dict().items():
         assert torch.equal(backbone.state_dict()[key], value), key
@@ -393,10 +391,10 @@ def test_metadata_less_matching_checkpoint_loads(tmp_path):
     }
     path = tmp_path / 'plain.pth'
     torch.save(plain, path)  # no 'state_dict', no 'meta', no _metadata
-    model = Classifier(ARCH31,
-                       init_cfg=dict(type='Pretrained',
-                                     checkpoint=str(path),
-                                     prefix='backbone.'))
+    model = Classifier(
+        ARCH31,
+        init_cfg=dict(
+            type='Pretrained', checkpoint=str(path), prefix='backbone.'))
     model.init_weights()
     for key, value in source.backbone.state_dict().items():
         assert torch.equal(model.backbone.state_dict()[key], value), key
@@ -407,10 +405,9 @@ def test_metadata_less_matching_checkpoint_loads(tmp_path):
 
 
 def test_prefix_not_in_checkpoint(ckpt21):
-    model = PeLK(ARCH21,
-                 init_cfg=dict(type='Pretrained',
-                               checkpoint=ckpt21,
-                               prefix='encoder.'))
+    model = PeLK(
+        ARCH21,
+        init_cfg=dict(type='Pretrained', checkpoint=ckpt21, prefix='encoder.'))
     with pytest.raises(PeLKCheckpointMismatch, match="prefix 'encoder.'"):
         model.init_weights()
 
@@ -440,11 +437,10 @@ def test_converter_records_arch_and_refuses_other_kernel(ckpt21, tmp_path):
     assert written['meta'][ARCH_META_KEY] == {'backbone': record}
     assert written['state_dict']._metadata['backbone'][ARCH_META_KEY] == record
     # ... and what it wrote loads into the downstream backbone
-    downstream = PeLK(ARCH21,
-                      out_indices=(0, 1, 2, 3),
-                      init_cfg=dict(type='Pretrained',
-                                    checkpoint=dst,
-                                    prefix='backbone.'))
+    downstream = PeLK(
+        ARCH21,
+        out_indices=(0, 1, 2, 3),
+        init_cfg=dict(type='Pretrained', checkpoint=dst, prefix='backbone.'))
     downstream.init_weights()
 
     bad = str(tmp_path / 'bad.pth')
@@ -455,13 +451,14 @@ def test_converter_records_arch_and_refuses_other_kernel(ckpt21, tmp_path):
         in str(error.value)
     assert not osp.exists(bad)
     # a checkpoint converted for one arch is refused for another, naming it
-    with pytest.raises(PeLKCheckpointMismatch,
-                       match=r'Checkpoint arch \(its metadata\)'):
-        PeLK(ARCH31,
-             out_indices=(0, 1, 2, 3),
-             init_cfg=dict(type='Pretrained',
-                           checkpoint=dst,
-                           prefix='backbone.')).init_weights()
+    with pytest.raises(
+            PeLKCheckpointMismatch, match=r'Checkpoint arch \(its metadata\)'):
+        PeLK(
+            ARCH31,
+            out_indices=(0, 1, 2, 3),
+            init_cfg=dict(
+                type='Pretrained', checkpoint=dst,
+                prefix='backbone.')).init_weights()
 
 
 def test_copy_keeps_hook():

@@ -19,7 +19,6 @@ from mmengine.runner import CheckpointLoader, load_checkpoint
 from torch.utils.data import Dataset
 
 import pelk_mm  # noqa: F401  (registers the safe globals)
-
 from helpers import build_runner
 
 
@@ -54,21 +53,18 @@ class ToyModel(BaseModel):
 def make_runner(work_dir, max_iters, **kwargs):
     """AdamW on :class:`ToyDataset` with an lr schedule (whose state mmengine
     pickles), a checkpoint every 2 iterations, a log line every one."""
-    return build_runner(work_dir,
-                        ToyModel,
-                        ToyDataset(),
-                        max_iters,
-                        batch_size=4,
-                        optim_wrapper=dict(
-                            optimizer=dict(type='AdamW', lr=0.01)),
-                        checkpoint_interval=2,
-                        log_interval=1,
-                        param_scheduler=dict(type='LinearLR',
-                                             start_factor=0.5,
-                                             by_epoch=False,
-                                             begin=0,
-                                             end=4),
-                        **kwargs)
+    return build_runner(
+        work_dir,
+        ToyModel,
+        ToyDataset(),
+        max_iters,
+        batch_size=4,
+        optim_wrapper=dict(optimizer=dict(type='AdamW', lr=0.01)),
+        checkpoint_interval=2,
+        log_interval=1,
+        param_scheduler=dict(
+            type='LinearLR', start_factor=0.5, by_epoch=False, begin=0, end=4),
+        **kwargs)
 
 
 def load(path):
@@ -100,8 +96,8 @@ needs_weights_only_default = pytest.mark.skipif(
 def test_torch_load_alone_refuses_mmengine_checkpoint(tmp_path):
     # its own experiment name: a Runner built in the same second as another
     # one would share its MessageHub (named by the start time)
-    make_runner(tmp_path / 'run', max_iters=2,
-                experiment_name='refused').train()
+    make_runner(
+        tmp_path / 'run', max_iters=2, experiment_name='refused').train()
     with pytest.raises(pickle.UnpicklingError, match='HistoryBuffer|getattr'):
         torch.load(tmp_path / 'run' / 'iter_2.pth')
 
@@ -121,14 +117,16 @@ def test_resume_continues_like_an_uninterrupted_run(tmp_path):
 
     make_runner(tmp_path / 'part', max_iters=2).train()
     resumed = make_runner(
-        tmp_path / 'part', max_iters=4, resume=True,
+        tmp_path / 'part',
+        max_iters=4,
+        resume=True,
         load_from=str(tmp_path / 'part' / 'iter_2.pth'))
     resumed.train()
     assert resumed.iter == 4
     part = load(tmp_path / 'part' / 'iter_4.pth')
     for key, value in full['state_dict'].items():
-        torch.testing.assert_close(part['state_dict'][key], value, rtol=0,
-                                   atol=0)
+        torch.testing.assert_close(
+            part['state_dict'][key], value, rtol=0, atol=0)
     assert part['optimizer']['state'][0]['step'] == 4
 
 

@@ -11,8 +11,8 @@ from pelk_mm.models.builder import build_model, load_config
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = sorted(
-    osp.relpath(p, ROOT)
-    for p in glob.glob(osp.join(ROOT, 'configs', '**', '*.py'), recursive=True))
+    osp.relpath(p, ROOT) for p in glob.glob(
+        osp.join(ROOT, 'configs', '**', '*.py'), recursive=True))
 # The shared pieces under configs/_base_/ are built too: each holds a complete
 # model (PeLK-T); configs/_base_/models/ hold only the model.
 
@@ -77,7 +77,9 @@ def test_config_builds(path):
     # downstream: sparse ImageNet backbone loaded; the hook decides from it
     # ('auto': its zeros kept, or dynamic sparsity when trained from scratch)
     hooks = [HOOKS.build(dict(h)) for h in cfg.get('custom_hooks', [])]
-    modes = [h.mode for h in hooks if type(h).__name__ == 'DynamicSparsityHook']
+    modes = [
+        h.mode for h in hooks if type(h).__name__ == 'DynamicSparsityHook'
+    ]
     # every checkpoint a training run writes records the arch in its meta
     assert 'PeLKArchMetaHook' in [type(h).__name__ for h in hooks]
     if scope == 'mmpretrain':
@@ -99,7 +101,8 @@ def test_config_builds(path):
         if cfg.optim_wrapper.paramwise_cfg.decay_rate == 1:
             # ImageNet: the constructor only for PeLK's no-weight-decay set
             assert scales == {1.0}
-            assert {g['weight_decay'] for g in wrapper.optimizer.param_groups
+            assert {g['weight_decay']
+                    for g in wrapper.optimizer.param_groups
                     } == {0.0, cfg.optim_wrapper.optimizer.weight_decay}
         else:
             assert max(scales) == 1 and len(scales) > 2

@@ -85,8 +85,13 @@ save_initial_checkpoint(sys.argv[1], sys.argv[2], seed=0)
 
 
 def run(*args):
-    proc = subprocess.run(list(args), cwd=ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=1800)
+    proc = subprocess.run(
+        list(args),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=1800)
     assert proc.returncode == 0, proc.stdout[-6000:]
     return proc.stdout
 
@@ -132,15 +137,19 @@ def demo_run(tmp_path_factory):
     run(PY, '-c', UNTRAINED, str(cfg), untrained)
     run(PY, 'tools/test.py', str(cfg), untrained, '--work-dir',
         str(tmp / 'test_untrained'))
-    return dict(data=data, log=log, train=train,
-                trained=tool_miou(str(tmp / 'test_trained')),
-                untrained=tool_miou(str(tmp / 'test_untrained')))
+    return dict(
+        data=data,
+        log=log,
+        train=train,
+        trained=tool_miou(str(tmp / 'test_trained')),
+        untrained=tool_miou(str(tmp / 'test_untrained')))
 
 
 @pytest.mark.slow
 def test_trained_beats_every_image_blind_predictor(demo_run):
-    train_gt, val_gt = labels(demo_run['data'], 'training'), labels(
-        demo_run['data'], 'validation')
+    train_gt, val_gt = labels(demo_run['data'],
+                              'training'), labels(demo_run['data'],
+                                                  'validation')
     present = {int(c) for c in np.unique(val_gt) if c != 255}
     assert present == {c - 1 for c in ADE20K_DEMO_CLASSES.values()}
     constant_bound = 100 / len(present)
@@ -162,8 +171,10 @@ def test_trained_demo_model_is_sparse(demo_run):
     log = demo_run['log']
     assert "mode='auto' -> 'dynamic'" in log
     assert log.count('DynamicSparsityHook update at optimizer step') == 5
-    ckpt = torch.load(osp.join(demo_run['train'], 'iter_80.pth'),
-                      map_location='cpu', weights_only=False)
+    ckpt = torch.load(
+        osp.join(demo_run['train'], 'iter_80.pth'),
+        map_location='cpu',
+        weights_only=False)
     masks, state = ckpt['sparsity']['masks'], ckpt['state_dict']
     total = sum(m.numel() for m in masks.values())
     zeros = sum(int((state[n] == 0).sum()) for n in masks)
@@ -177,12 +188,19 @@ def test_demo_script_refuses_a_work_dir_it_did_not_make(tmp_path):
     work_dir = tmp_path / 'results'
     work_dir.mkdir()
     (work_dir / 'keep.txt').write_text('precious')
-    proc = subprocess.run(['bash', 'tools/demo.sh', str(work_dir)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        ['bash', 'tools/demo.sh', str(work_dir)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60)
     assert proc.returncode == 2
     assert 'refusing to use' in proc.stderr and '.pelk_demo_work_dir' in (
         proc.stderr)
     assert (work_dir / 'keep.txt').read_text() == 'precious'
-    proc = subprocess.run(['bash', 'tools/demo.sh', 'a', 'b'], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(['bash', 'tools/demo.sh', 'a', 'b'],
+                          cwd=ROOT,
+                          capture_output=True,
+                          text=True,
+                          timeout=60)
     assert proc.returncode == 2 and 'usage' in proc.stderr

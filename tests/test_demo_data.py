@@ -31,12 +31,15 @@ def _same_tree(a, b):
         for f in files)
 
 
-@pytest.mark.parametrize('make', [
-    lambda root, seed: make_ade20k_demo(root, 4, 2, size=(64, 48), seed=seed),
-    lambda root, seed: make_coco_demo(root, 3, 2, size=(80, 64), seed=seed),
-    lambda root, seed: make_imagenet_demo(root, 2, 1, size=32, seed=seed),
-],
-                         ids=['ade20k', 'coco', 'imagenet'])
+@pytest.mark.parametrize(
+    'make', [
+        lambda root, seed: make_ade20k_demo(
+            root, 4, 2, size=(64, 48), seed=seed),
+        lambda root, seed: make_coco_demo(
+            root, 3, 2, size=(80, 64), seed=seed),
+        lambda root, seed: make_imagenet_demo(root, 2, 1, size=32, seed=seed),
+    ],
+    ids=['ade20k', 'coco', 'imagenet'])
 def test_deterministic_from_seed(tmp_path, make):
     make(str(tmp_path / 'a'), 0)
     make(str(tmp_path / 'b'), 0)
@@ -49,8 +52,8 @@ def test_image_does_not_depend_on_dataset_size(tmp_path):
     make_ade20k_demo(str(tmp_path / 'small'), 2, 1, size=(64, 64))
     make_ade20k_demo(str(tmp_path / 'large'), 5, 1, size=(64, 64))
     name = 'images/training/ADE_train_00000002.jpg'
-    assert filecmp.cmp(tmp_path / 'small' / name, tmp_path / 'large' / name,
-                       shallow=False)
+    assert filecmp.cmp(
+        tmp_path / 'small' / name, tmp_path / 'large' / name, shallow=False)
 
 
 def test_ade20k_layout_read_by_mmseg(tmp_path):
@@ -99,12 +102,12 @@ def test_coco_layout_read_by_mmdet(tmp_path):
     root = str(tmp_path)
     make_coco_demo(root, 5, 2, size=(128, 96), seed=1)
 
-    assert [name for _, name in COCO_CATEGORIES] == list(
-        CocoDataset.METAINFO['classes'])
+    assert [name for _, name in COCO_CATEGORIES
+            ] == list(CocoDataset.METAINFO['classes'])
     with open(tmp_path / 'annotations' / 'instances_train2017.json') as f:
         coco = json.load(f)
-    assert [c['id'] for c in coco['categories']
-            ] == [i for i, _ in COCO_CATEGORIES]
+    assert [c['id']
+            for c in coco['categories']] == [i for i, _ in COCO_CATEGORIES]
     assert len(coco['images']) == 5 and coco['annotations']
     for ann in coco['annotations']:
         assert ann['category_id'] in COCO_DEMO_CLASSES.values()
@@ -128,8 +131,10 @@ def test_coco_layout_read_by_mmdet(tmp_path):
         ])
     assert len(dataset) == 5
     instances = dataset[0]['data_samples'].gt_instances
-    labels = {CocoDataset.METAINFO['classes'].index(name)
-              for name in COCO_DEMO_CLASSES}
+    labels = {
+        CocoDataset.METAINFO['classes'].index(name)
+        for name in COCO_DEMO_CLASSES
+    }
     assert set(instances.labels.tolist()) <= labels
     assert len(instances.masks) == len(instances.bboxes) > 0
 

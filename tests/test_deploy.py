@@ -16,11 +16,10 @@ from pelk_mm.models.deploy import (build_model, compare_outputs, load_strictly,
                                    tensor_outputs)
 from pelk_mm.models.pelk import PeLKBlock
 from pelk_mm.ops.boxsum_conv import BoxSumPeripheralConv2d
-
 from helpers import ROOT, SMALL_ARCH, load_tool
 
-KWARGS = dict(arch=SMALL_ARCH, out_indices=(0, 1, 2, 3),
-              gap_before_final_norm=False)
+KWARGS = dict(
+    arch=SMALL_ARCH, out_indices=(0, 1, 2, 3), gap_before_final_norm=False)
 
 
 def randomize(model):
@@ -57,23 +56,24 @@ def shapes(model):
 @pytest.mark.parametrize('deploy_mode', ['structured', 'dense'])
 @pytest.mark.parametrize('pos_embed', [True, False])
 def test_deploy_constructor_is_switch_to_deploy(pos_embed, deploy_mode):
-    source = trained_like(pos_embed=pos_embed, deploy_mode=deploy_mode,
-                          **KWARGS)
+    source = trained_like(
+        pos_embed=pos_embed, deploy_mode=deploy_mode, **KWARGS)
     x = torch.randn(2, 3, 48, 40)
     with torch.no_grad():
         expected = source(x)
     compact = tuple(source.stages[0][0].peripheral_conv.weight.shape)
     source.switch_to_deploy()
 
-    built = PeLK(deploy=True, pos_embed=pos_embed, deploy_mode=deploy_mode,
-                 **KWARGS).eval()
+    built = PeLK(
+        deploy=True, pos_embed=pos_embed, deploy_mode=deploy_mode,
+        **KWARGS).eval()
     assert built.deploy and built.pos_embeds is None
     assert structure(built) == structure(source)
     assert shapes(built) == shapes(source)
     mixer = {'structured': BoxSumPeripheralConv2d, 'dense': torch.nn.Conv2d}
     assert type(built.stages[0][0].peripheral_conv) is mixer[deploy_mode]
-    assert shapes(built)['stages.0.0.peripheral_conv.weight'] == (
-        (6, 1, 13, 13) if deploy_mode == 'dense' else compact)
+    assert shapes(built)['stages.0.0.peripheral_conv.weight'] == ((
+        6, 1, 13, 13) if deploy_mode == 'dense' else compact)
     assert not any(isinstance(m, PeripheralConv2d) for m in built.modules())
     built.load_state_dict(source.state_dict(), strict=True)
     with torch.no_grad():
@@ -105,8 +105,8 @@ def test_deploy_mode_is_validated():
 
 # a grid of ones: the compact weights have the dense kernel's shape, so only
 # the arch record tells the two forms apart
-ONES = dict(depths=[1, 1], channels=[16, 16], kernel_sizes=[5, 3],
-            center_sizes=[5, 3])
+ONES = dict(
+    depths=[1, 1], channels=[16, 16], kernel_sizes=[5, 3], center_sizes=[5, 3])
 
 
 @pytest.mark.parametrize('arch', [SMALL_ARCH, ONES])
@@ -123,8 +123,9 @@ def test_deploy_forms_do_not_cross_load(arch, saved, loaded):
     message = str(error.value)
     assert f"deploy_mode: checkpoint '{saved}', config '{loaded}'" in message
     assert f"deploy_mode='{saved}'" in message  # what to set
-    assert all(torch.equal(target.state_dict()[k], v)
-               for k, v in before.items())  # nothing copied
+    assert all(
+        torch.equal(target.state_dict()[k], v)
+        for k, v in before.items())  # nothing copied
     same = PeLK(arch=arch, deploy=True, deploy_mode=saved)
     same.load_state_dict(state_dict)  # the right form loads
 
@@ -136,8 +137,9 @@ def test_checkpoint_without_deploy_mode_is_dense():
     source.switch_to_deploy()
     state_dict = source.state_dict()
     del state_dict._metadata[''][ARCH_META_KEY]['deploy_mode']
-    PeLK(arch=ONES, deploy=True, deploy_mode='dense').load_state_dict(
-        state_dict)
+    PeLK(
+        arch=ONES, deploy=True,
+        deploy_mode='dense').load_state_dict(state_dict)
     with pytest.raises(PeLKCheckpointMismatch, match='deploy_mode'):
         PeLK(arch=ONES, deploy=True).load_state_dict(state_dict)
 
@@ -154,9 +156,13 @@ def test_deployed_backbone_loads_through_init_cfg(tmp_path):
     source = trained_like(**KWARGS)
     source.switch_to_deploy()
     path = str(tmp_path / 'deployed.pth')
-    torch.save({'state_dict': {f'backbone.{k}': v
-                               for k, v in source.state_dict().items()}},
-               path)
+    torch.save(
+        {
+            'state_dict': {
+                f'backbone.{k}': v
+                for k, v in source.state_dict().items()
+            }
+        }, path)
     model = PeLK(
         deploy=True,
         init_cfg=dict(type='Pretrained', checkpoint=path, prefix='backbone.'),
@@ -215,8 +221,8 @@ def save_trained_like(config, path):
 def test_pelk_deploy_tool_whole_checkpoint(kind, tmp_path):
     tool = load_tool('model_converters/pelk_deploy.py')
     config = tmp_path / f'{kind}.py'
-    config.write_text((SEG_CONFIG if kind == 'segmentor' else DET_CONFIG)
-                      .format(root=ROOT))
+    config.write_text(
+        (SEG_CONFIG if kind == 'segmentor' else DET_CONFIG).format(root=ROOT))
     src, dst = str(tmp_path / 'trained.pth'), str(tmp_path / 'deployed.pth')
     source = save_trained_like(str(config), src)
     tool.main([str(config), src, dst, '--shape', '64', '64'])
@@ -240,8 +246,7 @@ def test_pelk_deploy_tool_whole_checkpoint(kind, tmp_path):
 
 
 @pytest.mark.slow
-def test_pelk_deploy_tool_refuses_a_wrong_fold(tmp_path, monkeypatch,
-                                               capsys):
+def test_pelk_deploy_tool_refuses_a_wrong_fold(tmp_path, monkeypatch, capsys):
     """The output check gates the write: a fold that forgets the positional
     embedding is caught and nothing is written."""
     tool = load_tool('model_converters/pelk_deploy.py')
@@ -251,7 +256,8 @@ def test_pelk_deploy_tool_refuses_a_wrong_fold(tmp_path, monkeypatch,
     save_trained_like(str(config), src)
     fold = PeLKBlock.switch_to_deploy
     monkeypatch.setattr(
-        PeLKBlock, 'switch_to_deploy',
+        PeLKBlock,
+        'switch_to_deploy',
         lambda self, pos_embed=None, deploy_mode='structured': fold(
             self, None, deploy_mode))
     with pytest.raises(SystemExit) as exc:
@@ -269,7 +275,10 @@ def test_pelk_deploy_tool_refuses_a_deploy_config(tmp_path, capsys):
     src = str(tmp_path / 'trained.pth')
     save_trained_like(str(config), src)
     with pytest.raises(SystemExit, match='1'):
-        tool.main([str(config), src, str(tmp_path / 'out.pth'),
-                   '--cfg-options', 'model.backbone.deploy=True'])
+        tool.main([
+            str(config), src,
+            str(tmp_path / 'out.pth'), '--cfg-options',
+            'model.backbone.deploy=True'
+        ])
     assert 'already deploy=True' in capsys.readouterr().err
     assert not osp.exists(tmp_path / 'out.pth')

@@ -28,10 +28,15 @@ import fit_cost_model  # noqa: E402
     f'torch {torch.__version__}')
 def test_smoke_run_writes_every_result(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    subprocess.run(
-        [sys.executable, str(ROOT / 'benchmarks' / 'device_check.py'),
-         '--smoke', '--out', str(tmp_path)], check=True, env=env,
-        timeout=3600, cwd=ROOT)
+    subprocess.run([
+        sys.executable,
+        str(ROOT / 'benchmarks' / 'device_check.py'), '--smoke', '--out',
+        str(tmp_path)
+    ],
+                   check=True,
+                   env=env,
+                   timeout=3600,
+                   cwd=ROOT)
     conv = json.loads((tmp_path / 'conv.json').read_text())
     methods = {row['method'] for row in conv['results']}
     assert methods == {'dense', 'fft', 'blocksum', 'auto'}
@@ -40,16 +45,17 @@ def test_smoke_run_writes_every_result(tmp_path):
         assert row['dense_ms'] > 0 and row['dw7x7_ms'] > 0
         assert row['max_abs_err']['out'] < 0.1
     shapes = json.loads((tmp_path / 'conv_shapes.json').read_text())
-    assert {row['layout'] for row in shapes['results']} == {
-        'nchw', 'channels_last'}
+    assert {row['layout']
+            for row in shapes['results']} == {'nchw', 'channels_last'}
     assert '| auto pick |' in (tmp_path / 'conv.md').read_text()
     fit = (tmp_path / 'fit.md').read_text()
     assert "'cpu': {" in fit and 'within 10% of the fastest' in fit
     backbone = json.loads((tmp_path / 'backbone.json').read_text())
     assert {(row['model'], row['mode'])
-            for row in backbone['results']} == {
-                (model, mode) for model in ('pelk', 'convnext')
-                for mode in ('train', 'infer')}
+            for row in backbone['results']} == {(model, mode)
+                                                for model in ('pelk',
+                                                              'convnext')
+                                                for mode in ('train', 'infer')}
     assert backbone['machine']['infer_size'] == [32, 64]
     assert backbone['summary']['fp16_losses_finite']
     assert backbone['summary']['bf16_losses_finite']
@@ -72,8 +78,8 @@ def check_tuning(out):
     for row in tuning['results']:
         assert row['pick'] in ('dense', 'fft', 'blocksum')
         assert set(row['candidates_ms']) == {'dense', 'fft', 'blocksum'}
-        assert row['pick'] == min(row['candidates_ms'],
-                                  key=row['candidates_ms'].get)
+        assert row['pick'] == min(
+            row['candidates_ms'], key=row['candidates_ms'].get)
         assert row['first_step_s'] > 0 and row['dispatch_us'] > 0
     assert '| pick |' in (out / 'tuning.md').read_text()
 
@@ -81,12 +87,21 @@ def check_tuning(out):
 def test_torch_only_part_needs_no_mm_package(tmp_path):
     """--no-mm with mmengine, mmcv, mmseg, mmdet, mmpretrain hidden: the
     convolution sweeps, the fit and the tuned dispatch still run."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(ROOT / 'tests' / 'torch_only'), str(ROOT)]))
-    subprocess.run(
-        [sys.executable, str(ROOT / 'benchmarks' / 'device_check.py'),
-         '--smoke', '--no-mm', '--out', str(tmp_path)], check=True, env=env,
-        timeout=1800, cwd=ROOT)
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(
+            [str(ROOT / 'tests' / 'torch_only'),
+             str(ROOT)]))
+    subprocess.run([
+        sys.executable,
+        str(ROOT / 'benchmarks' / 'device_check.py'), '--smoke', '--no-mm',
+        '--out',
+        str(tmp_path)
+    ],
+                   check=True,
+                   env=env,
+                   timeout=1800,
+                   cwd=ROOT)
     check_tuning(tmp_path)
     assert (tmp_path / 'conv.json').exists() and (tmp_path / 'fit.md').exists()
     assert not (tmp_path / 'backbone.json').exists()
@@ -114,15 +129,20 @@ def _synthetic_rows(coefficients):
                 for batch, channels in ((1, 48), (2, 96)):
                     key = (mode, batch, channels, size, grid)
                     for impl in fit_cost_model.IMPLS:
-                        seconds = sum(
-                            c * f for c, f in zip(
-                                coefficients[mode][impl],
-                                fit_cost_model.features(impl, key)))
+                        seconds = sum(c * f for c, f in zip(
+                            coefficients[mode][impl],
+                            fit_cost_model.features(impl, key)))
                         rows.append(
-                            dict(method=impl, mode=mode, batch=batch,
-                                 channels=channels, size=size,
-                                 grid=list(grid), ms=seconds * 1e3,
-                                 precision='fp32', layout='nchw'))
+                            dict(
+                                method=impl,
+                                mode=mode,
+                                batch=batch,
+                                channels=channels,
+                                size=size,
+                                grid=list(grid),
+                                ms=seconds * 1e3,
+                                precision='fp32',
+                                layout='nchw'))
     return rows
 
 
@@ -132,9 +152,8 @@ def test_fit_recovers_known_coefficients():
     fitted = fit_cost_model.fit(table)
     for mode, impls in truth.items():
         for impl, coeffs in impls.items():
-            assert fitted[mode][impl] == pytest.approx(coeffs, rel=1e-6,
-                                                       abs=1e-20), (mode,
-                                                                    impl)
+            assert fitted[mode][impl] == pytest.approx(
+                coeffs, rel=1e-6, abs=1e-20), (mode, impl)
     report = fit_cost_model.picks(table, fitted, 0.10)
     assert len(report) == 80 and all(row['ok'] for row in report)
 
@@ -145,8 +164,10 @@ def test_fit_flags_a_wrong_pick():
     truth = COST_COEFFICIENTS['cpu']
     table = fit_cost_model.cells(_synthetic_rows(truth))
     dense_only = {
-        mode: {impl: (0.0, 0.0, 1.0 if impl != 'dense' else 0.0)
-               for impl in fit_cost_model.IMPLS}
+        mode: {
+            impl: (0.0, 0.0, 1.0 if impl != 'dense' else 0.0)
+            for impl in fit_cost_model.IMPLS
+        }
         for mode in truth
     }
     report = fit_cost_model.picks(table, dense_only, 0.10)

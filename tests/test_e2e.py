@@ -17,14 +17,13 @@ import socket
 import subprocess
 import sys
 
+import mmseg
 import pytest
 import torch
 from mmengine.runner.checkpoint import _load_checkpoint
 
-import mmseg
 from pelk_mm import PeLK
 from pelk_mm.demo import make_ade20k_demo, make_coco_demo, make_imagenet_demo
-
 from helpers import ROOT, load_tool
 
 pytestmark = pytest.mark.slow
@@ -148,15 +147,32 @@ def test_dist_train_and_test_two_cpu_processes(data, tmp_path):
     work_dir, test_dir = str(tmp_path / 'dist'), str(tmp_path / 'test')
     env = dict(PYTHON=PY, PORT=_free_port(), OMP_NUM_THREADS='1')
     options = demo_options(data['ade'], 2)
-    log = run('bash', 'tools/dist_train.sh', DEMO_CFG, '2', '--work-dir',
-              work_dir, '--cfg-options', *options, env=env)
+    log = run(
+        'bash',
+        'tools/dist_train.sh',
+        DEMO_CFG,
+        '2',
+        '--work-dir',
+        work_dir,
+        '--cfg-options',
+        *options,
+        env=env)
     assert 'Distributed training: True' in log and 'GPU number: 2' in log
     assert 'Iter(train) [2/2]' in log
     checkpoint = osp.join(work_dir, 'iter_2.pth')
     assert _load_checkpoint(checkpoint)['meta']['iter'] == 2
 
-    log = run('bash', 'tools/dist_test.sh', DEMO_CFG, checkpoint, '2',
-              '--work-dir', test_dir, '--cfg-options', *options, env=env)
+    log = run(
+        'bash',
+        'tools/dist_test.sh',
+        DEMO_CFG,
+        checkpoint,
+        '2',
+        '--work-dir',
+        test_dir,
+        '--cfg-options',
+        *options,
+        env=env)
     assert 'GPU number: 2' in log
     assert 0 <= metrics(test_dir)['mIoU'] <= 100
 
@@ -186,7 +202,8 @@ test_dataloader = dict(
     batch_size=1, **loader,
     dataset=dict(data_root=data_root, pipeline=test_pipeline))
 val_dataloader = test_dataloader
-test_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
+test_evaluator = dict(
+    ann_file=data_root + 'annotations/instances_val2017.json')
 val_evaluator = test_evaluator
 model = dict(backbone=dict(init_cfg=None))
 train_cfg = dict(max_epochs=1)
@@ -203,8 +220,8 @@ def test_cascade_mask_rcnn_pelk_t_train_and_test(data, tmp_path):
     # evaluate.
     options = [
         'model.train_cfg.rpn_proposal.max_per_img=16',
-        *[f'model.train_cfg.rcnn.{i}.sampler.num=16' for i in range(3)],
-        'model.test_cfg.rpn.max_per_img=16',
+        *[f'model.train_cfg.rcnn.{i}.sampler.num=16'
+          for i in range(3)], 'model.test_cfg.rpn.max_per_img=16',
         'model.test_cfg.rcnn.score_thr=0.0',
         'model.test_cfg.rcnn.max_per_img=20'
     ]
@@ -261,7 +278,7 @@ default_hooks = dict(logger=dict(interval=1),
 
 @pytest.fixture(scope='module')
 def classifier_checkpoint(data, tmp_path_factory):
-    """PeLK-T classifier (pelk_t_in1k.py) trained one epoch, dynamic sparsity."""
+    """PeLK-T classifier (pelk_t_in1k.py), one epoch, dynamic sparsity."""
     tmp = tmp_path_factory.mktemp('cls')
     cfg = tmp / 'pelk_t_tiny_in1k.py'
     cfg.write_text(CLS_CONFIG.format(root=ROOT, data=data['imagenet']))
@@ -287,22 +304,26 @@ def test_classifier_trains_sparse(classifier_checkpoint):
 # torch < 2.5 has no safe_globals to allow mmengine's HistoryBuffer (a
 # training checkpoint's message_hub) for weights_only=True: there the
 # converter reads mmengine's own checkpoints only with --trust-pickle.
-TRUST = [] if hasattr(torch.serialization, 'safe_globals') else [
-    '--trust-pickle']
+TRUST = [] if hasattr(torch.serialization,
+                      'safe_globals') else ['--trust-pickle']
 
 
 def test_converter_round_trip(classifier_checkpoint, tmp_path):
     src, _ = classifier_checkpoint
     dst = str(tmp_path / 'pelk_t_in1k_backbone.pth')
     if TRUST:
-        proc = subprocess.run(
-            [PY, 'tools/model_converters/cls2backbone.py', src, dst,
-             '--arch', 'tiny'], cwd=ROOT, capture_output=True, text=True)
+        proc = subprocess.run([
+            PY, 'tools/model_converters/cls2backbone.py', src, dst, '--arch',
+            'tiny'
+        ],
+                              cwd=ROOT,
+                              capture_output=True,
+                              text=True)
         assert proc.returncode == 1 and not osp.exists(dst)
         assert 'HistoryBuffer' in proc.stderr, proc.stderr
         assert '--trust-pickle' in proc.stderr
-    log = run(PY, 'tools/model_converters/cls2backbone.py', src, dst,
-              '--arch', 'tiny', *TRUST)
+    log = run(PY, 'tools/model_converters/cls2backbone.py', src, dst, '--arch',
+              'tiny', *TRUST)
     assert 'Missing keys (6;' in log  # norm0-norm2: a classifier has norm3
     assert 'head.fc.weight' in log  # reported as unexpected, dropped
 
@@ -356,12 +377,13 @@ def test_converter_plain_training_script_checkpoint(classifier_checkpoint,
         converter.convert(src, dst, model)
     assert not osp.exists(dst)
     missing, unexpected = converter.convert(src, dst, model, trust_pickle=True)
-    assert missing == ['norm0.weight', 'norm0.bias', 'norm1.weight',
-                       'norm1.bias', 'norm2.weight', 'norm2.bias']
+    assert missing == [
+        'norm0.weight', 'norm0.bias', 'norm1.weight', 'norm1.bias',
+        'norm2.weight', 'norm2.bias'
+    ]
     assert unexpected == []
     converted = torch.load(dst, weights_only=True)['state_dict']
-    assert converted.keys() == {
-        k for k in source if k.startswith('backbone.')}
+    assert converted.keys() == {k for k in source if k.startswith('backbone.')}
     assert all(torch.equal(v, source[k]) for k, v in converted.items())
 
 
@@ -400,16 +422,15 @@ def test_existing_project_with_mmseg_own_train_tool(data, tmp_path):
     cfg.write_text(EXISTING_SEG_CONFIG.format(arch=SMALL_PELK))
     tool = osp.join(osp.dirname(mmseg.__file__), '.mim', 'tools', 'train.py')
     ade = data['ade']
-    log = run(
-        PY, tool, str(cfg), '--work-dir', str(tmp_path / 'work'),
-        '--cfg-options', 'model.data_preprocessor.size=(64,64)',
-        'train_dataloader.dataset.pipeline.2.scale=(64,64)',
-        'train_dataloader.dataset.pipeline.3.crop_size=(64,64)',
-        f'train_dataloader.dataset.data_root={ade}',
-        'train_dataloader.batch_size=2',
-        *loader_options('train_dataloader'), 'val_dataloader=None',
-        'val_cfg=None', 'val_evaluator=None', 'train_cfg.max_iters=2',
-        'default_hooks.logger.interval=1')
+    log = run(PY, tool, str(cfg), '--work-dir', str(tmp_path / 'work'),
+              '--cfg-options', 'model.data_preprocessor.size=(64,64)',
+              'train_dataloader.dataset.pipeline.2.scale=(64,64)',
+              'train_dataloader.dataset.pipeline.3.crop_size=(64,64)',
+              f'train_dataloader.dataset.data_root={ade}',
+              'train_dataloader.batch_size=2',
+              *loader_options('train_dataloader'), 'val_dataloader=None',
+              'val_cfg=None', 'val_evaluator=None', 'train_cfg.max_iters=2',
+              'default_hooks.logger.interval=1')
     assert 'Iter(train) [2/2]' in log
 
 
@@ -419,11 +440,12 @@ def test_existing_project_with_mmdet_own_train_tool(data, tmp_path):
     cfg.write_text(EXISTING_DET_CONFIG.format(arch=SMALL_PELK))
     tool = osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools', 'train.py')
     coco = data['coco']
-    log = run(
-        PY, tool, str(cfg), '--work-dir', str(tmp_path / 'work'),
-        '--cfg-options', 'train_dataloader.dataset.pipeline.2.scale=(128,96)',
-        f'train_dataloader.dataset.data_root={coco}/',
-        'train_dataloader.batch_size=2', *loader_options('train_dataloader'),
-        'val_dataloader=None', 'val_cfg=None', 'val_evaluator=None',
-        'train_cfg.max_epochs=1', 'default_hooks.logger.interval=1')
+    log = run(PY, tool, str(cfg), '--work-dir', str(tmp_path / 'work'),
+              '--cfg-options',
+              'train_dataloader.dataset.pipeline.2.scale=(128,96)',
+              f'train_dataloader.dataset.data_root={coco}/',
+              'train_dataloader.batch_size=2',
+              *loader_options('train_dataloader'), 'val_dataloader=None',
+              'val_cfg=None', 'val_evaluator=None', 'train_cfg.max_epochs=1',
+              'default_hooks.logger.interval=1')
     assert 'Epoch(train) [1][2/2]' in log

@@ -53,16 +53,15 @@ def test_equals_dense_with_gradients(impl, n, c, height, width, grid):
     x = torch.randn(n, c, height, width, dtype=torch.float64, generator=gen)
     weight = torch.randn(
         c, 1, len(grid), len(grid), dtype=torch.float64, generator=gen)
-    grad_out = torch.randn(n, c, height, width, dtype=torch.float64,
-                           generator=gen)
+    grad_out = torch.randn(
+        n, c, height, width, dtype=torch.float64, generator=gen)
     expected = conv_and_grads(dense_reference, x, weight, grid, grad_out)
     result = conv_and_grads(PERIPHERAL_CONV_IMPLS[impl], x, weight, grid,
                             grad_out)
-    for name, got, want in zip(('out', 'grad_x', 'grad_w'), result,
-                               expected):
+    for name, got, want in zip(('out', 'grad_x', 'grad_w'), result, expected):
         assert got.dtype == torch.float64, name
-        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9,
-                                   msg=lambda m: f'{name}: {m}')
+        torch.testing.assert_close(
+            got, want, rtol=1e-9, atol=1e-9, msg=lambda m: f'{name}: {m}')
 
 
 @pytest.mark.parametrize('impl', FAST_IMPLS)
@@ -95,8 +94,7 @@ def test_gradcheck(impl, grid, height, width):
 
 
 def max_errors(fn, x64, w64, grid, grad64, reference):
-    result = conv_and_grads(fn, x64.float(), w64.float(), grid,
-                            grad64.float())
+    result = conv_and_grads(fn, x64.float(), w64.float(), grid, grad64.float())
     return [(r.double() - ref).abs().max().item()
             for r, ref in zip(result, reference)]
 
@@ -109,15 +107,14 @@ def test_precision_mean_30_k101_within_dense_error(seed):
     gen = torch.Generator().manual_seed(seed)
     grid = sharing_grid(101, 7)
     x64 = 30 + torch.randn(2, 3, 40, 37, dtype=torch.float64, generator=gen)
-    w64 = torch.randn(3, 1, len(grid), len(grid), dtype=torch.float64,
-                      generator=gen) / 101
+    w64 = torch.randn(
+        3, 1, len(grid), len(grid), dtype=torch.float64, generator=gen) / 101
     grad64 = torch.randn(2, 3, 40, 37, dtype=torch.float64, generator=gen)
     reference = conv_and_grads(dense_reference, x64, w64, grid, grad64)
-    dense_err = max_errors(dense_reference, x64, w64, grid, grad64,
-                           reference)
+    dense_err = max_errors(dense_reference, x64, w64, grid, grad64, reference)
     for impl in ('fft', 'blocksum'):
-        errs = max_errors(PERIPHERAL_CONV_IMPLS[impl], x64, w64, grid,
-                          grad64, reference)
+        errs = max_errors(PERIPHERAL_CONV_IMPLS[impl], x64, w64, grid, grad64,
+                          reference)
         for name, err, bound in zip(('out', 'grad_x', 'grad_w'), errs,
                                     dense_err):
             assert err <= bound, (impl, name, err, bound)
@@ -131,17 +128,17 @@ def test_precision_large_dynamic_range():
     gen = torch.Generator().manual_seed(0)
     grid = sharing_grid(101, 7)
     shape = (2, 3, 40, 37)
-    x64 = torch.randn(shape, dtype=torch.float64, generator=gen) * torch.exp(
-        3 * torch.randn(shape, dtype=torch.float64, generator=gen))
-    w64 = torch.randn(3, 1, len(grid), len(grid), dtype=torch.float64,
-                      generator=gen) / 101
+    x64 = torch.randn(
+        shape, dtype=torch.float64, generator=gen) * torch.exp(
+            3 * torch.randn(shape, dtype=torch.float64, generator=gen))
+    w64 = torch.randn(
+        3, 1, len(grid), len(grid), dtype=torch.float64, generator=gen) / 101
     grad64 = torch.randn(shape, dtype=torch.float64, generator=gen)
     reference = conv_and_grads(dense_reference, x64, w64, grid, grad64)
-    dense_err = max_errors(dense_reference, x64, w64, grid, grad64,
-                           reference)
+    dense_err = max_errors(dense_reference, x64, w64, grid, grad64, reference)
     for impl, w_factor in (('fft', 2.0), ('blocksum', 1.0)):
-        errs = max_errors(PERIPHERAL_CONV_IMPLS[impl], x64, w64, grid,
-                          grad64, reference)
+        errs = max_errors(PERIPHERAL_CONV_IMPLS[impl], x64, w64, grid, grad64,
+                          reference)
         for name, err, bound in zip(('out', 'grad_x', 'grad_w'), errs,
                                     dense_err):
             factor = w_factor if name == 'grad_w' else 1.0
@@ -205,13 +202,16 @@ def test_auto_is_deterministic_and_shape_driven():
     assert torch.equal(first, chosen)
 
 
-@pytest.mark.parametrize('shape,kernel_size,grad,expected', [
-    ((1, 48, 128, 128), 51, True, 'fft'),  # PeLK-T stage 1 at 512x512
-    ((1, 48, 128, 128), 101, False, 'fft'),
-    ((1, 48, 16, 16), 101, True, 'blocksum'),  # large K on a small map
-    ((2, 374, 16, 16), 13, False, 'dense'),  # stage 4, inference
-    ((2, 374, 16, 16), 13, True, 'fft'),  # stage 4, training: dense bwd slow
-])
+@pytest.mark.parametrize(
+    'shape,kernel_size,grad,expected',
+    [
+        ((1, 48, 128, 128), 51, True, 'fft'),  # PeLK-T stage 1 at 512x512
+        ((1, 48, 128, 128), 101, False, 'fft'),
+        ((1, 48, 16, 16), 101, True, 'blocksum'),  # large K on a small map
+        ((2, 374, 16, 16), 13, False, 'dense'),  # stage 4, inference
+        ((2, 374, 16, 16), 13, True,
+         'fft'),  # stage 4, training: dense bwd slow
+    ])
 def test_auto_choices_on_cpu(shape, kernel_size, grad, expected):
     """The calibrated CPU model's picks (benchmarks/results/
     cost_model_cpu_2026-11-28.md)."""
@@ -220,8 +220,8 @@ def test_auto_choices_on_cpu(shape, kernel_size, grad, expected):
     weight = torch.zeros(shape[1], 1, len(grid), len(grid))
     assert select_impl(x, weight, grid) == expected
     with torch.no_grad():
-        assert select_impl(x, weight, grid) == select_impl(
-            x.detach(), weight, grid)
+        assert select_impl(x, weight,
+                           grid) == select_impl(x.detach(), weight, grid)
 
 
 def test_fft_size_is_smallest_5_smooth():
@@ -238,13 +238,14 @@ def test_fft_size_is_smallest_5_smooth():
         assert not any(smooth(m) for m in range(n, size))
 
 
-@pytest.mark.parametrize('kernel_size,shape,mean,heavy', [
-    (13, (2, 3, 64, 64), 0.0, False),  # small K, wide map: table growth
-    (101, (2, 3, 40, 37), 30.0, False),  # large mean
-    (101, (2, 3, 40, 37), 0.0, True),  # heavy tails
-])
-def test_float32_accumulation_within_2x_dense(kernel_size, shape, mean,
-                                              heavy):
+@pytest.mark.parametrize(
+    'kernel_size,shape,mean,heavy',
+    [
+        (13, (2, 3, 64, 64), 0.0, False),  # small K, wide map: table growth
+        (101, (2, 3, 40, 37), 30.0, False),  # large mean
+        (101, (2, 3, 40, 37), 0.0, True),  # heavy tails
+    ])
+def test_float32_accumulation_within_2x_dense(kernel_size, shape, mean, heavy):
     """The float32 path (GPUs without fast FP64) keeps the output and both
     gradients within 2x the dense float32 error (float64 reference)."""
     gen = torch.Generator().manual_seed(kernel_size + shape[-1])
@@ -254,12 +255,12 @@ def test_float32_accumulation_within_2x_dense(kernel_size, shape, mean,
         x64 = x64 * torch.exp(
             3 * torch.randn(shape, dtype=torch.float64, generator=gen))
     x64 = x64 + mean
-    w64 = torch.randn(shape[1], 1, len(grid), len(grid), dtype=torch.float64,
-                      generator=gen) / kernel_size
+    w64 = torch.randn(
+        shape[1], 1, len(grid), len(grid), dtype=torch.float64,
+        generator=gen) / kernel_size
     grad64 = torch.randn(shape, dtype=torch.float64, generator=gen)
     reference = conv_and_grads(dense_reference, x64, w64, grid, grad64)
-    dense_err = max_errors(dense_reference, x64, w64, grid, grad64,
-                           reference)
+    dense_err = max_errors(dense_reference, x64, w64, grid, grad64, reference)
     for impl in ('fft', 'blocksum'):
         with force_accumulation_dtype(torch.float32):
             errs = max_errors(PERIPHERAL_CONV_IMPLS[impl], x64, w64, grid,
@@ -294,8 +295,10 @@ def test_accumulation_dtype_policy(monkeypatch):
     assert not fast_float64(torch.device('meta'))
     for capability, fast in (((9, 0), True), ((8, 0), True), ((8, 6), False),
                              ((8, 9), False), ((12, 0), False)):
-        monkeypatch.setattr(torch.cuda, 'get_device_capability',
-                            lambda device=None, c=capability: c)
+        monkeypatch.setattr(
+            torch.cuda,
+            'get_device_capability',
+            lambda device=None, c=capability: c)
         assert fast_float64(torch.device('cuda', 0)) == fast, capability
     with pytest.raises(ValueError, match='dtype'):
         with force_accumulation_dtype(torch.float16):
@@ -328,7 +331,6 @@ def test_blocksum_saves_at_most_2x_dense_activations(kernel_size, size):
     x = torch.randn(2, 4, size, size, requires_grad=True)
     weight = torch.randn(4, 1, len(grid), len(grid), requires_grad=True)
     dense = _saved_bytes(dense_reference, x, weight, grid)
-    blocksum = _saved_bytes(PERIPHERAL_CONV_IMPLS['blocksum'], x, weight,
-                            grid)
+    blocksum = _saved_bytes(PERIPHERAL_CONV_IMPLS['blocksum'], x, weight, grid)
     assert blocksum <= 2 * dense, (blocksum, dense)
     assert blocksum <= x.numel() * 4 + weight.numel() * 4

@@ -36,12 +36,12 @@ def config(tmp_path_factory):
 
 
 def run_tool(*args):
-    proc = subprocess.run([sys.executable,
-                           str(TOOL), *map(str, args)],
-                          cwd=REPO,
-                          capture_output=True,
-                          text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(TOOL), *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
@@ -102,5 +102,5 @@ def test_get_flops_text_and_options(config):
     weights, other, _ = expected_counts(32, 32)
     head_change = (CHANNELS[-1] + 1) * (3000 - NUM_CLASSES)
     assert head_change / 1e6 > 0.1
-    assert dense == pytest.approx((weights + other + head_change) / 1e6,
-                                  abs=0.0051)
+    assert dense == pytest.approx(
+        (weights + other + head_change) / 1e6, abs=0.0051)

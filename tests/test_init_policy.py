@@ -15,7 +15,6 @@ from mmengine.runner import save_checkpoint
 from mmengine.runner.checkpoint import get_state_dict
 
 from pelk_mm import PeLK, PeripheralConv2d
-
 from helpers import ARCH21
 
 
@@ -51,8 +50,8 @@ def test_init_weights_is_the_one_place():
     for i, h in enumerate(model.pos_embeds):
         assert std_ok(h.detach().flatten(), rel=0.05), i
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    assert std_ok(torch.cat([m.weight.detach().flatten() for m in linears]),
-                  rel=0.05)
+    assert std_ok(
+        torch.cat([m.weight.detach().flatten() for m in linears]), rel=0.05)
     assert all(torch.equal(m.bias, torch.zeros_like(m.bias)) for m in linears)
     norms = [m for m in model.modules() if isinstance(m, nn.LayerNorm)]
     assert all(torch.equal(m.weight, torch.ones_like(m.weight)) for m in norms)

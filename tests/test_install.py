@@ -30,10 +30,13 @@ def stack_python(tmp_path_factory):
     root = tmp_path_factory.mktemp('stack_venv')
     venv.create(root, with_pip=False)
     python = str(root / 'bin' / 'python')
-    purelib = subprocess.run(
-        [python, '-c', 'import sysconfig; '
-         "print(sysconfig.get_path('purelib'))"],
-        check=True, stdout=subprocess.PIPE, text=True).stdout.strip()
+    purelib = subprocess.run([
+        python, '-c', 'import sysconfig; '
+        "print(sysconfig.get_path('purelib'))"
+    ],
+                             check=True,
+                             stdout=subprocess.PIPE,
+                             text=True).stdout.strip()
     with open(osp.join(purelib, 'stack.pth'), 'w') as f:
         f.write(f'import site; list(map(site.addsitedir, '
                 f'{site.getsitepackages()!r}))\n')
@@ -42,12 +45,15 @@ def stack_python(tmp_path_factory):
 
 def dry_run(python, report, *args):
     """``pip install --dry-run`` offline; returns the report's installs."""
-    proc = subprocess.run(
-        [python, '-m', 'pip', 'install', '--dry-run', '--no-index',
-         '--no-build-isolation', '--disable-pip-version-check', '--report',
-         str(report), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        timeout=300)
+    proc = subprocess.run([
+        python, '-m', 'pip', 'install', '--dry-run', '--no-index',
+        '--no-build-isolation', '--disable-pip-version-check', '--report',
+        str(report), *args
+    ],
+                          stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT,
+                          text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stdout
     return json.loads(report.read_text())['install']
 
@@ -66,19 +72,23 @@ def not_installed(requires_dist, extra):
 
 
 def test_the_throwaway_venv_sees_this_stack(stack_python):
-    versions = subprocess.run(
-        [stack_python, '-c', 'import importlib.metadata as m; '
-         "print(m.version('torch'), m.version('mmcv'))"],
-        check=True, stdout=subprocess.PIPE, text=True).stdout.split()
-    assert versions == [importlib.metadata.version(name)
-                        for name in ('torch', 'mmcv')]
+    versions = subprocess.run([
+        stack_python, '-c', 'import importlib.metadata as m; '
+        "print(m.version('torch'), m.version('mmcv'))"
+    ],
+                              check=True,
+                              stdout=subprocess.PIPE,
+                              text=True).stdout.split()
+    assert versions == [
+        importlib.metadata.version(name) for name in ('torch', 'mmcv')
+    ]
 
 
 @pytest.mark.parametrize('extra', ['seg', 'det', 'all'])
 def test_dry_run_installs_only_pelk_mm(stack_python, tmp_path, extra):
     # pelk-mm's own metadata (requires_dist) from setup.py, as pip reads it.
-    (meta, ) = dry_run(stack_python, tmp_path / 'meta.json', '--no-deps',
-                       '-e', ROOT)
+    (meta, ) = dry_run(stack_python, tmp_path / 'meta.json', '--no-deps', '-e',
+                       ROOT)
     missing = not_installed(meta['metadata']['requires_dist'], extra)
     if missing:
         pytest.skip(f'[{extra}] lists {missing}, not installed here')

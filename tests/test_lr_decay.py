@@ -36,8 +36,8 @@ def build(model, decay_type, **paramwise):
     cfg = dict(
         optimizer=dict(type='AdamW', lr=BASE_LR, weight_decay=BASE_WD),
         constructor='PeLKLearningRateDecayOptimizerConstructor',
-        paramwise_cfg=dict(decay_rate=DECAY, decay_type=decay_type,
-                           **paramwise))
+        paramwise_cfg=dict(
+            decay_rate=DECAY, decay_type=decay_type, **paramwise))
     return build_optim_wrapper(model, cfg).optimizer.param_groups
 
 
@@ -153,10 +153,10 @@ def test_optimizer_steps_with_the_group_lrs():
     (dict(decay_rate=0.9, decay_type='block_wise'), 'decay_type'),
     (dict(decay_rate=1.5, decay_type='layer_wise'), 'decay_rate'),
     (dict(decay_type='layer_wise'), 'decay_rate'),
-    (dict(decay_rate=0.9, decay_type='layer_wise', num_layers=12),
-     'num_layers'),
-    (dict(decay_rate=0.9, decay_type='stage_wise', num_layers=3),
-     'num_layers'),
+    (dict(decay_rate=0.9, decay_type='layer_wise',
+          num_layers=12), 'num_layers'),
+    (dict(decay_rate=0.9, decay_type='stage_wise',
+          num_layers=3), 'num_layers'),
 ])
 def test_bad_configuration(paramwise, match):
     cfg = dict(
@@ -251,19 +251,23 @@ def test_layer_and_stage_depth_other_stage_counts(depths):
             if parts[1] == 'pos_embeds' or i > 0:
                 assert layer_id == backbone.get_layer_depth(
                     f'backbone.stages.{i}.0.gamma', 'backbone.')[0], name
-            assert stage_id == (
-                i + 1 if parts[1] == 'pos_embeds' else 0), name
+            assert stage_id == (i + 1 if parts[1] == 'pos_embeds' else 0), name
         else:  # output norms
             assert (layer_id, stage_id) == (num_layers + 1,
                                             len(depths) + 1), name
     if depths == [2, 4, 2]:  # spelled out
-        assert sorted(set(zip(layer_ids, [n.split('.')[1] for n in names
-                                          ]))) == [
-            (0, 'downsample_layers'), (1, 'pos_embeds'), (1, 'stages'),
-            (2, 'downsample_layers'), (2, 'pos_embeds'), (2, 'stages'),
-            (3, 'stages'), (4, 'downsample_layers'), (4, 'pos_embeds'),
-            (4, 'stages'), (5, 'norm0'), (5, 'norm1'), (5, 'norm2')
-        ]
+        assert sorted(set(zip(layer_ids, [n.split('.')[1]
+                                          for n in names]))) == [
+                                              (0, 'downsample_layers'),
+                                              (1, 'pos_embeds'), (1, 'stages'),
+                                              (2, 'downsample_layers'),
+                                              (2, 'pos_embeds'), (2, 'stages'),
+                                              (3, 'stages'),
+                                              (4, 'downsample_layers'),
+                                              (4, 'pos_embeds'), (4, 'stages'),
+                                              (5, 'norm0'), (5, 'norm1'),
+                                              (5, 'norm2')
+                                          ]
 
 
 def test_three_stage_constructor_groups():
@@ -293,16 +297,19 @@ def test_no_weight_decay_contents():
     names = backbone.no_weight_decay()
     params = dict(backbone.named_parameters())
     assert names <= set(params)
-    assert {'pos_embeds.0', 'pos_embeds.3', 'stages.0.0.gamma',
-            'stages.2.8.peripheral_conv.bias', 'stages.0.0.norm.weight',
-            'stages.0.0.pointwise_conv1.bias', 'downsample_layers.0.0.bias',
-            'downsample_layers.0.1.weight', 'downsample_layers.1.0.bias',
-            'norm3.weight', 'norm0.bias'} <= names
+    assert {
+        'pos_embeds.0', 'pos_embeds.3', 'stages.0.0.gamma',
+        'stages.2.8.peripheral_conv.bias', 'stages.0.0.norm.weight',
+        'stages.0.0.pointwise_conv1.bias', 'downsample_layers.0.0.bias',
+        'downsample_layers.0.1.weight', 'downsample_layers.1.0.bias',
+        'norm3.weight', 'norm0.bias'
+    } <= names
     # exactly the positional embeddings and every 1-D tensor (norm weights
     # and biases, biases, layer scales); every weight matrix / kernel decays
-    assert names == {n for n, p in params.items() if p.ndim == 1} | {
-        f'pos_embeds.{i}' for i in range(4)
-    }
+    assert names == {n
+                     for n, p in params.items()
+                     if p.ndim == 1} | {f'pos_embeds.{i}'
+                                        for i in range(4)}
     for decayed in ('stages.0.0.peripheral_conv.weight',
                     'stages.0.0.pointwise_conv1.weight',
                     'downsample_layers.1.1.weight',
@@ -339,8 +346,8 @@ def test_constructor_reads_no_weight_decay():
 def test_stage_wise_needs_get_stage_depth():
     from mmpretrain.models import ConvNeXt
     model = nn.Module()
-    model.backbone = ConvNeXt(arch=dict(depths=[1, 1, 1, 1],
-                                        channels=[8, 8, 8, 8]))
+    model.backbone = ConvNeXt(
+        arch=dict(depths=[1, 1, 1, 1], channels=[8, 8, 8, 8]))
     with pytest.raises(ValueError, match='get_stage_depth'):
         build(model, 'stage_wise')
     # layer-wise works on any backbone with get_layer_depth, with the generic
@@ -423,8 +430,8 @@ def test_downstream_config_groups(name, decay_type, rate):
     found = group_of(groups, model)
     params = dict(model.named_parameters())
     assert set(found) == set(params)
-    table = (expected_layer_id
-             if decay_type == 'layer_wise' else expected_stage_id)
+    table = (
+        expected_layer_id if decay_type == 'layer_wise' else expected_stage_id)
     # mmseg's constructor passes num_layers (layer-wise), num_layers + 2
     if decay_type == 'layer_wise':
         mmseg_id = partial(get_layer_id_for_convnext, max_layer_id=6)

@@ -15,7 +15,6 @@ from mmengine.config import Config
 import pelk_mm  # noqa: F401
 from pelk_mm import PeLK
 from pelk_mm.models.builder import build_model
-
 from helpers import ARCH21
 
 
@@ -44,8 +43,8 @@ def test_default_pools_only_the_last_stage_alone(out_indices, gap, pooled):
 
 
 def test_mmseg_upernet_r50_base():
-    from mmseg.structures import SegDataSample
     from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
     cfg = Config.fromstring(
         "_base_ = ['mmseg::_base_/models/upernet_r50.py']\n"
         "model = dict(\n"
@@ -58,17 +57,17 @@ def test_mmseg_upernet_r50_base():
         "    auxiliary_head=dict(in_channels=64, channels=16,\n"
         "                        num_classes=4))\n",
         file_format='.py')
-    assert cfg.model.backbone == dict(type='PeLK',
-                                      arch=ARCH21,
-                                      out_indices=(0, 1, 2, 3))
-    model = build_model(cfg, dict(default_scope='mmseg'), seed=0,
-                        init_weights=True)
+    assert cfg.model.backbone == dict(
+        type='PeLK', arch=ARCH21, out_indices=(0, 1, 2, 3))
+    model = build_model(
+        cfg, dict(default_scope='mmseg'), seed=0, init_weights=True)
     model.train()  # the builder's model is in eval mode
     inputs = torch.randn(2, 3, 64, 64)
     samples = []
     for _ in range(2):
-        sample = SegDataSample(metainfo=dict(
-            img_shape=(64, 64), pad_shape=(64, 64), ori_shape=(64, 64)))
+        sample = SegDataSample(
+            metainfo=dict(
+                img_shape=(64, 64), pad_shape=(64, 64), ori_shape=(64, 64)))
         sample.gt_sem_seg = PixelData(data=torch.randint(0, 4, (1, 64, 64)))
         samples.append(sample)
     losses = model(inputs, samples, mode='loss')
@@ -89,17 +88,16 @@ def test_mmdet_mask_rcnn_r50_base():
         f"                  arch={ARCH21!r}),\n"
         "    neck=dict(in_channels=[16, 32, 64, 128]))\n",
         file_format='.py')
-    model = build_model(cfg, dict(default_scope='mmdet'), seed=0,
-                        init_weights=True)
+    model = build_model(
+        cfg, dict(default_scope='mmdet'), seed=0, init_weights=True)
     model.train()  # the builder's model is in eval mode
-    packed = demo_mm_inputs(2, [[3, 64, 64]] * 2,
-                            num_items=[2, 3],
-                            num_classes=80,
-                            with_mask=True)
+    packed = demo_mm_inputs(
+        2, [[3, 64, 64]] * 2, num_items=[2, 3], num_classes=80, with_mask=True)
     data = model.data_preprocessor(packed, True)
     losses = model(**data, mode='loss')
-    total = sum(v if torch.is_tensor(v) else sum(v) for k, v in losses.items()
-                if 'loss' in k)
+    total = sum(
+        v if torch.is_tensor(v) else sum(v) for k, v in losses.items()
+        if 'loss' in k)
     assert torch.isfinite(total)
     total.backward()
     assert model.backbone.pos_embeds[0].grad is not None

@@ -20,7 +20,6 @@ import torch
 
 from pelk_mm import PeLK, PeripheralConv2d
 from pelk_mm.models.deploy import build_model, compare_outputs, tensor_outputs
-
 from helpers import ROOT, load_tool
 
 pytestmark = pytest.mark.slow
@@ -31,25 +30,29 @@ ort = pytest.importorskip('onnxruntime')
 ARCH = """dict(depths=[1, 1, 1, 1], channels=[16, 32, 64, 128],
            kernel_sizes=[101, 51, 31, 13], center_sizes=5)"""
 CONFIGS = {
-    'segmentor': """
+    'segmentor':
+    """
 _base_ = ['{root}/configs/demo/upernet_pelk_demo_ade20k.py']
 model = dict(
     backbone=dict(arch={arch}, init_cfg=None),
     decode_head=dict(in_channels=[16, 32, 64, 128], channels=16),
     auxiliary_head=dict(in_channels=64, channels=16))
 """,
-    'classifier': """
+    'classifier':
+    """
 _base_ = ['{root}/configs/pelk_t_in1k.py']
 model = dict(
     backbone=dict(arch=dict(_delete_=True, **{arch})),
     head=dict(in_channels=128, num_classes=10))
 """,
-    'backbone': """
+    'backbone':
+    """
 custom_imports = dict(imports=['pelk_mm'], allow_failed_imports=False)
 model = dict(type='PeLK', arch={arch}, out_indices=(0, 1, 2, 3),
              gap_before_final_norm=False)
 """,
-    'detector': """
+    'detector':
+    """
 _base_ = ['{root}/configs/cascade_mask_rcnn_pelk_t_fpn_3x_coco.py']
 model = dict(
     backbone=dict(arch=dict(_delete_=True, **{arch}), init_cfg=None),
@@ -96,11 +99,12 @@ def trained_like_checkpoint(config, path):
     return model
 
 
-@pytest.mark.parametrize('kind,deploy_mode', [
-    ('segmentor', 'structured'), ('classifier', 'structured'),
-    ('backbone', 'structured'), ('detector', 'structured'),
-    ('segmentor', 'dense'), ('backbone', 'dense')
-])
+@pytest.mark.parametrize('kind,deploy_mode', [('segmentor', 'structured'),
+                                              ('classifier', 'structured'),
+                                              ('backbone', 'structured'),
+                                              ('detector', 'structured'),
+                                              ('segmentor', 'dense'),
+                                              ('backbone', 'dense')])
 def test_export_matches_onnxruntime(kind, deploy_mode, tmp_path, capsys):
     config = write_config(tmp_path, kind)
     trained = str(tmp_path / 'trained.pth')
@@ -130,16 +134,18 @@ def test_export_matches_onnxruntime(kind, deploy_mode, tmp_path, capsys):
     assert versions == [17]
     assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param
     kernels = {
-        tuple(a.ints) for n in graph.graph.node if n.op_type == 'Conv'
-        for a in n.attribute if a.name == 'kernel_shape'
+        tuple(a.ints)
+        for n in graph.graph.node if n.op_type == 'Conv' for a in n.attribute
+        if a.name == 'kernel_shape'
     }
     large = {(101, 101), (51, 51), (31, 31), (13, 13)}
     if deploy_mode == 'dense':
         assert large <= kernels
     else:  # the stem's 4x4, the downsampling 2x2, UperNet's 3x3 and 1x1
         assert max(max(k) for k in kernels) <= 4, kernels
-    assert not {n.op_type for n in graph.graph.node} & {
-        'DFT', 'STFT', 'Loop', 'Scan', 'CumSum'}
+    assert not {n.op_type
+                for n in graph.graph.node
+                } & {'DFT', 'STFT', 'Loop', 'Scan', 'CumSum'}
     assert {o.domain for o in graph.opset_import} <= {'', 'ai.onnx'}
 
     # onnxruntime against the original, non-deploy model, batch 3 (exported
@@ -168,7 +174,8 @@ def test_non_deploy_form_is_refused_before_export(tmp_path):
     out = tmp_path / 'm.onnx'
     proc = subprocess.run([
         sys.executable, 'tools/deployment/pytorch2onnx.py', config, trained,
-        '--shape', '64', '64', '--out', str(out)
+        '--shape', '64', '64', '--out',
+        str(out)
     ],
                           cwd=ROOT,
                           capture_output=True,
@@ -187,22 +194,35 @@ def test_exporter_is_feature_detected(tmp_path, monkeypatch):
     (its only exporter, TorchScript); one with it gets ``dynamo=False``."""
     tool = load_tool('deployment/pytorch2onnx.py')
     assert tool.exporter_kwargs() == (
-        dict(dynamo=False) if 'dynamo' in inspect.signature(
-            torch.onnx.export).parameters else {})
+        dict(dynamo=False)
+        if 'dynamo' in inspect.signature(torch.onnx.export).parameters else {})
     real_export, calls = torch.onnx.export, []
 
-    def legacy_export(model, args, f, input_names=None, output_names=None,
-                      dynamic_axes=None, opset_version=None):
+    def legacy_export(model,
+                      args,
+                      f,
+                      input_names=None,
+                      output_names=None,
+                      dynamic_axes=None,
+                      opset_version=None):
         calls.append(opset_version)
-        real_export(model, args, f, input_names=input_names,
-                    output_names=output_names, dynamic_axes=dynamic_axes,
-                    opset_version=opset_version, dynamo=False)
+        real_export(
+            model,
+            args,
+            f,
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_axes=dynamic_axes,
+            opset_version=opset_version,
+            dynamo=False)
 
     monkeypatch.setattr(torch.onnx, 'export', legacy_export)
     assert tool.exporter_kwargs() == {}
-    model = PeLK(arch=dict(depths=[1, 1], channels=[16, 32],
-                           kernel_sizes=[31, 13]), deploy=True,
-                 out_indices=(0, 1), gap_before_final_norm=False).eval()
+    model = PeLK(
+        arch=dict(depths=[1, 1], channels=[16, 32], kernel_sizes=[31, 13]),
+        deploy=True,
+        out_indices=(0, 1),
+        gap_before_final_norm=False).eval()
     out = str(tmp_path / 'legacy.onnx')
     assert tool.export(model, (40, 24), out) == ['feat0', 'feat1']
     assert calls == [17]

@@ -20,7 +20,6 @@ from pelk_mm import SparsityMasks, count_parameters
 from pelk_mm.models.builder import build_model
 from pelk_mm.sparsity.densities import densities_to_counts, uniform_densities
 from pelk_mm.sparsity.masks import select_parameters
-
 from helpers import SMALL_ARCH
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,17 +28,28 @@ INCLUDE = (r'backbone\.', r'head\.')  # get_flops.py's masks
 
 # README model name -> config
 CONFIGS = {
-    'PeLK-T classifier': 'pelk_t_in1k.py',
-    'PeLK-S classifier': 'pelk_s_in1k.py',
-    'PeLK-B classifier': 'pelk_b_in1k.py',
-    'PeLK-B-101 classifier': 'pelk_b101_in1k.py',
-    'UperNet + PeLK-T': 'upernet_pelk_t_ade20k.py',
-    'UperNet + PeLK-S': 'upernet_pelk_s_ade20k.py',
-    'UperNet + PeLK-B': 'upernet_pelk_b_ade20k.py',
-    'UperNet + PeLK-B-101': 'upernet_pelk_b101_ade20k.py',
-    'Cascade Mask R-CNN + PeLK-T': 'cascade_mask_rcnn_pelk_t_fpn_3x_coco.py',
-    'Cascade Mask R-CNN + PeLK-S': 'cascade_mask_rcnn_pelk_s_fpn_3x_coco.py',
-    'Cascade Mask R-CNN + PeLK-B': 'cascade_mask_rcnn_pelk_b_fpn_3x_coco.py',
+    'PeLK-T classifier':
+    'pelk_t_in1k.py',
+    'PeLK-S classifier':
+    'pelk_s_in1k.py',
+    'PeLK-B classifier':
+    'pelk_b_in1k.py',
+    'PeLK-B-101 classifier':
+    'pelk_b101_in1k.py',
+    'UperNet + PeLK-T':
+    'upernet_pelk_t_ade20k.py',
+    'UperNet + PeLK-S':
+    'upernet_pelk_s_ade20k.py',
+    'UperNet + PeLK-B':
+    'upernet_pelk_b_ade20k.py',
+    'UperNet + PeLK-B-101':
+    'upernet_pelk_b101_ade20k.py',
+    'Cascade Mask R-CNN + PeLK-T':
+    'cascade_mask_rcnn_pelk_t_fpn_3x_coco.py',
+    'Cascade Mask R-CNN + PeLK-S':
+    'cascade_mask_rcnn_pelk_s_fpn_3x_coco.py',
+    'Cascade Mask R-CNN + PeLK-B':
+    'cascade_mask_rcnn_pelk_b_fpn_3x_coco.py',
     'Cascade Mask R-CNN + PeLK-B-101':
     'cascade_mask_rcnn_pelk_b101_fpn_3x_coco.py',
 }
@@ -116,8 +126,8 @@ def test_every_row_is_in_the_table():
 
 @pytest.mark.parametrize('model_name', list(CONFIGS))
 def test_readme_row(model_name):
-    effective_readme, paper, diff_readme, dense_cell = readme_rows()[
-        model_name]
+    effective_readme, paper, diff_readme, dense_cell = readme_rows(
+    )[model_name]
     dense, effective, _ = measure(CONFIGS[model_name])
     # every number is the measured one rounded to the digits printed
     assert effective / 1e6 == pytest.approx(effective_readme, abs=0.0051)
@@ -155,11 +165,12 @@ def test_readme_pos_embed_counts_and_paper_gap_without_them():
     """The README's positional-embedding sizes and where the classifiers
     land without them."""
     section = ' '.join(readme_section().split())
-    sizes = re.search(r'\(([\d.]+) M in T/S, ([\d.]+) M in B, ([\d.]+) M in '
-                      r'B-101\)', section)
-    gaps = re.search(r'land at ([-+][\d.]+) % \(T\), ([-+][\d.]+) % \(S\), '
-                     r'([-+][\d.]+) % \(B\), ([-+][\d.]+) % \(B-101\)',
-                     section)
+    sizes = re.search(
+        r'\(([\d.]+) M in T/S, ([\d.]+) M in B, ([\d.]+) M in '
+        r'B-101\)', section)
+    gaps = re.search(
+        r'land at ([-+][\d.]+) % \(T\), ([-+][\d.]+) % \(S\), '
+        r'([-+][\d.]+) % \(B\), ([-+][\d.]+) % \(B-101\)', section)
     assert sizes and gaps
     for short, size in zip(('T', 'B', 'B-101'), sizes.groups()):
         pe = measure(CONFIGS[f'PeLK-{short} classifier'])[2]

@@ -145,16 +145,17 @@ def test_forward_errors():
             torch.randn(1, 4, 8, 8), conv.weight, grid, impl='nope')
 
 
-@pytest.mark.parametrize('dtype', [torch.int64, torch.uint8, torch.bool,
-                                   torch.complex64])
+@pytest.mark.parametrize(
+    'dtype', [torch.int64, torch.uint8, torch.bool, torch.complex64])
 def test_non_float_input_names_the_dtype(dtype):
     conv = PeripheralConv2d(4, 13)
     x = torch.ones(1, 4, 8, 8, dtype=dtype)
     allowed = (r'\(torch.float16, torch.bfloat16, torch.float32, '
                r'torch.float64\)')
-    with pytest.raises(ValueError,
-                       match=f'`x` must be a floating-point tensor {allowed}'
-                       f', got {dtype}'):
+    with pytest.raises(
+            ValueError,
+            match=f'`x` must be a floating-point tensor {allowed}'
+            f', got {dtype}'):
         conv(x)
     with pytest.raises(ValueError, match=f'{allowed}, got {dtype}'):
         peripheral_conv2d(x, conv.weight, conv.grid)

@@ -60,8 +60,8 @@ CASES = [
 @pytest.mark.parametrize('mode', POS_EMBED_MODES)
 @pytest.mark.parametrize('channels,grid,height,width', CASES)
 def test_matches_tap_by_tap_reference(mode, channels, grid, height, width):
-    x, weight, bias, pos_embed = random_inputs(channels, grid, height, width,
-                                               seed=height * 100 + width)
+    x, weight, bias, pos_embed = random_inputs(
+        channels, grid, height, width, seed=height * 100 + width)
     expected = eq3_tap_loop(x, expand_weight(weight, grid), bias, pos_embed,
                             mode)
     for impl in IMPLS:
@@ -82,8 +82,8 @@ def test_in_image_equals_literal_where_the_window_is_inside(
     """Same term where the whole ``K x K`` window lies in the image, a
     different one at every other pixel (so at every pixel of a map smaller
     than the kernel)."""
-    _, weight, _, pos_embed = random_inputs(channels, grid, height, width,
-                                            seed=7)
+    _, weight, _, pos_embed = random_inputs(
+        channels, grid, height, width, seed=7)
     r = sum(grid) // 2
     term = pos_embed_map(weight, grid, pos_embed, height, width)
     literal = pos_embed_bias(weight, grid, pos_embed).view(-1, 1, 1)
@@ -98,8 +98,8 @@ def test_in_image_equals_literal_where_the_window_is_inside(
 
 
 def test_in_image_tells_positions_apart_literal_does_not():
-    x, weight, bias, pos_embed = random_inputs(3, sharing_grid(13, 5), 9, 11,
-                                               seed=0)
+    x, weight, bias, pos_embed = random_inputs(
+        3, sharing_grid(13, 5), 9, 11, seed=0)
     zeros = torch.zeros_like(x)
     literal = peripheral_conv2d(zeros, weight, sharing_grid(13, 5), None,
                                 pos_embed)
@@ -138,7 +138,11 @@ def test_autocast_bfloat16(impl):
     with torch.autocast('cpu', dtype=torch.bfloat16):
         term = pos_embed_map(weight, grid, pos_embed, 12, 10)
         out = peripheral_conv2d(
-            x, weight, grid, pos_embed=pos_embed, impl=impl,
+            x,
+            weight,
+            grid,
+            pos_embed=pos_embed,
+            impl=impl,
             pos_embed_mode='in_image')
         conv = peripheral_conv2d(x, weight, grid, impl=impl)
     assert term.dtype == torch.float32
@@ -158,17 +162,18 @@ def test_module_and_backbone_carry_the_mode():
     torch.testing.assert_close(
         conv(x, h),
         peripheral_conv2d(
-            x, conv.weight, conv.grid, pos_embed=h,
-            pos_embed_mode='in_image'))
+            x, conv.weight, conv.grid, pos_embed=h, pos_embed_mode='in_image'))
 
-    arch = dict(depths=[1, 2, 1, 1], channels=[8, 16, 16, 16],
-                kernel_sizes=[7, 7, 5, 3], center_sizes=1)
+    arch = dict(
+        depths=[1, 2, 1, 1],
+        channels=[8, 16, 16, 16],
+        kernel_sizes=[7, 7, 5, 3],
+        center_sizes=1)
     model = PeLK(arch, pos_embed_mode='in_image')
     assert model.pos_embed_mode == 'in_image'
     blocks = [b for stage in model.stages for b in stage]
     assert all(b.pos_embed_mode == 'in_image' for b in blocks)
-    assert all(b.peripheral_conv.pos_embed_mode == 'in_image'
-               for b in blocks)
+    assert all(b.peripheral_conv.pos_embed_mode == 'in_image' for b in blocks)
     assert PeLK(arch).pos_embed_mode == 'literal'
 
 
@@ -190,7 +195,8 @@ def test_block_token_mixer_adds_the_in_image_map():
 
 @pytest.mark.parametrize('build', [
     lambda: peripheral_conv2d(
-        torch.zeros(1, 2, 4, 4), torch.zeros(2, 1, 3, 3), (1, 1, 1),
+        torch.zeros(1, 2, 4, 4),
+        torch.zeros(2, 1, 3, 3), (1, 1, 1),
         pos_embed_mode='padded'),
     lambda: PeripheralConv2d(2, 3, center_size=3, pos_embed_mode='padded'),
     lambda: PeLKBlock(8, (1, 1, 1), pos_embed_mode='padded'),
@@ -199,6 +205,6 @@ def test_block_token_mixer_adds_the_in_image_map():
         pos_embed_mode='padded'),
 ])
 def test_bad_mode_names_the_argument_and_the_allowed_values(build):
-    with pytest.raises(ValueError,
-                       match=r"`pos_embed_mode`.*'literal'.*'in_image'"):
+    with pytest.raises(
+            ValueError, match=r"`pos_embed_mode`.*'literal'.*'in_image'"):
         build()

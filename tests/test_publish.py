@@ -32,7 +32,6 @@ from mmengine.runner import CheckpointLoader, Runner
 from pelk_mm import PeLK
 from pelk_mm.demo import make_ade20k_demo
 from pelk_mm.models.builder import load_config
-
 from helpers import ROOT, load_tool
 
 pytestmark = pytest.mark.slow
@@ -45,17 +44,19 @@ ITERS = 12
 
 
 def run(*args, env=None, check=True):
-    proc = subprocess.run(
-        [PY, *args],
-        cwd=ROOT,
-        env=dict(os.environ, **(env or {})),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=300)
+    proc = subprocess.run([PY, *args],
+                          cwd=ROOT,
+                          env=dict(os.environ, **(env or {})),
+                          stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT,
+                          text=True,
+                          timeout=300)
     if check:
         assert proc.returncode == 0, proc.stdout[-6000:]
     return proc
+
+
+SINGLE_PROCESS_LOADER = dict(num_workers=0, persistent_workers=False)
 
 
 def options(ade):
@@ -64,10 +65,11 @@ def options(ade):
         'train_dataloader.dataset.data_root': ade,
         'test_dataloader.dataset.data_root': ade,
         'train_dataloader.batch_size': 2,
-        **{f'{loader}.{key}': value
-           for loader in ('train_dataloader', 'test_dataloader')
-           for key, value in (('num_workers', 0),
-                              ('persistent_workers', False))},
+        **{
+            f'{loader}.{key}': value
+            for loader in ('train_dataloader', 'test_dataloader')
+            for key, value in SINGLE_PROCESS_LOADER.items()
+        },
         'train_cfg.max_iters': ITERS,
         'default_hooks.logger.interval': 1,
         'default_hooks.checkpoint.interval': ITERS,
@@ -76,10 +78,16 @@ def options(ade):
 
 def evaluate(checkpoint, work_dir, ade, *extra, env=None):
     """tools/test.py in a subprocess; returns (metrics json, log)."""
-    proc = run('tools/test.py', DEMO_CFG, checkpoint, '--work-dir', work_dir,
-               '--cfg-options',
-               *[f'{k}={v}' for k, v in options(ade).items()], *extra,
-               env=env)
+    proc = run(
+        'tools/test.py',
+        DEMO_CFG,
+        checkpoint,
+        '--work-dir',
+        work_dir,
+        '--cfg-options',
+        *[f'{k}={v}' for k, v in options(ade).items()],
+        *extra,
+        env=env)
     logs = sorted(glob.glob(osp.join(work_dir, '*', '*.json')))
     assert logs, proc.stdout[-3000:]
     with open(logs[-1]) as f:
@@ -120,8 +128,8 @@ def server(published):
         functools.partial(Handler, directory=osp.dirname(published['path'])))
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    yield dict(url=f'http://127.0.0.1:{httpd.server_address[1]}',
-               requests=requests)
+    yield dict(
+        url=f'http://127.0.0.1:{httpd.server_address[1]}', requests=requests)
     httpd.shutdown()
     httpd.server_close()
 
@@ -129,8 +137,10 @@ def server(published):
 @pytest.fixture
 def torch_home(tmp_path, monkeypatch):
     """An empty torch hub cache, and no proxy for 127.0.0.1."""
-    env = dict(TORCH_HOME=str(tmp_path / 'torch_home'),
-               NO_PROXY='127.0.0.1,localhost', no_proxy='127.0.0.1,localhost')
+    env = dict(
+        TORCH_HOME=str(tmp_path / 'torch_home'),
+        NO_PROXY='127.0.0.1,localhost',
+        no_proxy='127.0.0.1,localhost')
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return env
@@ -158,16 +168,16 @@ def test_publish_keeps_weights_meta_and_masks(published):
     assert ckpt['meta']['pelk_arch'] == source['meta']['pelk_arch']
     masks = ckpt['sparsity']['masks']
     assert masks and masks.keys() == source['sparsity']['masks'].keys()
-    assert all(torch.equal(m, source['sparsity']['masks'][k])
-               for k, m in masks.items())
+    assert all(
+        torch.equal(m, source['sparsity']['masks'][k])
+        for k, m in masks.items())
 
 
-def test_test_py_by_url_gives_the_local_metrics(published, server,
-                                                torch_home):
+def test_test_py_by_url_gives_the_local_metrics(published, server, torch_home):
     tmp, ade, path = published['tmp'], published['ade'], published['path']
     name = osp.basename(path)
-    remote, log = evaluate(f'{server["url"]}/{name}', str(tmp / 'test_url'),
-                           ade, env=torch_home)
+    remote, log = evaluate(
+        f'{server["url"]}/{name}', str(tmp / 'test_url'), ade, env=torch_home)
     assert 'Loads checkpoint by http backend' in log
     assert f'/{name}' in server['requests']
     cached = osp.join(torch_home['TORCH_HOME'], 'hub', 'checkpoints', name)
@@ -206,8 +216,7 @@ class NotAllowed:
     pass
 
 
-def test_url_checkpoint_is_loaded_weights_only(published, server,
-                                               torch_home):
+def test_url_checkpoint_is_loaded_weights_only(published, server, torch_home):
     """A correctly hashed file that pickles a foreign object is refused."""
     served = osp.dirname(published['path'])
     tmp_file = osp.join(served, 'foreign.tmp')
@@ -222,18 +231,25 @@ def test_url_checkpoint_is_loaded_weights_only(published, server,
 def test_pretrained_init_cfg_by_url(published, server, torch_home):
     name = osp.basename(published['path'])
     backbone = PeLK(
-        arch=dict(depths=[1, 1, 2, 1], channels=[32, 64, 128, 256],
-                  kernel_sizes=[31, 29, 27, 13], center_sizes=5),
+        arch=dict(
+            depths=[1, 1, 2, 1],
+            channels=[32, 64, 128, 256],
+            kernel_sizes=[31, 29, 27, 13],
+            center_sizes=5),
         out_indices=(0, 1, 2, 3),
         gap_before_final_norm=False,
-        init_cfg=dict(type='Pretrained', checkpoint=f'{server["url"]}/{name}',
-                      prefix='backbone.'))
+        init_cfg=dict(
+            type='Pretrained',
+            checkpoint=f'{server["url"]}/{name}',
+            prefix='backbone.'))
     backbone.init_weights()
     source = torch.load(published['path'], weights_only=True)['state_dict']
     state = backbone.state_dict()
     # the expected keys stripped by hand: the loader is what is under test
     assert state.keys() == {
-        k[len('backbone.'):] for k in source if k.startswith('backbone.')}
+        k[len('backbone.'):]
+        for k in source if k.startswith('backbone.')
+    }
     for key, value in state.items():
         assert torch.equal(value, source[f'backbone.{key}']), key
 
@@ -251,5 +267,5 @@ def test_deployed_checkpoint_evaluates_with_config_override(published):
     assert 'missing keys' not in log and 'unexpected key' not in log
     local = published['metrics']
     for key in ('aAcc', 'mIoU', 'mAcc'):
-        assert folded[key] == pytest.approx(local[key], abs=0.1), (
-            key, folded, local)
+        assert folded[key] == pytest.approx(
+            local[key], abs=0.1), (key, folded, local)

@@ -1,4 +1,4 @@
-"""Importing pelk_mm registers the plugin where mmseg, mmdet and mmpretrain look.
+"""Importing pelk_mm registers the plugin where mmseg, mmdet, mmpretrain look.
 
 Everything is registered once, in mmengine's root registries; each library's
 registries reach it as their parent, so ``type='PeLK'`` builds under every
@@ -14,7 +14,6 @@ import pytest
 import torch
 
 import pelk_mm
-
 from helpers import TINY_ARCH
 
 
@@ -46,7 +45,8 @@ def test_repeated_custom_imports_do_not_raise(tmp_path):
     configs = []
     for name in ('first', 'second'):
         cfg = tmp_path / f'{name}.py'
-        cfg.write_text(textwrap.dedent(f"""
+        cfg.write_text(
+            textwrap.dedent(f"""
             custom_imports = dict(imports=['pelk_mm'],
                                   allow_failed_imports=False)
             backbone = dict(type='PeLK', arch={TINY_ARCH!r})
@@ -72,7 +72,8 @@ def test_repeated_custom_imports_do_not_raise(tmp_path):
             assert type(MODELS.build(cfg.backbone)) is registered
         print('ok')
     """)
-    out = subprocess.run([sys.executable, '-c', script], capture_output=True,
+    out = subprocess.run([sys.executable, '-c', script],
+                         capture_output=True,
                          text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == 'ok'
@@ -82,7 +83,8 @@ def test_repeated_custom_imports_do_not_raise(tmp_path):
 def test_custom_imports_in_a_fresh_interpreter(tmp_path):
     """A user's own config that only adds custom_imports finds ``PeLK``."""
     cfg = tmp_path / 'user_cfg.py'
-    cfg.write_text(textwrap.dedent(f"""
+    cfg.write_text(
+        textwrap.dedent(f"""
         custom_imports = dict(imports=['pelk_mm'], allow_failed_imports=False)
         default_scope = 'mmseg'
         backbone = dict(type='PeLK', arch={TINY_ARCH!r})
@@ -96,8 +98,10 @@ def test_custom_imports_in_a_fresh_interpreter(tmp_path):
         init_default_scope(cfg.default_scope)
         print(type(MODELS.build(cfg.backbone)).__name__)
     """)
-    out = subprocess.run([sys.executable, '-c', script], capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run([sys.executable, '-c', script],
+                         capture_output=True,
+                         text=True,
+                         check=True)
     assert out.stdout.strip().splitlines()[-1] == 'PeLK'
 
 

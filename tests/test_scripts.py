@@ -28,10 +28,11 @@ def run(script, args, tmp_path, **env):
     fake_srun = tmp_path / 'srun'
     fake_srun.write_text('#!/bin/sh\necho srun "$@"\n')
     fake_srun.chmod(0o755)
-    environ = dict(os.environ,
-                   PYTHON='echo',
-                   PATH=f'{tmp_path}:{os.environ["PATH"]}',
-                   **env)
+    environ = dict(
+        os.environ,
+        PYTHON='echo',
+        PATH=f'{tmp_path}:{os.environ["PATH"]}',
+        **env)
     for name in ('NNODES', 'NODE_RANK', 'PORT', 'GPUS', 'GPUS_PER_NODE',
                  'CPUS_PER_TASK', 'SRUN_ARGS'):
         if name not in env:

@@ -32,17 +32,20 @@ def bash(tmp_path, snippet):
     (tmp_path / 'tools').mkdir(exist_ok=True)
     script = shutil.copy(SCRIPT, tmp_path / 'tools' / 'setup_env.sh')
     shutil.copy(osp.join(ROOT, 'setup.py'), tmp_path)
-    shutil.copytree(osp.join(ROOT, 'requirements'), tmp_path / 'requirements',
-                    dirs_exist_ok=True)
+    shutil.copytree(
+        osp.join(ROOT, 'requirements'),
+        tmp_path / 'requirements',
+        dirs_exist_ok=True)
     env = dict(os.environ, PYTHON='false', PELK_MM_CACHE=str(tmp_path / 'c'))
-    return subprocess.run(
-        ['bash', '-c', f'source "$1"; PY="$2"; {snippet}', 'bash',
-         str(script), sys.executable],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        timeout=60)
+    return subprocess.run([
+        'bash', '-c', f'source "$1"; PY="$2"; {snippet}', 'bash',
+        str(script), sys.executable
+    ],
+                          env=env,
+                          stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE,
+                          text=True,
+                          timeout=60)
 
 
 def make_wheel(path):
@@ -53,8 +56,9 @@ def make_wheel(path):
 
 
 def test_sourcing_only_defines_functions(tmp_path):
-    proc = bash(tmp_path, 'type main select_stack cached_wheel cache_wheel '
-                'valid_wheel >/dev/null')
+    proc = bash(
+        tmp_path, 'type main select_stack cached_wheel cache_wheel '
+        'valid_wheel >/dev/null')
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == '' and not (tmp_path / '.venv').exists()
 
@@ -118,7 +122,8 @@ def test_select_stack(tmp_path, stack):
     venv, torch, torchvision, cxx20 = STACKS[stack]
     assert settings.split() == [
         str(tmp_path / venv), torch, torchvision, cxx20,
-        str(tmp_path / 'requirements' / f'{stack}.txt')]
+        str(tmp_path / 'requirements' / f'{stack}.txt')
+    ]
     pytag = f'cp{sys.version_info[0]}{sys.version_info[1]}'
     assert wheels == str(tmp_path / 'c' / 'wheels' /
                          f'mmcv-2.1.0-torch{torch}-{pytag}')
@@ -134,12 +139,19 @@ def test_unknown_stack_is_refused(tmp_path):
 def test_requirements_pin_the_mm_packages_on_both_stacks():
     for stack in STACKS:
         with open(osp.join(ROOT, 'requirements', f'{stack}.txt')) as f:
-            pins = {line.split('==')[0]: line.split('==')[1]
-                    for line in f.read().splitlines() if '==' in line}
-        assert {name: pins[name] for name in (
-            'mmengine', 'mmsegmentation', 'mmdet', 'mmpretrain')} == {
-                'mmengine': '0.10.7', 'mmsegmentation': '1.2.2',
-                'mmdet': '3.3.0', 'mmpretrain': '1.2.0'}
+            pins = {
+                line.split('==')[0]: line.split('==')[1]
+                for line in f.read().splitlines() if '==' in line
+            }
+        assert {
+            name: pins[name]
+            for name in ('mmengine', 'mmsegmentation', 'mmdet', 'mmpretrain')
+        } == {
+            'mmengine': '0.10.7',
+            'mmsegmentation': '1.2.2',
+            'mmdet': '3.3.0',
+            'mmpretrain': '1.2.0'
+        }
 
 
 @pytest.mark.parametrize('stack', sorted(STACKS))
@@ -173,21 +185,29 @@ def test_each_stack_has_its_own_stamp(tmp_path, stack):
                            f'({tmp_path / STACKS[stack][0]})\n')
 
 
-@pytest.mark.parametrize('codes, status, failed', [
-    ((0, 0), 0, None),
-    ((0, 5), 1, 'canonical (exit code 1)'),  # no tests collected: a failure
-    ((2, 0), 2, 'latest (exit code 2)'),
-    ((1, 3), 1, 'latest (exit code 1) canonical (exit code 3)'),
-])
-def test_ci_runs_both_stacks_and_names_the_failed_one(tmp_path, codes, status,
-                                                       failed):
-    """.ci/run on stand-ins: a setup script that succeeds and venv pythons
-    that exit with the given pytest codes (latest, canonical)."""
+@pytest.mark.parametrize(
+    'codes, status, failed',
+    [
+        ((0, 0, 0), 0, None),
+        ((0, 5, 0), 1,
+         'canonical (exit code 1)'),  # no tests collected: failed
+        ((2, 0, 0), 2, 'latest (exit code 2)'),
+        ((1, 3, 0), 1, 'latest (exit code 1) canonical (exit code 3)'),
+        ((0, 0, 1), 1, 'lint (exit code 1)'),
+    ])
+def test_ci_runs_both_stacks_and_lint_and_names_the_failed_one(
+        tmp_path, codes, status, failed):
+    """.ci/run on stand-ins: a setup script that succeeds, venv pythons that
+    exit with the given pytest codes (latest, canonical) and a lint script
+    that exits with the last code."""
     (tmp_path / '.ci').mkdir()
     shutil.copy(osp.join(ROOT, '.ci', 'run'), tmp_path / '.ci' / 'run')
     (tmp_path / 'tools').mkdir()
-    (tmp_path / 'tools' / 'setup_env.sh').write_text(
-        'echo "setup $1" >> "$(dirname "$0")/../calls"\n')
+    (tmp_path / 'tools' / 'setup_env.sh'
+     ).write_text('echo "setup $1" >> "$(dirname "$0")/../calls"\n')
+    (tmp_path / 'tools' / 'lint.sh').write_text(
+        f'echo "lint $PYTHON" >> "$(dirname "$0")/../calls"\n'
+        f'exit {codes[2]}\n')
     for venv, code in zip(('.venv', '.venv-canonical'), codes):
         (tmp_path / venv / 'bin').mkdir(parents=True)
         python = tmp_path / venv / 'bin' / 'python'
@@ -195,12 +215,15 @@ def test_ci_runs_both_stacks_and_names_the_failed_one(tmp_path, codes, status,
                           f'exit {code}\n')
         python.chmod(0o755)
     proc = subprocess.run(['bash', str(tmp_path / '.ci' / 'run')],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, timeout=60)
+                          stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE,
+                          text=True,
+                          timeout=60)
     assert proc.returncode == status, proc.stderr
     assert (tmp_path / 'calls').read_text().splitlines() == [
         'setup latest', '.venv -m pytest tests', 'setup canonical',
-        '.venv-canonical -m pytest tests']
+        '.venv-canonical -m pytest tests', 'lint .venv/bin/python'
+    ]
     if failed is None:
         assert 'CI: passed on both stacks' in proc.stderr
     else:

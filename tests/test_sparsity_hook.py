@@ -21,7 +21,6 @@ from torch.utils.data import Dataset
 
 import pelk_mm  # noqa: F401  (registers the hook; checkpoint compat)
 from pelk_mm.sparsity import DynamicSparsityHook, cosine_prune_rate
-
 from helpers import check_records, make_sparsity_runner
 
 
@@ -92,8 +91,7 @@ class TinyClassifier(BaseModel):
         return logits
 
 
-def make_runner(work_dir, name, max_iters, hook_cfg, dataset=None,
-                **kwargs):
+def make_runner(work_dir, name, max_iters, hook_cfg, dataset=None, **kwargs):
     """The tiny classifier on :class:`TinyDataset` under the hook."""
     return make_sparsity_runner(work_dir, name, max_iters, hook_cfg,
                                 TinyClassifier, dataset or TinyDataset(),
@@ -115,10 +113,9 @@ def test_exact_after_every_step(tmp_path, init, growth, accumulative_counts):
         f'exact_{init}',
         12,
         cfg,
-        optim_wrapper=dict(optimizer=dict(type='AdamW',
-                                          lr=0.01,
-                                          weight_decay=0.05),
-                           accumulative_counts=accumulative_counts))
+        optim_wrapper=dict(
+            optimizer=dict(type='AdamW', lr=0.01, weight_decay=0.05),
+            accumulative_counts=accumulative_counts))
     runner.train()
     counts = check_records(checker.records, cfg)
     numel = sum(m.numel() for m in hook.masks.masks.values())
@@ -141,8 +138,8 @@ def test_exact_after_every_step(tmp_path, init, growth, accumulative_counts):
 
 
 @needs_cpu_grad_scaler
-@pytest.mark.parametrize('fused', [
-    False, pytest.param(True, marks=needs_cpu_fused_adamw)])
+@pytest.mark.parametrize(
+    'fused', [False, pytest.param(True, marks=needs_cpu_fused_adamw)])
 def test_step_skipped_by_loss_scaler(tmp_path, monkeypatch, fused):
     """mmengine's real AmpOptimWrapper with torch's real CPU GradScaler.
 
@@ -162,9 +159,10 @@ def test_step_skipped_by_loss_scaler(tmp_path, monkeypatch, fused):
         f'amp_{fused}',
         8,
         cfg,
-        optim_wrapper=dict(type='AmpOptimWrapper',
-                           dtype='bfloat16',
-                           optimizer=dict(type='AdamW', lr=0.01, fused=fused)),
+        optim_wrapper=dict(
+            type='AmpOptimWrapper',
+            dtype='bfloat16',
+            optimizer=dict(type='AdamW', lr=0.01, fused=fused)),
         dataset=TinyDataset(inf_at=12),  # batch of iteration 3 (0-based)
         shuffle=False)
     runner.train()
@@ -179,11 +177,8 @@ def sparse_run(tmp_path_factory):
     """12 uninterrupted iterations with random growth, checkpoint at 6."""
     work_dir = tmp_path_factory.mktemp('sparse_run')
     cfg = dict(HOOK_CFG, init='ERK', growth='random', update_interval=3)
-    runner, hook, checker = make_runner(work_dir,
-                                        'full',
-                                        12,
-                                        cfg,
-                                        checkpoint_interval=6)
+    runner, hook, checker = make_runner(
+        work_dir, 'full', 12, cfg, checkpoint_interval=6)
     runner.train()
     check_records(checker.records, cfg)
     return work_dir, cfg, runner, hook
@@ -191,12 +186,13 @@ def sparse_run(tmp_path_factory):
 
 def test_resume_is_bitwise_identical(sparse_run, tmp_path):
     work_dir, cfg, full, full_hook = sparse_run
-    runner, hook, checker = make_runner(tmp_path,
-                                        'resumed',
-                                        12,
-                                        cfg,
-                                        resume=True,
-                                        load_from=str(work_dir / 'iter_6.pth'))
+    runner, hook, checker = make_runner(
+        tmp_path,
+        'resumed',
+        12,
+        cfg,
+        resume=True,
+        load_from=str(work_dir / 'iter_6.pth'))
     runner.train()
     check_records(checker.records, cfg)
     assert checker.records[0]['hook_step'] == 7  # continued, not restarted
@@ -214,12 +210,8 @@ def test_load_from_keeps_the_checkpoint_masks(sparse_run, tmp_path):
     work_dir = sparse_run[0]
     ckpt = CheckpointLoader.load_checkpoint(str(work_dir / 'iter_12.pth'))
     cfg = dict(HOOK_CFG, init='ERK', update_interval=100)
-    runner, hook, checker = make_runner(tmp_path,
-                                        'load_from',
-                                        4,
-                                        cfg,
-                                        load_from=str(work_dir /
-                                                      'iter_12.pth'))
+    runner, hook, checker = make_runner(
+        tmp_path, 'load_from', 4, cfg, load_from=str(work_dir / 'iter_12.pth'))
     runner.train()
     check_records(checker.records, cfg)
     assert hook.step == 4  # a new run: the counter starts afresh
@@ -294,8 +286,8 @@ def test_ddp_masks_identical_on_both_ranks(tmp_path):
     """
     script = tmp_path / 'train_ddp.py'
     script.write_text(
-        DDP_SCRIPT.format(tests_dir=str(Path(__file__).parent),
-                          work_dir=str(tmp_path)))
+        DDP_SCRIPT.format(
+            tests_dir=str(Path(__file__).parent), work_dir=str(tmp_path)))
     env = dict(os.environ, OMP_NUM_THREADS='1')
     proc = subprocess.run([
         sys.executable, '-m', 'torch.distributed.run', '--standalone',
@@ -329,9 +321,14 @@ def test_no_host_sync_between_updates(tmp_path, monkeypatch):
                         functools.partial(torch.amp.GradScaler, 'cpu'))
     cfg = dict(HOOK_CFG, init='ERK', update_interval=4)
     runner, hook, checker = make_runner(
-        tmp_path, 'no_sync', 8, cfg,
-        optim_wrapper=dict(type='AmpOptimWrapper', dtype='bfloat16',
-                           optimizer=dict(type='AdamW', lr=0.01, fused=True)))
+        tmp_path,
+        'no_sync',
+        8,
+        cfg,
+        optim_wrapper=dict(
+            type='AmpOptimWrapper',
+            dtype='bfloat16',
+            optimizer=dict(type='AdamW', lr=0.01, fused=True)))
     reads, inside = [], []
     for name in ('item', '__int__', '__float__', '__bool__', 'tolist'):
         original = getattr(torch.Tensor, name)

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from pelk_mm.sparsity import (SparsityMasks, count_parameters,
-                              cosine_prune_rate, densities_to_counts,
+from pelk_mm.sparsity import (SparsityMasks, cosine_prune_rate,
+                              count_parameters, densities_to_counts,
                               erk_densities, select_parameters)
 
 
@@ -91,11 +91,12 @@ def test_init_exact_total_density(init, sparsity):
     def grad_fn():
         model(x).square().mean().backward()
 
-    masks = SparsityMasks.init(model,
-                               sparsity=sparsity,
-                               init=init,
-                               generator=torch.Generator().manual_seed(0),
-                               grad_fn=grad_fn)
+    masks = SparsityMasks.init(
+        model,
+        sparsity=sparsity,
+        init=init,
+        generator=torch.Generator().manual_seed(0),
+        grad_fn=grad_fn)
     total = sum(p.numel() for n, p in model.named_parameters()
                 if n in masks.masks)
     assert active(masks) == round((1 - sparsity) * total)
@@ -119,16 +120,17 @@ def test_snip_densities_follow_saliency_positions_random():
     def grad_fn():  # only pwconv1 gets a gradient: all saliency is there
         (w * torch.arange(w.numel()).view_as(w)).sum().backward()
 
-    masks = SparsityMasks.init(model,
-                               sparsity=0.9,
-                               init='snip',
-                               generator=torch.Generator().manual_seed(0),
-                               grad_fn=grad_fn)
+    masks = SparsityMasks.init(
+        model,
+        sparsity=0.9,
+        init='snip',
+        generator=torch.Generator().manual_seed(0),
+        grad_fn=grad_fn)
     keep = round(0.1 * numel(masks))
     assert keep < w.numel()
     for name, m in masks.masks.items():
-        assert int(
-            m.sum()) == (keep if name == 'backbone.pwconv1.weight' else 0)
+        assert int(m.sum()) == (
+            keep if name == 'backbone.pwconv1.weight' else 0)
     # Positions are drawn at random (SLaK), not the most salient ones.
     salient = (w.detach() * torch.arange(w.numel()).view_as(w)).abs()
     top = torch.zeros(w.numel(), dtype=torch.bool)
@@ -138,19 +140,19 @@ def test_snip_densities_follow_saliency_positions_random():
 
 
 def test_init_random_positions_follow_generator():
-    a, b, c = (SparsityMasks.init(make_model(),
-                                  init='uniform',
-                                  generator=torch.Generator().manual_seed(s))
-               for s in (1, 1, 2))
+    a, b, c = (
+        SparsityMasks.init(
+            make_model(),
+            init='uniform',
+            generator=torch.Generator().manual_seed(s)) for s in (1, 1, 2))
     assert all(torch.equal(a.masks[n], b.masks[n]) for n in a.masks)
     assert not all(torch.equal(a.masks[n], c.masks[n]) for n in a.masks)
 
 
 def test_from_weights_and_apply_clears_weights_and_moments():
     model = make_model()
-    masks = SparsityMasks.init(model,
-                               init='ERK',
-                               generator=torch.Generator().manual_seed(0))
+    masks = SparsityMasks.init(
+        model, init='ERK', generator=torch.Generator().manual_seed(0))
     opt = torch.optim.AdamW(model.parameters(), lr=0.1)
     model(torch.randn(2, 3, 16, 16)).sum().backward()
     opt.step()
@@ -169,9 +171,8 @@ def test_from_weights_and_apply_clears_weights_and_moments():
 
 def test_apply_clears_sgd_momentum():
     model = make_model()
-    masks = SparsityMasks.init(model,
-                               init='uniform',
-                               generator=torch.Generator().manual_seed(0))
+    masks = SparsityMasks.init(
+        model, init='uniform', generator=torch.Generator().manual_seed(0))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     model(torch.randn(2, 3, 16, 16)).sum().backward()
     opt.step()
@@ -229,8 +230,8 @@ def test_update_prunes_smallest_regrows_at_zero_keeps_density(growth):
                 g = p.grad.abs()
                 # Every position left inactive was a candidate not chosen.
                 assert g[grown].min() >= g[~new].max()
-    assert masks.density == pytest.approx(sum(counts.values()) / numel(masks),
-                                          abs=0)
+    assert masks.density == pytest.approx(
+        sum(counts.values()) / numel(masks), abs=0)
 
 
 def test_update_skips_layers_without_gradient():
@@ -251,9 +252,8 @@ def test_update_skips_layers_without_gradient():
 
 def test_state_dict_round_trip_and_checks():
     model = make_model()
-    masks = SparsityMasks.init(model,
-                               init='ERK',
-                               generator=torch.Generator().manual_seed(0))
+    masks = SparsityMasks.init(
+        model, init='ERK', generator=torch.Generator().manual_seed(0))
     state = masks.state_dict()
     assert all(m.dtype == torch.bool and m.device.type == 'cpu'
                for m in state.values())
@@ -272,14 +272,15 @@ def test_count_parameters():
     model = make_model()
     dense = sum(p.numel() for p in model.parameters())
     assert count_parameters(model) == dict(dense=dense, effective=dense)
-    masks = SparsityMasks.init(model,
-                               sparsity=0.4,
-                               init='uniform',
-                               generator=torch.Generator().manual_seed(0))
+    masks = SparsityMasks.init(
+        model,
+        sparsity=0.4,
+        init='uniform',
+        generator=torch.Generator().manual_seed(0))
     pruned = numel(masks) - active(masks)
     assert pruned == numel(masks) - round(0.6 * numel(masks))
-    assert count_parameters(model, masks) == dict(dense=dense,
-                                                  effective=dense - pruned)
+    assert count_parameters(model, masks) == dict(
+        dense=dense, effective=dense - pruned)
     # The same count for the bare backbone, with bare names.
     bare = SparsityMasks({
         n[len('backbone.'):]: m
@@ -287,9 +288,8 @@ def test_count_parameters():
     })
     bb_pruned = sum(m.numel() - int(m.sum()) for m in bare.masks.values())
     bb_dense = sum(p.numel() for p in model.backbone.parameters())
-    assert count_parameters(model.backbone,
-                            bare) == dict(dense=bb_dense,
-                                          effective=bb_dense - bb_pruned)
+    assert count_parameters(model.backbone, bare) == dict(
+        dense=bb_dense, effective=bb_dense - bb_pruned)
     with pytest.raises(ValueError, match='matches no parameter'):
         count_parameters(model.backbone, masks)
 

@@ -25,16 +25,24 @@ from torch.utils.data import Dataset
 import pelk_mm  # noqa: F401  (registers the hook)
 from pelk_mm import PeLK
 from pelk_mm.sparsity import select_parameters
-
 from helpers import check_records, make_sparsity_runner
 
 pytestmark = pytest.mark.slow
 
-ARCH = dict(depths=[1, 1, 2, 1], channels=[16, 24, 32, 40],
-            kernel_sizes=[13, 11, 9, 7], center_sizes=3)
+ARCH = dict(
+    depths=[1, 1, 2, 1],
+    channels=[16, 24, 32, 40],
+    kernel_sizes=[13, 11, 9, 7],
+    center_sizes=3)
 # The prune rate decays over 1000 steps: about 0.5 during the 10-step runs.
-HOOK_CFG = dict(mode='dynamic', sparsity=0.4, init='snip', growth='random',
-                update_interval=2, prune_rate=0.5, decay_steps=1000)
+HOOK_CFG = dict(
+    mode='dynamic',
+    sparsity=0.4,
+    init='snip',
+    growth='random',
+    update_interval=2,
+    prune_rate=0.5,
+    decay_steps=1000)
 
 
 class Images(Dataset):
@@ -69,7 +77,11 @@ class PeLKClassifier(BaseModel):
         return logits
 
 
-def make_runner(work_dir, name, max_iters, hook_cfg, backbone_init_cfg=None,
+def make_runner(work_dir,
+                name,
+                max_iters,
+                hook_cfg,
+                backbone_init_cfg=None,
                 **kwargs):
     """The PeLK classifier on :class:`Images` under the hook."""
     return make_sparsity_runner(work_dir, name, max_iters, hook_cfg,
@@ -88,18 +100,18 @@ def logged_densities(text):
     lines = re.findall(
         r'DynamicSparsityHook density \((\w+), optimizer step (\d+)\): '
         r'(.*); total ([0-9.]+)', text)
-    return [(mode, int(step),
-             {g: float(d) for g, d in (part.rsplit(' ', 1)
-                                       for part in groups.split(', '))},
-             float(total)) for mode, step, groups, total in lines]
+    return [(mode, int(step), {
+        g: float(d)
+        for g, d in (part.rsplit(' ', 1) for part in groups.split(', '))
+    }, float(total)) for mode, step, groups, total in lines]
 
 
 @pytest.fixture(scope='module')
 def dynamic_run(tmp_path_factory):
     """10 iterations of 40 % dynamic sparsity, an update every 2 steps."""
     work_dir = tmp_path_factory.mktemp('dynamic')
-    runner, hook, checker = make_runner(work_dir, 'dynamic', 10, HOOK_CFG,
-                                        checkpoint_interval=5)
+    runner, hook, checker = make_runner(
+        work_dir, 'dynamic', 10, HOOK_CFG, checkpoint_interval=5)
     runner.train()
     return work_dir, runner, hook, checker
 
@@ -120,8 +132,8 @@ def test_prune_regrow_exact_on_real_pelk(dynamic_run):
     assert 'backbone.downsample_layers.3.1.weight' in names
     peripheral = 'backbone.stages.2.1.peripheral_conv.weight'
     assert masks[peripheral].shape == covered[peripheral].shape
-    assert covered[peripheral].shape[1] == 1 and covered[
-        peripheral].shape[2] < 9  # compact: fewer taps than the 9x9 kernel
+    assert covered[peripheral].shape[1] == 1 and covered[peripheral].shape[
+        2] < 9  # compact: fewer taps than the 9x9 kernel
     assert 'backbone.stages.0.0.pointwise_conv1.weight' in names
     assert 'head.weight' in names
     assert not [n for n in names if 'pos_embeds' in n or 'gamma' in n]
@@ -138,8 +150,9 @@ def test_prune_regrow_exact_on_real_pelk(dynamic_run):
         before = records[i - 1]['masks'] if i else None
         if before is None:
             continue
-        assert not torch.equal(before[peripheral], records[i]['masks']
-                               [peripheral]), records[i]['iter']
+        assert not torch.equal(
+            before[peripheral],
+            records[i]['masks'][peripheral]), records[i]['iter']
     # The final weights: non-zero only where active (the last update, at the
     # last step, regrew weights that are still zero).
     params = dict(runner.model.named_parameters())
@@ -150,27 +163,29 @@ def test_prune_regrow_exact_on_real_pelk(dynamic_run):
 def test_density_logged_per_group_at_start_and_every_update(dynamic_run):
     _, runner, hook, _ = dynamic_run
     lines = logged_densities(log_text(runner))
-    assert [(mode, step) for mode, step, _, _ in lines] == [
-        ('dynamic', s) for s in (0, 2, 4, 6, 8, 10)]
+    assert [(mode, step) for mode, step, _, _ in lines
+            ] == [('dynamic', s) for s in (0, 2, 4, 6, 8, 10)]
     groups = lines[-1][2]
     assert list(groups) == [
         'stem', 'downsample', 'stage0.peripheral_conv',
         'stage0.pointwise_conv', 'stage1.peripheral_conv',
-        'stage1.pointwise_conv',
-        'stage2.peripheral_conv', 'stage2.pointwise_conv',
-        'stage3.peripheral_conv', 'stage3.pointwise_conv', 'head'
+        'stage1.pointwise_conv', 'stage2.peripheral_conv',
+        'stage2.pointwise_conv', 'stage3.peripheral_conv',
+        'stage3.pointwise_conv', 'head'
     ]
     # The last line is what the masks hold (recomputed here by name).
     expected = {}
     for name, mask in hook.masks.masks.items():
         match = re.search(r'stages\.(\d)\.\d\.(\w+?)\d?\.weight', name)
-        group = (f'stage{match[1]}.{match[2]}' if match else
-                 'stem' if 'downsample_layers.0.' in name else
+        group = (f'stage{match[1]}.{match[2]}'
+                 if match else 'stem' if 'downsample_layers.0.' in name else
                  'downsample' if 'downsample_layers' in name else 'head')
         active, numel = expected.get(group, (0, 0))
         expected[group] = (active + int(mask.sum()), numel + mask.numel())
-    assert groups == {g: pytest.approx(a / n, abs=5e-5)
-                      for g, (a, n) in expected.items()}
+    assert groups == {
+        g: pytest.approx(a / n, abs=5e-5)
+        for g, (a, n) in expected.items()
+    }
     assert lines[-1][3] == pytest.approx(hook.masks.density, abs=5e-5)
 
 
@@ -194,8 +209,8 @@ def test_auto_picks_fixed_on_a_sparse_checkpoint_load_from(
     path = str(work_dir / 'iter_5.pth')  # one step after an update
     source = CheckpointLoader.load_checkpoint(path)['state_dict']
     cfg = dict(HOOK_CFG, mode='auto')
-    runner, hook, checker = make_runner(tmp_path, 'auto_sparse', 6, cfg,
-                                        load_from=path)
+    runner, hook, checker = make_runner(
+        tmp_path, 'auto_sparse', 6, cfg, load_from=path)
     runner.train()
     assert hook.active_mode == 'fixed'
     assert not [leak for r in checker.records for leak in r['leaks']]
@@ -204,8 +219,9 @@ def test_auto_picks_fixed_on_a_sparse_checkpoint_load_from(
     for name, mask in hook.masks.masks.items():
         assert torch.equal(mask, source[name] != 0), name
         assert torch.equal(params[name].detach() != 0, mask), name
-    assert all(torch.equal(r['masks'][n], hook.masks.masks[n])
-               for r in checker.records for n in hook.masks.masks)
+    assert all(
+        torch.equal(r['masks'][n], hook.masks.masks[n])
+        for r in checker.records for n in hook.masks.masks)
     text = log_text(runner)
     assert re.search(
         r"mode='auto' -> 'fixed': 40\.\d\d% of the covered weights are exact "
@@ -223,9 +239,12 @@ def test_auto_picks_fixed_on_a_sparse_pretrained_backbone(
     torch.save(dict(state_dict=backbone), path)
     cfg = dict(HOOK_CFG, mode='auto')
     runner, hook, _ = make_runner(
-        tmp_path, 'pretrained', 2, cfg,
-        backbone_init_cfg=dict(type='Pretrained', checkpoint=path,
-                               prefix='backbone.'))
+        tmp_path,
+        'pretrained',
+        2,
+        cfg,
+        backbone_init_cfg=dict(
+            type='Pretrained', checkpoint=path, prefix='backbone.'))
     runner.train()
     assert hook.active_mode == 'fixed'
     masks = hook.masks.masks
@@ -236,8 +255,7 @@ def test_auto_picks_fixed_on_a_sparse_pretrained_backbone(
 
 
 def test_fixed_on_dense_weights_stops_with_what_to_do(tmp_path):
-    runner, _, _ = make_runner(tmp_path, 'fixed_dense', 2,
-                               dict(mode='fixed'))
+    runner, _, _ = make_runner(tmp_path, 'fixed_dense', 2, dict(mode='fixed'))
     with pytest.raises(ValueError) as info:
         runner.train()
     message = str(info.value)
@@ -250,15 +268,18 @@ def test_fixed_on_dense_weights_stops_with_what_to_do(tmp_path):
 def test_auto_decision_survives_resume(tmp_path):
     """Resumed weights are 40 % zeros, yet the run stays dynamic."""
     cfg = dict(HOOK_CFG, mode='auto', update_interval=2)
-    full, full_hook, _ = make_runner(tmp_path, 'full', 8, cfg,
-                                     checkpoint_interval=4)
+    full, full_hook, _ = make_runner(
+        tmp_path, 'full', 8, cfg, checkpoint_interval=4)
     full.train()
     ckpt = CheckpointLoader.load_checkpoint(str(tmp_path / 'iter_4.pth'))
     assert ckpt['sparsity']['mode'] == 'dynamic'
-    resumed, hook, checker = make_runner(tmp_path / 'resumed', 'resumed', 8,
-                                         cfg, resume=True,
-                                         load_from=str(tmp_path /
-                                                       'iter_4.pth'))
+    resumed, hook, checker = make_runner(
+        tmp_path / 'resumed',
+        'resumed',
+        8,
+        cfg,
+        resume=True,
+        load_from=str(tmp_path / 'iter_4.pth'))
     resumed.train()
     check_records(checker.records, cfg)
     assert hook.active_mode == 'dynamic'
@@ -272,7 +293,7 @@ def test_auto_decision_survives_resume(tmp_path):
     del ckpt['sparsity']['mode']
     old = str(tmp_path / 'old.pth')
     torch.save(ckpt, old)
-    runner, _, _ = make_runner(tmp_path / 'old', 'old', 8, cfg, resume=True,
-                               load_from=old)
+    runner, _, _ = make_runner(
+        tmp_path / 'old', 'old', 8, cfg, resume=True, load_from=old)
     with pytest.raises(ValueError, match="set mode='dynamic' or"):
         runner.train()

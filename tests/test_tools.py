@@ -51,8 +51,9 @@ def test_train_without_backbone_checkpoint_stops_at_once(
         "train.py: error: model.backbone.init_cfg.checkpoint "
         "'checkpoints/pelk_t_in1k_backbone.pth' does not exist. Either") in err
     lines = [line.strip() for line in err.splitlines()]
-    train, cls_config = osp.join(TOOLS, 'train.py'), osp.join(
-        ROOT, 'configs', 'pelk_t_in1k.py')
+    train, cls_config = osp.join(TOOLS,
+                                 'train.py'), osp.join(ROOT, 'configs',
+                                                       'pelk_t_in1k.py')
     converter = osp.join(TOOLS, 'model_converters', 'cls2backbone.py')
     # (1) train the ImageNet backbone and convert it
     assert f'python {train} {cls_config}' in lines
@@ -105,8 +106,9 @@ def test_check_checkpoints(tmp_path, monkeypatch, capsys, tools_path):
                         checkpoint='torchvision://resnet50')),
                 neck=dict(
                     init_cfg=dict(type='Pretrained', checkpoint='here.pth')),
-                head=dict(init_cfg=dict(type='Pretrained',
-                                        checkpoint='https://x/y.pth'))),
+                head=dict(
+                    init_cfg=dict(
+                        type='Pretrained', checkpoint='https://x/y.pth'))),
             load_from='open-mmlab://resnet50_v1c'))
     check_checkpoints(fine)  # no SystemExit
 

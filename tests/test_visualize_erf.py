@@ -15,7 +15,6 @@ from mmengine import Config
 from PIL import Image
 
 from pelk_mm import PeLK, PeripheralConv2d
-
 from helpers import TINY_ARCH, load_tool
 
 REPO = Path(__file__).resolve().parents[1]
@@ -208,8 +207,8 @@ def test_normalisation_from_config():
         Config(
             dict(
                 model=dict(data_preprocessor=dict(pre, bgr_to_rgb=False)),
-                data_preprocessor=dict(mean=[0., 0., 0.], std=[1., 1., 1.],
-                                       to_rgb=True))))
+                data_preprocessor=dict(
+                    mean=[0., 0., 0.], std=[1., 1., 1.], to_rgb=True))))
     assert mean.flatten().tolist() == [1., 2., 3.] and not rgb
 
 
@@ -237,9 +236,10 @@ def test_build_backbone_weights(tmp_path):
     torch.save(
         dict(
             state_dict={
-                **{f'backbone.{k}': v
-                   for k, v in state.items()}, 'head.fc.weight':
-                torch.zeros(10, 40)
+                **{
+                    f'backbone.{k}': v
+                    for k, v in state.items()
+                }, 'head.fc.weight': torch.zeros(10, 40)
             }), tmp_path / 'cls.pth')
     torch.save(state, tmp_path / 'backbone.pth')
     for name in ('cls.pth', 'backbone.pth'):
@@ -292,12 +292,12 @@ def test_bad_arguments(tmp_path):
 # End to end
 # --------------------------------------------------------------------------
 def run_tool(*args):
-    proc = subprocess.run([sys.executable,
-                           str(TOOL), *map(str, args)],
-                          cwd=REPO,
-                          capture_output=True,
-                          text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(TOOL), *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -340,8 +340,8 @@ def test_tool_compare_data_root_end_to_end(configs, tmp_path):
     images.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for i in range(2):
-        Image.fromarray(rng.integers(0, 256, (48, 80, 3), np.uint8)).save(
-            images / f'{i}.png')
+        Image.fromarray(rng.integers(0, 256, (48, 80, 3),
+                                     np.uint8)).save(images / f'{i}.png')
     torch.manual_seed(0)
     torch.save(PeLK(arch=TINY_ARCH).state_dict(), tmp_path / 'pelk.pth')
     single, compare = tmp_path / 'single.png', tmp_path / 'compare.png'

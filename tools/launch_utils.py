@@ -138,12 +138,16 @@ def _ways_forward(cfg: Config, key: str,
         target = (['--arch', arch] if isinstance(arch, str) else
                   ['--config', _shown(cfg.filename)])
         ways.append(('train the ImageNet backbone and convert it', [
-            shlex.join(['python', _shown(osp.join(ROOT, 'tools', 'train.py')),
-                        _shown(cls_config)]),
             shlex.join([
                 'python',
-                _shown(osp.join(ROOT, 'tools', 'model_converters',
-                                'cls2backbone.py')), 'CLS_CKPT', checkpoint,
+                _shown(osp.join(ROOT, 'tools', 'train.py')),
+                _shown(cls_config)
+            ]),
+            shlex.join([
+                'python',
+                _shown(
+                    osp.join(ROOT, 'tools', 'model_converters',
+                             'cls2backbone.py')), 'CLS_CKPT', checkpoint,
                 *target
             ]).replace('CLS_CKPT',
                        f'"$(cat work_dirs/{stem}/last_checkpoint)"')
@@ -177,8 +181,10 @@ def check_checkpoints(cfg: Config) -> None:
         if not is_missing_local_file(checkpoint):
             continue
         ways = _ways_forward(cfg, key, checkpoint)
-        lines = [f'{key}.checkpoint {checkpoint!r} does not exist.' +
-                 (' Either' if len(ways) > 1 else '')]
+        lines = [
+            f'{key}.checkpoint {checkpoint!r} does not exist.' +
+            (' Either' if len(ways) > 1 else '')
+        ]
         for i, (what, commands) in enumerate(ways, 1):
             lines.append(f'  {"or " if i > 1 else ""}({i}) {what}:')
             lines.extend(f'      {command}' for command in commands)
@@ -204,11 +210,11 @@ def _sync_bn_to_bn(node):
 def setup_cpu_distributed(cfg: Config) -> None:
     """Make ``--launcher pytorch`` work on a host without CUDA.
 
-    mmengine 0.10.7's pytorch launcher calls ``torch.cuda.set_device`` and wraps
-    the model in DDP with ``device_ids=[LOCAL_RANK]``; both fail without CUDA.
-    Here the process group is initialised with gloo (mmengine then skips its own
-    init), DDP gets ``device_ids=None`` and SyncBN (CUDA only) becomes BN. Does
-    nothing when CUDA is available or the run is not distributed.
+    mmengine 0.10.7's pytorch launcher calls ``torch.cuda.set_device`` and
+    wraps the model in DDP with ``device_ids=[LOCAL_RANK]``; both fail without
+    CUDA. Here the process group is initialised with gloo (mmengine then skips
+    its own init), DDP gets ``device_ids=None`` and SyncBN (CUDA only) becomes
+    BN. Does nothing when CUDA is available or the run is not distributed.
     """
     if cfg.launcher != 'pytorch' or torch.cuda.is_available():
         return
@@ -217,8 +223,8 @@ def setup_cpu_distributed(cfg: Config) -> None:
     cfg.setdefault('model_wrapper_cfg', dict(type='MMDistributedDataParallel'))
     cfg.model_wrapper_cfg.setdefault('device_ids', None)
     cfg.model_wrapper_cfg.setdefault('broadcast_buffers', False)
-    cfg.model_wrapper_cfg.setdefault(
-        'find_unused_parameters', cfg.get('find_unused_parameters', False))
+    cfg.model_wrapper_cfg.setdefault('find_unused_parameters',
+                                     cfg.get('find_unused_parameters', False))
     _sync_bn_to_bn(cfg.model)
 
 

@@ -2,8 +2,9 @@
 # Lint the whole tree: flake8, then isort and yapf as checks (diffs printed,
 # nothing rewritten). Exits non-zero on any finding. Settings: setup.cfg.
 # Usage: bash tools/lint.sh   (PYTHON selects the interpreter; default:
-# .venv/bin/python if present). The linters must be installed there, e.g.
-#   pip install flake8==7.1.1 isort==5.13.2 yapf==0.40.2
+# .venv/bin/python if present). The linters must be installed there
+# (tools/setup_env.sh installs the versions pinned in
+# requirements/latest.txt).
 # To fix the formatting instead: isort . && yapf -i -r -p .
 set -uo pipefail
 
@@ -12,7 +13,7 @@ cd "$ROOT"
 if [ -z "${PYTHON:-}" ]; then
     if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python; fi
 fi
-EXCLUDES=(.venv build work_dirs data checkpoints)
+EXCLUDES=(.venv .venv-canonical build work_dirs data checkpoints)
 
 status=0
 echo "== flake8"

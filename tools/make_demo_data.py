@@ -5,8 +5,8 @@
     python tools/make_demo_data.py imagenet data/imagenet_demo --num 20
 
 ``--num`` / ``--num-val`` count images (per class for ``imagenet``). The output
-is deterministic for a given ``--seed``. See :mod:`pelk_mm.demo` for the layouts
-and classes.
+is deterministic for a given ``--seed``. See :mod:`pelk_mm.demo` for the
+layouts and classes.
 """
 import argparse
 import time

@@ -11,12 +11,11 @@ config's visualization hook; ``--tta`` wraps the model in the config's
 ``tta_model`` and tests with ``tta_pipeline``. The metrics are printed and
 saved as json in the work dir.
 """
+from launch_utils import (build_runner, exit_with_error, is_missing_local_file,
+                          library_of, load_config, make_parser, parse_args)
 from mmengine.config import ConfigDict
 
 import pelk_mm  # noqa: F401  (registers PeLK and the torch>=2.6 load fixes)
-from launch_utils import (build_runner, exit_with_error,
-                          is_missing_local_file, library_of, load_config,
-                          make_parser, parse_args)
 
 
 def get_args():
@@ -90,8 +89,7 @@ def add_dump_metric(runner, out, library):
         raise ValueError(f'--out must be a .pkl file for {library}, got {out}')
     if library == 'mmdet':
         from mmdet.evaluation import DumpDetResults
-        runner.test_evaluator.metrics.append(
-            DumpDetResults(out_file_path=out))
+        runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=out))
     else:
         from mmpretrain.evaluation import DumpResults
         runner.test_evaluator.metrics.append(DumpResults(out_file_path=out))

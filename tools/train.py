@@ -13,12 +13,12 @@ PeLK modules and the checkpoint-loading fixes for recent torch.
 import logging
 from copy import deepcopy
 
+from launch_utils import (build_runner, check_checkpoints, library_of,
+                          load_config, make_parser, parse_args)
 from mmengine.config import ConfigDict
 from mmengine.logging import print_log
 
 import pelk_mm  # noqa: F401  (registers PeLK and the torch>=2.6 load fixes)
-from launch_utils import (build_runner, check_checkpoints, library_of,
-                          load_config, make_parser, parse_args)
 
 
 def get_args():

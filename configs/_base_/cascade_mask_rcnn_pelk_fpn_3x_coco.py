@@ -9,7 +9,8 @@
 # fp32 by default; `tools/train.py --amp` switches to AmpOptimWrapper.
 _base_ = [
     'mmdet::convnext/'
-    'cascade-mask-rcnn_convnext-t-p4-w7_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py'
+    'cascade-mask-rcnn_convnext-t-p4-w7_fpn_4conv1fc-giou_'
+    'amp-ms-crop-3x_coco.py'
 ]
 
 custom_imports = dict(imports=['pelk_mm'], allow_failed_imports=False)

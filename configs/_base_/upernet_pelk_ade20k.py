@@ -12,7 +12,8 @@
 # fp32 by default; `tools/train.py --amp` switches to AmpOptimWrapper.
 _base_ = [
     './models/upernet_pelk.py', 'mmseg::_base_/datasets/ade20k.py',
-    'mmseg::_base_/default_runtime.py', 'mmseg::_base_/schedules/schedule_80k.py'
+    'mmseg::_base_/default_runtime.py',
+    'mmseg::_base_/schedules/schedule_80k.py'
 ]
 
 crop_size = (512, 512)

@@ -1,17 +1,17 @@
 # The built-in demo (tools/demo.sh): UperNet + a reduced PeLK trained from
 # scratch on the procedurally drawn ADE20K-layout data of
 #   python tools/make_demo_data.py ade20k data/ade20k_demo
-# in about 4 minutes on 2 idle CPU cores. Everything but the sizes is the headline
-# config (configs/upernet_pelk_t_ade20k.py): real peripheral convolutions with
-# sharing grids and positional embeddings (kernels 31/29/27/13, centre 5x5), the
-# stage-wise lr decay constructor, mmseg's ADE20K dataset, UperNet + auxiliary
-# FCN head, and the sparsity hook in mode='auto', which finds the backbone dense
-# (trained from scratch) and trains it with 40 % dynamic sparsity. Reduced:
-# width [32, 64, 128, 256], depth [1, 1, 2, 1], 128x128 crops, narrower heads,
-# 1e-3 lr with a short warm-up, masks updated every 25 optimizer steps (6
-# prune-and-regrow updates; the last at step 150, so the regrown weights train
-# for 10 more steps), no validation during training (tools/demo.sh runs
-# tools/test.py instead).
+# in about 4 minutes on 2 idle CPU cores. Everything but the sizes is the
+# headline config (configs/upernet_pelk_t_ade20k.py): real peripheral
+# convolutions with sharing grids and positional embeddings (kernels
+# 31/29/27/13, centre 5x5), the stage-wise lr decay constructor, mmseg's ADE20K
+# dataset, UperNet + auxiliary FCN head, and the sparsity hook in mode='auto',
+# which finds the backbone dense (trained from scratch) and trains it with 40 %
+# dynamic sparsity. Reduced: width [32, 64, 128, 256], depth [1, 1, 2, 1],
+# 128x128 crops, narrower heads, 1e-3 lr with a short warm-up, masks updated
+# every 25 optimizer steps (6 prune-and-regrow updates; the last at step 150,
+# so the regrown weights train for 10 more steps), no validation during
+# training (tools/demo.sh runs tools/test.py instead).
 _base_ = ['../_base_/upernet_pelk_ade20k.py']
 
 data_root = 'data/ade20k_demo'

@@ -1,9 +1,9 @@
-"""Small procedurally drawn datasets in the real ADE20K, COCO and ImageNet layouts.
+"""Small procedurally drawn datasets in ADE20K, COCO and ImageNet layouts.
 
-The built-in demo and the end-to-end tests need data that needs no download, that
-the unmodified mmseg / mmdet / mmpretrain dataset classes read, and that a small
-network can actually learn in minutes on a CPU. Every image is drawn from a few
-shapes whose colour and texture depend on their class, so the labels are
+The built-in demo and the end-to-end tests need data that needs no download,
+that the unmodified mmseg / mmdet / mmpretrain dataset classes read, and that a
+small network can actually learn in minutes on a CPU. Every image is drawn from
+a few shapes whose colour and texture depend on their class, so the labels are
 learnable, with per-image jitter so they are not trivial.
 
 Everything is deterministic: image ``i`` of split ``s`` is drawn from

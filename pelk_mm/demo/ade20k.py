@@ -19,7 +19,12 @@ from .drawing import (Texture, check_positive, check_size, ellipse, gradient,
 
 # ADE20K 1-based label index of each class the demo draws (0 = "other").
 ADE20K_DEMO_CLASSES: Dict[str, int] = {
-    'building': 2, 'sky': 3, 'tree': 5, 'road': 7, 'grass': 10, 'person': 13,
+    'building': 2,
+    'sky': 3,
+    'tree': 5,
+    'road': 7,
+    'grass': 10,
+    'person': 13,
     'car': 21
 }
 
@@ -51,24 +56,29 @@ def _draw_scene(rng: np.random.Generator, w: int,
     if rng.random() < .6:
         x = rng.uniform(.2, .8) * w
         top, bottom = rng.uniform(.03, .08) * w, rng.uniform(.2, .35) * w
-        put('road', [x - top, horizon, x + top, horizon, x + bottom, h,
-                     x - bottom, h])
+        put('road',
+            [x - top, horizon, x + top, horizon, x + bottom, h, x - bottom, h])
     for _ in range(rng.integers(0, 3)):
         bw, bh = rng.uniform(.15, .3) * w, rng.uniform(.15, .3) * h
         x = rng.uniform(0, w - bw)
         put('building', rectangle(x, max(horizon - bh, 0), x + bw, horizon))
     for _ in range(rng.integers(0, 3)):
         r = rng.uniform(.07, .14) * min(w, h)
-        put('tree', ellipse(rng.uniform(0, w), horizon - rng.uniform(0, r),
-                            r, r * rng.uniform(1., 1.4)))
+        put(
+            'tree',
+            ellipse(
+                rng.uniform(0, w), horizon - rng.uniform(0, r), r,
+                r * rng.uniform(1., 1.4)))
     for _ in range(rng.integers(0, 3)):
         cw, ch = rng.uniform(.15, .25) * w, rng.uniform(.08, .12) * h
         x, y = rng.uniform(0, w - cw), rng.uniform(horizon, h - ch)
         put('car', rectangle(x, y, x + cw, y + ch))
     for _ in range(rng.integers(0, 3)):
         rx, ry = rng.uniform(.03, .05) * w, rng.uniform(.1, .16) * h
-        put('person', ellipse(rng.uniform(rx, w - rx),
-                              rng.uniform(horizon, h - ry), rx, ry))
+        put(
+            'person',
+            ellipse(
+                rng.uniform(rx, w - rx), rng.uniform(horizon, h - ry), rx, ry))
     for _ in range(rng.integers(0, 2)):  # unlabelled clutter: class 0
         r = rng.uniform(.03, .07) * min(w, h)
         mask = polygon_mask(
@@ -103,8 +113,8 @@ def make_ade20k_demo(root: str,
     check_positive('num_val', num_val)
     w, h = check_size(size, 32)
     for split_id, (split, prefix, num) in enumerate(
-        (('training', 'ADE_train', num_train),
-         ('validation', 'ADE_val', num_val))):
+        (('training', 'ADE_train', num_train), ('validation', 'ADE_val',
+                                                num_val))):
         img_dir = osp.join(root, 'images', split)
         ann_dir = osp.join(root, 'annotations', split)
         os.makedirs(img_dir, exist_ok=True)
@@ -115,6 +125,6 @@ def make_ade20k_demo(root: str,
             name = f'{prefix}_{i + 1:08d}'
             Image.fromarray(image).save(
                 osp.join(img_dir, name + '.jpg'), quality=95)
-            Image.fromarray(label, mode='L').save(
-                osp.join(ann_dir, name + '.png'))
+            Image.fromarray(
+                label, mode='L').save(osp.join(ann_dir, name + '.png'))
     return root

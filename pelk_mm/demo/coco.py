@@ -21,29 +21,33 @@ from .drawing import (Texture, check_positive, check_size, checker, ellipse,
 
 # The 80 COCO categories with their official (non-contiguous) ids, in the order
 # of mmdet's CocoDataset.METAINFO['classes'].
-COCO_CATEGORIES: Tuple[Tuple[int, str], ...] = tuple(zip(
-    (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21,
-     22, 23, 24, 25, 27, 28, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42,
-     43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61,
-     62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84,
-     85, 86, 87, 88, 89, 90),
-    ('person', 'bicycle', 'car', 'motorcycle', 'airplane', 'bus', 'train',
-     'truck', 'boat', 'traffic light', 'fire hydrant', 'stop sign',
-     'parking meter', 'bench', 'bird', 'cat', 'dog', 'horse', 'sheep', 'cow',
-     'elephant', 'bear', 'zebra', 'giraffe', 'backpack', 'umbrella', 'handbag',
-     'tie', 'suitcase', 'frisbee', 'skis', 'snowboard', 'sports ball', 'kite',
-     'baseball bat', 'baseball glove', 'skateboard', 'surfboard',
-     'tennis racket', 'bottle', 'wine glass', 'cup', 'fork', 'knife', 'spoon',
-     'bowl', 'banana', 'apple', 'sandwich', 'orange', 'broccoli', 'carrot',
-     'hot dog', 'pizza', 'donut', 'cake', 'chair', 'couch', 'potted plant',
-     'bed', 'dining table', 'toilet', 'tv', 'laptop', 'mouse', 'remote',
-     'keyboard', 'cell phone', 'microwave', 'oven', 'toaster', 'sink',
-     'refrigerator', 'book', 'clock', 'vase', 'scissors', 'teddy bear',
-     'hair drier', 'toothbrush')))
+COCO_CATEGORIES: Tuple[Tuple[int, str], ...] = tuple(
+    zip((1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21,
+         22, 23, 24, 25, 27, 28, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41,
+         42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59,
+         60, 61, 62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80,
+         81, 82, 84, 85, 86, 87, 88, 89, 90),
+        ('person', 'bicycle', 'car', 'motorcycle', 'airplane', 'bus', 'train',
+         'truck', 'boat', 'traffic light', 'fire hydrant', 'stop sign',
+         'parking meter', 'bench', 'bird', 'cat', 'dog', 'horse', 'sheep',
+         'cow', 'elephant', 'bear', 'zebra', 'giraffe', 'backpack', 'umbrella',
+         'handbag', 'tie', 'suitcase', 'frisbee', 'skis', 'snowboard',
+         'sports ball', 'kite', 'baseball bat', 'baseball glove', 'skateboard',
+         'surfboard', 'tennis racket', 'bottle', 'wine glass', 'cup', 'fork',
+         'knife', 'spoon', 'bowl', 'banana', 'apple', 'sandwich', 'orange',
+         'broccoli', 'carrot', 'hot dog', 'pizza', 'donut', 'cake', 'chair',
+         'couch', 'potted plant', 'bed', 'dining table', 'toilet', 'tv',
+         'laptop', 'mouse', 'remote', 'keyboard', 'cell phone', 'microwave',
+         'oven', 'toaster', 'sink', 'refrigerator', 'book', 'clock', 'vase',
+         'scissors', 'teddy bear', 'hair drier', 'toothbrush')))
 
 # COCO category id of each class the demo draws.
 COCO_DEMO_CLASSES: Dict[str, int] = {
-    'person': 1, 'car': 3, 'stop sign': 13, 'sports ball': 37, 'tv': 72
+    'person': 1,
+    'car': 3,
+    'stop sign': 13,
+    'sports ball': 37,
+    'tv': 72
 }
 
 _TEXTURES: Dict[str, Texture] = {
@@ -86,8 +90,8 @@ def _draw_image(rng: np.random.Generator, w: int, h: int,
         for _attempt in range(20):  # rejection sampling: no overlaps
             s = rng.uniform(.2, .4) * min(w, h)
             x, y = rng.uniform(1, w - s - 1), rng.uniform(1, h - s - 1)
-            if all(x + s + 2 < px or px + ps + 2 < x or y + s + 2 < py
-                   or py + ps + 2 < y for px, py, ps in placed):
+            if all(x + s + 2 < px or px + ps + 2 < x or y + s + 2 < py or py +
+                   ps + 2 < y for px, py, ps in placed):
                 break
         else:
             continue
@@ -100,12 +104,10 @@ def _draw_image(rng: np.random.Generator, w: int, h: int,
             dict(
                 category_id=COCO_DEMO_CLASSES[name],
                 segmentation=[poly],
-                bbox=[
-                    min(xs),
-                    min(ys),
-                    max(xs) - min(xs),
-                    max(ys) - min(ys)
-                ],
+                bbox=[min(xs),
+                      min(ys),
+                      max(xs) - min(xs),
+                      max(ys) - min(ys)],
                 area=_polygon_area(poly),
                 iscrowd=0))
     return to_uint8(canvas), objects
@@ -146,8 +148,8 @@ def make_coco_demo(root: str,
     ]
     os.makedirs(osp.join(root, 'annotations'), exist_ok=True)
     ann_id = 1
-    for split_id, (split, num) in enumerate(
-        (('train2017', num_train), ('val2017', num_val))):
+    splits = (('train2017', num_train), ('val2017', num_val))
+    for split_id, (split, num) in enumerate(splits):
         os.makedirs(osp.join(root, split), exist_ok=True)
         images, annotations = [], []
         for i in range(num):
@@ -162,8 +164,9 @@ def make_coco_demo(root: str,
             for obj in objects:
                 annotations.append(dict(obj, id=ann_id, image_id=image_id))
                 ann_id += 1
-        with open(osp.join(root, 'annotations', f'instances_{split}.json'),
-                  'w') as f:
+        with open(
+                osp.join(root, 'annotations', f'instances_{split}.json'),
+                'w') as f:
             json.dump(
                 dict(
                     info=dict(description='pelk-mm procedural COCO demo'),

@@ -18,15 +18,20 @@ Texture = Callable[[int, int, np.random.Generator], np.ndarray]
 # --------------------------------------------------------------------------
 # Textures: (H, W) -> float32 (H, W, 3) RGB in [0, 255], class-dependent.
 # --------------------------------------------------------------------------
-def _jittered(rgb: Sequence[float], rng: np.random.Generator,
+def _jittered(rgb: Sequence[float],
+              rng: np.random.Generator,
               amount: float = 12.) -> np.ndarray:
     return np.asarray(rgb, np.float32) + rng.uniform(-amount, amount, 3)
 
 
-def _noise(h: int, w: int, rng: np.random.Generator, std: float,
+def _noise(h: int,
+           w: int,
+           rng: np.random.Generator,
+           std: float,
            cell: int = 1) -> np.ndarray:
     """Grey noise of the given std; ``cell > 1`` makes it blotchy."""
-    small = rng.normal(0., std, ((h + cell - 1) // cell, (w + cell - 1) // cell))
+    small = rng.normal(0., std,
+                       ((h + cell - 1) // cell, (w + cell - 1) // cell))
     noise = np.kron(small, np.ones((cell, cell)))[:h, :w]
     return noise[..., None].astype(np.float32)
 
@@ -54,7 +59,9 @@ def gradient(top: Sequence[float], bottom: Sequence[float]) -> Texture:
     return texture
 
 
-def stripes(rgb: Sequence[float], period: int, vertical: bool,
+def stripes(rgb: Sequence[float],
+            period: int,
+            vertical: bool,
             contrast: float = 50.) -> Texture:
 
     def texture(h, w, rng):
@@ -98,7 +105,10 @@ def random_colour(h, w, rng):
 # --------------------------------------------------------------------------
 # Shapes: polygons as flat [x0, y0, x1, y1, ...] lists in pixel coordinates.
 # --------------------------------------------------------------------------
-def ellipse(cx: float, cy: float, rx: float, ry: float,
+def ellipse(cx: float,
+            cy: float,
+            rx: float,
+            ry: float,
             n: int = 16) -> List[float]:
     t = np.arange(n) * 2 * np.pi / n
     return np.stack([cx + rx * np.cos(t), cy + ry * np.sin(t)],
@@ -142,8 +152,9 @@ def check_positive(name: str, value: int) -> None:
 
 
 def check_size(size: Tuple[int, int], minimum: int) -> Tuple[int, int]:
-    if (len(size) != 2 or not all(isinstance(v, (int, np.integer))
-                                  for v in size) or min(size) < minimum):
+    if (len(size) != 2
+            or not all(isinstance(v, (int, np.integer)) for v in size)
+            or min(size) < minimum):
         raise ValueError(f'size must be (width, height) with both >= '
                          f'{minimum}, got {size!r}')
     return int(size[0]), int(size[1])

@@ -14,8 +14,8 @@ from .drawing import (Texture, check_positive, checker, cross, ellipse, paint,
                       plain, polygon_mask, rectangle, stripes, to_uint8,
                       triangle)
 
-IMAGENET_DEMO_CLASSES: Tuple[str, ...] = ('disc', 'square', 'triangle',
-                                          'cross')
+IMAGENET_DEMO_CLASSES: Tuple[str,
+                             ...] = ('disc', 'square', 'triangle', 'cross')
 
 _TEXTURES: Dict[str, Texture] = {
     'disc': plain((220, 60, 40), 10.),
@@ -63,8 +63,8 @@ def make_imagenet_demo(root: str,
     check_positive('num_val', num_val)
     if not isinstance(size, (int, np.integer)) or size < 16:
         raise ValueError(f'size must be an integer >= 16, got {size!r}')
-    for split_id, (split, num) in enumerate(
-        (('train', num_train), ('val', num_val))):
+    splits = (('train', num_train), ('val', num_val))
+    for split_id, (split, num) in enumerate(splits):
         for class_id, name in enumerate(IMAGENET_DEMO_CLASSES):
             folder = osp.join(root, split, name)
             os.makedirs(folder, exist_ok=True)

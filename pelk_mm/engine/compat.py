@@ -30,8 +30,8 @@ compares the file's sha256 with the hex digits after the last ``-`` of the
 name, when the name has them, and refuses a mismatch with a RuntimeError,
 deleting the download) and ``weights_only=True`` with the globals above.
 
-mmengine also needs ``pkg_resources`` (setuptools < 81) to resolve
-``mmseg::`` / ``mmdet::`` / ``mmpretrain::`` base configs; :func:`check_pkg_resources`
+mmengine also needs ``pkg_resources`` (setuptools < 81) to resolve ``mmseg::``
+/ ``mmdet::`` / ``mmpretrain::`` base configs; :func:`check_pkg_resources`
 turns the bare ``ModuleNotFoundError`` into an actionable message.
 """
 import functools
@@ -49,7 +49,7 @@ from mmengine.runner import CheckpointLoader
 
 
 def _numpy_globals() -> list:
-    """Numpy callables and classes that pickled arrays, dtypes and scalars use."""
+    """Numpy callables and classes that pickled arrays, dtypes, scalars use."""
     try:  # numpy >= 2 moved the private module
         from numpy._core import multiarray
     except ImportError:
@@ -59,8 +59,10 @@ def _numpy_globals() -> list:
         for name in ('bool', 'int8', 'int16', 'int32', 'int64', 'uint8',
                      'float16', 'float32', 'float64')
     }
-    return [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype,
-            *sorted(dtype_classes, key=lambda t: t.__name__)]
+    return [
+        multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype,
+        *sorted(dtype_classes, key=lambda t: t.__name__)
+    ]
 
 
 #: What an mmengine checkpoint pickles besides tensors and containers.
@@ -149,8 +151,8 @@ def load_weights_only(filename: str, map_location=None):
     """
     if hasattr(torch.serialization, 'safe_globals'):
         with torch.serialization.safe_globals(MMENGINE_CHECKPOINT_GLOBALS):
-            return torch.load(filename, map_location=map_location,
-                              weights_only=True)
+            return torch.load(
+                filename, map_location=map_location, weights_only=True)
     return torch.load(filename, map_location=map_location, weights_only=True)
 
 
@@ -182,6 +184,6 @@ def check_pkg_resources() -> None:
     if importlib.util.find_spec('pkg_resources') is None:
         warnings.warn(
             "pkg_resources is not importable (setuptools >= 81 removed it); "
-            "mmengine needs it for 'mmseg::' / 'mmdet::' / 'mmpretrain::' base "
-            "configs. Install it with: pip install 'setuptools<81'",
+            "mmengine needs it for 'mmseg::' / 'mmdet::' / 'mmpretrain::' "
+            "base configs. Install it with: pip install 'setuptools<81'",
             stacklevel=2)

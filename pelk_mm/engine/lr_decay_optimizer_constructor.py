@@ -50,7 +50,8 @@ DECAY_TYPES = ('layer_wise', 'stage_wise')
 
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
-class PeLKLearningRateDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
+class PeLKLearningRateDecayOptimizerConstructor(DefaultOptimWrapperConstructor
+                                                ):
     """Optimizer wrapper constructor with layer-/stage-wise lr decay.
 
     ``paramwise_cfg`` keys:
@@ -146,8 +147,8 @@ class PeLKLearningRateDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
     def _num_layers(self, backbone: nn.Module, decay_type: str) -> int:
         """``num_layers``: the config's, checked against the backbone, or the
         backbone's layer count (by ``get_layer_depth``) when omitted."""
-        _, num_ids = backbone.get_layer_depth('backbone.stages.0.0',
-                                              prefix='backbone.')
+        _, num_ids = backbone.get_layer_depth(
+            'backbone.stages.0.0', prefix='backbone.')
         num_layers: Optional[int] = self.paramwise_cfg.get('num_layers')
         if num_layers is None:
             return num_ids - 2
@@ -159,8 +160,8 @@ class PeLKLearningRateDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
                 f'{num_ids - 2}')
         if decay_type == 'layer_wise':
             return num_layers
-        _, num_stage_ids = backbone.get_stage_depth('backbone.stages.0.0',
-                                                    prefix='backbone.')
+        _, num_stage_ids = backbone.get_stage_depth(
+            'backbone.stages.0.0', prefix='backbone.')
         if not (isinstance(num_layers, int)
                 and num_layers >= num_stage_ids - 2):
             raise ValueError(

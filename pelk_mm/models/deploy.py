@@ -88,8 +88,9 @@ def _flatten(outputs) -> List[Tensor]:
 
 def is_detector(model: nn.Module) -> bool:
     """Whether ``model`` is an mmdet detector (without importing mmdet)."""
-    return any(cls.__module__.startswith('mmdet.') and
-               cls.__name__ == 'BaseDetector' for cls in type(model).__mro__)
+    return any(
+        cls.__module__.startswith('mmdet.') and cls.__name__ == 'BaseDetector'
+        for cls in type(model).__mro__)
 
 
 def tensor_outputs(model: nn.Module, inputs: Tensor) -> List[Tensor]:

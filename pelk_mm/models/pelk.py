@@ -373,8 +373,7 @@ class PeLK(ArchRecordMixin, ParamGroupsMixin, BaseModule):
                         pos_embed_mode=pos_embed_mode,
                         with_cp=with_cp,
                         deploy=deploy,
-                        deploy_mode=deploy_mode)
-                    for j in range(self.depths[i])
+                        deploy_mode=deploy_mode) for j in range(self.depths[i])
                 ]))
             block_idx += self.depths[i]
             if i in self.out_indices:

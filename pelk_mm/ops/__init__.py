@@ -11,7 +11,7 @@ from .sharing_grid import check_grid, expand_weight, sharing_grid
 __all__ = [
     'sharing_grid', 'check_grid', 'expand_weight', 'peripheral_conv2d',
     'dense_peripheral_conv', 'pos_embed_bias', 'pos_embed_map',
-    'POS_EMBED_MODES', 'PERIPHERAL_CONV_IMPLS',
-    'PeripheralConv2d', 'fft_peripheral_conv', 'blocksum_peripheral_conv',
-    'select_impl', 'set_tuning_mode', 'save_choices', 'load_choices'
+    'POS_EMBED_MODES', 'PERIPHERAL_CONV_IMPLS', 'PeripheralConv2d',
+    'fft_peripheral_conv', 'blocksum_peripheral_conv', 'select_impl',
+    'set_tuning_mode', 'save_choices', 'load_choices'
 ]

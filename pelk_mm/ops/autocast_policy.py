@@ -47,8 +47,8 @@ def autocast_dtype(device_type: str) -> Optional[torch.dtype]:
         if torch.is_autocast_enabled(device_type):
             return torch.get_autocast_dtype(device_type)
         return None
-    is_enabled, get_dtype = _PER_DEVICE_QUERIES.get(
-        device_type, (lambda: False, None))
+    is_enabled, get_dtype = _PER_DEVICE_QUERIES.get(device_type,
+                                                    (lambda: False, None))
     return get_dtype() if is_enabled() else None
 
 

@@ -60,8 +60,7 @@ def clamped_offsets(grid: Sequence[int], size: int, like: Tensor) -> Tensor:
     """
     edges = torch.tensor(band_edges(grid), device=like.device)
     position = torch.arange(size, device=like.device)
-    return (position[None, :] + edges[:, None] - sum(grid) // 2).clamp(
-        0, size)
+    return (position[None, :] + edges[:, None] - sum(grid) // 2).clamp(0, size)
 
 
 def inside_counts(grid: Sequence[int], size: int, like: Tensor) -> Tensor:
@@ -98,8 +97,8 @@ def constant_response(weight: Tensor, grid: Sequence[int], height: int,
     return rows @ weight[:, 0] @ cols.t()
 
 
-def constant_response_weight_grad(grad_sum: Tensor, grid: Sequence[int]
-                                  ) -> Tensor:
+def constant_response_weight_grad(grad_sum: Tensor,
+                                  grid: Sequence[int]) -> Tensor:
     """Adjoint of :func:`constant_response` w.r.t. the weight.
 
     Args:

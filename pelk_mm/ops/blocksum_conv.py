@@ -79,8 +79,7 @@ def _summands(x: Tensor, dim: int, length: int) -> List[Tensor]:
     if x.dtype == torch.float64:
         return [x]
     mantissa = -math.log2(torch.finfo(x.dtype).eps)  # 23 for float32
-    amax = x.abs().amax(dim, keepdim=True).clamp_min(
-        torch.finfo(x.dtype).tiny)
+    amax = x.abs().amax(dim, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
     step = torch.exp2(torch.ceil(torch.log2(amax * length)) - (mantissa - 1))
     high = torch.round(x / step) * step
     return [high, x - high]
@@ -95,10 +94,11 @@ def _band_sums(x: Tensor, grid: Sequence[int], dim: int) -> Tensor:
     size = x.shape[dim]
     offsets = clamped_offsets(grid, size, x).flatten()  # (k' + 1) * size
     pad = (0, 0, 1, 0) if dim == -2 else (1, 0)
-    return functools.reduce(torch.add, (
-        F.pad(term.cumsum(dim), pad).index_select(dim, offsets).unflatten(
+    return functools.reduce(
+        torch.add,
+        (F.pad(term.cumsum(dim), pad).index_select(dim, offsets).unflatten(
             dim, (len(grid) + 1, size)).diff(dim=dim - 1)
-        for term in _summands(x, dim, size)))
+         for term in _summands(x, dim, size)))
 
 
 def _column_differences(weight: Tensor) -> Tensor:
@@ -130,9 +130,10 @@ def _mix_columns(row_sums: Tensor, weight: Tensor,
         -width // (_TILE_KERNELS * kernel_size))
     differences = _column_differences(weight)
     if tiles == 1:
-        prefix = functools.reduce(torch.add, (
-            F.pad(term.cumsum(-1), (1, 0))
-            for term in _summands(row_sums, -1, width)))  # B: (.., W + 1)
+        prefix = functools.reduce(
+            torch.add,
+            (F.pad(term.cumsum(-1), (1, 0))
+             for term in _summands(row_sums, -1, width)))  # B: (.., W + 1)
         mixed = torch.einsum('caq,ncais->ncqis', differences, prefix)
         cols = clamped_offsets(grid, width, row_sums)
         return mixed.gather(
@@ -144,8 +145,8 @@ def _mix_columns(row_sums: Tensor, weight: Tensor,
     local = []  # window-local B: (N, C, k', H, tiles, T + K) per term
     for term in _summands(row_sums, -1, padded_width):
         padded = F.pad(term, (half, padded_width - half - width))
-        windows = F.pad(padded.cumsum(-1), (1, 0)).unfold(
-            -1, tile + kernel_size, tile)
+        windows = F.pad(padded.cumsum(-1),
+                        (1, 0)).unfold(-1, tile + kernel_size, tile)
         local.append(windows - windows[..., :1])
     mixed = torch.einsum('caq,ncaitz->ncqitz', differences,
                          functools.reduce(torch.add, local))
@@ -163,8 +164,7 @@ def _correlate(x: Tensor, weight: Tensor, grid: Sequence[int]) -> Tensor:
     return out + mean * constant_response(weight, grid, height, width)
 
 
-def _weight_grad(x: Tensor, grad_out: Tensor,
-                 grid: Tuple[int, ...]) -> Tensor:
+def _weight_grad(x: Tensor, grad_out: Tensor, grid: Tuple[int, ...]) -> Tensor:
     """``dw(a, b) = sum dy(i, j) box_ab(x)(i, j)``, contracted as row-band
     sums of ``x - m`` against column-band sums of ``dy`` (over the mirrored
     grid), plus the mean term ``m corr(1, dy)``: ``(C, 1, k', k')``.
@@ -180,8 +180,8 @@ def _weight_grad(x: Tensor, grad_out: Tensor,
     if x.dtype == torch.float64:
         grad_w = torch.einsum('ncaij,ncibj->cab', row_sums, col_sums)
     else:  # a partial sum per row (n, i), then a pairwise sum of those
-        grad_w = torch.einsum('ncaij,ncibj->ncabi', row_sums,
-                              col_sums).sum((0, -1))
+        grad_w = torch.einsum('ncaij,ncibj->ncabi', row_sums, col_sums).sum(
+            (0, -1))
     grad_w = grad_w.flip(-1).unsqueeze(1)
     wide = mean_term_dtype(x)
     mean_term = constant_response_weight_grad(
@@ -192,8 +192,8 @@ def _weight_grad(x: Tensor, grad_out: Tensor,
 class _BlockSumPeripheralConv(torch.autograd.Function):
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor,
-                grid: Tuple[int, ...]) -> Tensor:
+    def forward(ctx, x: Tensor, weight: Tensor, grid: Tuple[int,
+                                                            ...]) -> Tensor:
         wide = accumulation_dtype(x)
         out = _correlate(x.to(wide), weight.to(wide), grid)
         ctx.grid, ctx.wide_dtype = grid, wide
@@ -208,8 +208,7 @@ class _BlockSumPeripheralConv(torch.autograd.Function):
         grad_wide = grad_out.to(wide)
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            grad_x = _correlate(grad_wide,
-                                *flip_kernel(weight.to(wide), grid))
+            grad_x = _correlate(grad_wide, *flip_kernel(weight.to(wide), grid))
             grad_x = grad_x.to(grad_out.dtype)
         if ctx.needs_input_grad[1]:
             grad_w = _weight_grad(x.to(wide), grad_wide, grid)

@@ -99,12 +99,12 @@ def _column_band_sums(z: Tensor, grid: Sequence[int]) -> Tensor:
         shifted = [
             F.pad(z, (half - edges[b], edges[b + 1] - 1 - half, 0, 0, -b,
                       b + 1 - num_bands)) for b in range(num_bands)
-            if grid[b] == s and edges[b] - half < width
-            and half + 1 - edges[b + 1] < width
+            if grid[b] == s and edges[b] - half < width and half + 1 -
+            edges[b + 1] < width
         ]
         if shifted:
-            term = sum(shifted[1:], shifted[0]).reshape(
-                -1, channels, height, width + s - 1)
+            term = sum(shifted[1:],
+                       shifted[0]).reshape(-1, channels, height, width + s - 1)
             term = _box_mean(term, 1, s)
             out = term if out is None else out + term
     return out

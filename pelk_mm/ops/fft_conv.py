@@ -77,8 +77,8 @@ def _band_phases(grid: Tuple[int, ...], length: int, onesided: bool,
         else ``L``; computed in float64 from exact integer phases.
     """
     kernel_size = sum(grid)
-    freqs = torch.arange(length // 2 + 1 if onesided else length,
-                         dtype=torch.int64)
+    freqs = torch.arange(
+        length // 2 + 1 if onesided else length, dtype=torch.int64)
     taps = torch.arange(kernel_size, dtype=torch.int64) - kernel_size // 2
     phase = torch.remainder(freqs[:, None] * taps[None, :], length)
     taps_phasor = torch.polar(
@@ -98,8 +98,7 @@ def _is_compiling() -> bool:
     return is_compiling()
 
 
-def _sizes(height: int, width: int,
-           grid: Sequence[int]) -> Tuple[int, int]:
+def _sizes(height: int, width: int, grid: Sequence[int]) -> Tuple[int, int]:
     half = sum(grid) // 2
     return fft_size(height + half), fft_size(width + half)
 
@@ -136,8 +135,8 @@ def _correlate(x: Tensor, spectrum: Tensor, sizes: Tuple[int, int],
 class _FFTPeripheralConv(torch.autograd.Function):
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor,
-                grid: Tuple[int, ...]) -> Tensor:
+    def forward(ctx, x: Tensor, weight: Tensor, grid: Tuple[int,
+                                                            ...]) -> Tensor:
         sizes = _sizes(x.shape[-2], x.shape[-1], grid)
         spectrum = _kernel_spectrum(weight, grid, sizes)
         out, mean = _correlate(x, spectrum, sizes, weight, grid)
@@ -154,17 +153,17 @@ class _FFTPeripheralConv(torch.autograd.Function):
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
             flipped, flipped_grid = flip_kernel(weight, grid)
-            grad_x, _ = _correlate(grad_out, spectrum.conj(), sizes,
-                                   flipped, flipped_grid)
+            grad_x, _ = _correlate(grad_out, spectrum.conj(), sizes, flipped,
+                                   flipped_grid)
         if ctx.needs_input_grad[1]:
             grad_w = _weight_grad(x, grad_out, mean, grid, sizes,
                                   ctx.wide_dtype)
         return grad_x, grad_w, None
 
 
-def _weight_grad(x: Tensor, grad_out: Tensor, mean: Tensor,
-                 grid: Tuple[int, ...], sizes: Tuple[int, int],
-                 dtype: torch.dtype) -> Tensor:
+def _weight_grad(x: Tensor, grad_out: Tensor, mean: Tensor, grid: Tuple[int,
+                                                                        ...],
+                 sizes: Tuple[int, int], dtype: torch.dtype) -> Tensor:
     """``dL/dw``: the cross-correlation of ``x`` and ``dy``, summed per block.
 
     Per block, ``dw = corr(x - m, dy) + m corr(1, dy)``. One inverse FFT per

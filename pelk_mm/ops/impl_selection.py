@@ -78,9 +78,11 @@ def work_terms(impl: str, maps: int, height: int, width: int,
             maps * (height + 1) * (width + 1) * bands)
 
 
-def predicted_seconds(impl: str, shape: Sequence[int], grid: Sequence[int],
-                      device_type: str = 'cpu', backward: bool = True
-                      ) -> float:
+def predicted_seconds(impl: str,
+                      shape: Sequence[int],
+                      grid: Sequence[int],
+                      device_type: str = 'cpu',
+                      backward: bool = True) -> float:
     """Model time of one call of ``impl`` on an ``(N, C, H, W)`` input."""
     batch, channels, height, width = shape
     # Device types without an entry reach this only in the deterministic

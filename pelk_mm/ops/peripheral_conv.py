@@ -47,9 +47,9 @@ def auto_peripheral_conv(x: Tensor, weight: Tensor,
 #: the three (:mod:`pelk_mm.ops.impl_tuning`).
 PERIPHERAL_CONV_IMPLS: Dict[str, Callable[[Tensor, Tensor, Sequence[int]],
                                           Tensor]] = {
-    **CANDIDATES,
-    'auto': auto_peripheral_conv,
-}
+                                              **CANDIDATES,
+                                              'auto': auto_peripheral_conv,
+                                          }
 
 #: Input dtypes the convolution accepts.
 INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -78,8 +78,9 @@ def pos_embed_bias(weight: Tensor, grid: Sequence[int],
     edges = torch.tensor(band_edges(grid), device=pos_embed.device)
     prefix = F.pad(pos_embed.cumsum(1).cumsum(2), (1, 0, 1, 0))
     corners = prefix[:, edges][:, :, edges]  # (C, k' + 1, k' + 1)
-    block_sums = (corners[:, 1:, 1:] - corners[:, :-1, 1:] -
-                  corners[:, 1:, :-1] + corners[:, :-1, :-1])
+    block_sums = (
+        corners[:, 1:, 1:] - corners[:, :-1, 1:] - corners[:, 1:, :-1] +
+        corners[:, :-1, :-1])
     return (weight[:, 0] * block_sums).sum(dim=(1, 2))
 
 
@@ -138,8 +139,8 @@ def pos_embed_map(weight: Tensor, grid: Sequence[int], pos_embed: Tensor,
     dtype = torch.float64 if wide else torch.float32  # promoted with float32
     kernel_size = sum(grid)
     with torch.autocast(pos_embed.device.type, enabled=False):
-        taps = expand_weight(weight.to(dtype), grid)[:, 0] * pos_embed.to(
-            dtype)
+        taps = expand_weight(weight.to(dtype), grid)[:,
+                                                     0] * pos_embed.to(dtype)
         rows = _taps_inside(kernel_size, height, taps)
         cols = _taps_inside(kernel_size, width, taps)
         return rows @ taps @ cols.t()
@@ -344,8 +345,7 @@ class PeripheralConv2d(nn.Module):
                     f'for PeripheralConv2d(channels={self.channels})')
         check_pos_embed(pos_embed, self.channels, self.kernel_size)
         return apply_peripheral_conv(x, self.weight, self.grid, self.bias,
-                                     pos_embed, self.impl,
-                                     self.pos_embed_mode)
+                                     pos_embed, self.impl, self.pos_embed_mode)
 
     def extra_repr(self) -> str:
         s = (f'{self.channels}, kernel_size={self.kernel_size}, '

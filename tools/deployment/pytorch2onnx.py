@@ -177,8 +177,9 @@ def exportable_copy(model: nn.Module) -> nn.Module:
         if (isinstance(module, nn.AdaptiveAvgPool2d)
                 and _pair(module.output_size) != (1, 1)):
             parent, _, child = name.rpartition('.')
-            setattr(model.get_submodule(parent), child,
-                    AdaptiveAvgPoolAsMatMul(module.output_size))
+            setattr(
+                model.get_submodule(parent), child,
+                AdaptiveAvgPoolAsMatMul(module.output_size))
     return model
 
 
@@ -196,12 +197,14 @@ def export(model: nn.Module, shape, out: str) -> List[str]:
     dummy = torch.randn(
         1, 3, *shape, generator=torch.Generator().manual_seed(0))
     torch.onnx.export(
-        TensorForward(exportable_copy(model)),
-        (dummy, ),
+        TensorForward(exportable_copy(model)), (dummy, ),
         out,
         input_names=['input'],
         output_names=names,
-        dynamic_axes={name: {0: 'batch'} for name in ['input', *names]},
+        dynamic_axes={name: {
+            0: 'batch'
+        }
+                      for name in ['input', *names]},
         opset_version=OPSET,
         **exporter_kwargs())
     return names

@@ -123,8 +123,8 @@ def load_safely(src: str):
     refused.
     """
     try:
-        if (TORCH_LOAD_WEIGHTS_ONLY_BY_DEFAULT
-                or src.startswith(('http://', 'https://'))):
+        remote = src.startswith(('http://', 'https://'))
+        if TORCH_LOAD_WEIGHTS_ONLY_BY_DEFAULT or remote:
             return CheckpointLoader.load_checkpoint(src, map_location='cpu')
         if '://' in src:
             raise ValueError(

@@ -80,8 +80,7 @@ def deploy(model: torch.nn.Module, shape, tol: float):
         1, 3, *shape, generator=torch.Generator().manual_seed(0))
     expected = tensor_outputs(model, inputs)
     switch_to_deploy(model)
-    max_abs, max_rel = compare_outputs(
-        tensor_outputs(model, inputs), expected)
+    max_abs, max_rel = compare_outputs(tensor_outputs(model, inputs), expected)
     if not max_rel <= tol:
         raise ValueError(f'deployed outputs differ: max abs error '
                          f'{max_abs:.3g}, relative {max_rel:.3g} > --tol '
@@ -98,7 +97,8 @@ def deployed_checkpoint(model, source: dict, source_name: str, max_abs,
         deploy_mode=', '.join(sorted(deploy_modes(model))),
         deployed_from=source_name,
         deploy_check=dict(
-            input_shape=[1, 3, *shape], max_abs_error=max_abs,
+            input_shape=[1, 3, *shape],
+            max_abs_error=max_abs,
             max_rel_error=max_rel))
     return add_arch_meta(dict(state_dict=model.state_dict(), meta=meta), model)
 
