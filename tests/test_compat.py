@@ -8,7 +8,6 @@ On torch < 2.6, whose ``torch.load`` defaults to ``weights_only=False``,
 mmengine's checkpoints load without the shim and nothing is refused: the
 refusal tests skip there, the loading tests run on every torch.
 """
-import io
 import pickle
 
 import pytest
@@ -19,6 +18,7 @@ from mmengine.runner import CheckpointLoader, load_checkpoint
 from torch.utils.data import Dataset
 
 import pelk_mm  # noqa: F401  (registers the safe globals)
+from pelk_mm.engine.compat import TORCH_LOAD_WEIGHTS_ONLY_BY_DEFAULT
 from helpers import build_runner
 
 
@@ -75,19 +75,8 @@ class NotAllowed:
     pass
 
 
-def _torch_load_defaults_to_weights_only():
-    buffer = io.BytesIO()
-    torch.save(NotAllowed(), buffer)
-    buffer.seek(0)
-    try:
-        torch.load(buffer)
-    except pickle.UnpicklingError:
-        return True
-    return False
-
-
 needs_weights_only_default = pytest.mark.skipif(
-    not _torch_load_defaults_to_weights_only(),
+    not TORCH_LOAD_WEIGHTS_ONLY_BY_DEFAULT,
     reason=f'torch {torch.__version__}: torch.load defaults to '
     'weights_only=False (True from torch 2.6), so it refuses nothing')
 
