@@ -2,6 +2,7 @@
 exact against the dense convolution, exported with standard ONNX operators
 only and run by onnxruntime at another batch size than the exported one."""
 import importlib.util
+import inspect
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from pelk_mm.ops import expand_weight, sharing_grid
 from pelk_mm.ops.boxsum_conv import (BoxSumPeripheralConv2d,
                                      boxsum_peripheral_conv)
+from helpers import load_tool
 
 #: (K, centre, map): maps larger and smaller than the kernel, 1 x 1, wide
 CASES = [(13, 5, (16, 16)), (31, 5, (7, 40)), (51, 5, (20, 37)),
@@ -104,12 +106,16 @@ def export_and_run(module, size, out, batch=3, dynamo=False):
         }, )) if dynamo else dict(dynamic_axes={'x': {
             0: 'batch'
         }}))
+    # the TorchScript exporter as pytorch2onnx.py selects it (torch 2.1 has
+    # no `dynamo` switch), or the torch.export-based one
+    exporter = dict(dynamo=True) if dynamo else load_tool(
+        'deployment/pytorch2onnx.py').exporter_kwargs()
     torch.onnx.export(
         module, (x1, ),
         out,
         input_names=['x'],
         opset_version=17,
-        dynamo=dynamo,
+        **exporter,
         **dynamic)
     graph = onnx.load(out)
     onnx.checker.check_model(graph)
@@ -152,6 +158,10 @@ def test_onnx_standard_operators_dynamic_batch(kernel_size, center, size,
 @pytest.mark.skipif(
     importlib.util.find_spec('onnxscript') is None,
     reason='the torch.export-based exporter needs onnxscript')
+@pytest.mark.skipif(
+    'dynamo' not in inspect.signature(torch.onnx.export).parameters,
+    reason=f'torch {torch.__version__} has no torch.export-based ONNX '
+    'exporter (torch.onnx.export(dynamo=True): torch >= 2.5)')
 def test_torch_export_based_exporter(tmp_path):
     """The same op through ``dynamo=True``: the same operators."""
     torch.manual_seed(0)
