@@ -96,9 +96,12 @@ def bench_layer(layer, mode, args, device):
 
     @contextlib.contextmanager
     def conditions():
-        with torch.autocast(device.type, dtype=amp or torch.float32,
-                            enabled=amp is not None), \
-                torch.set_grad_enabled(mode == 'train'):
+        # no autocast object at all without --amp: torch 2.1 refuses a
+        # float32 CPU autocast dtype even when disabled
+        autocast = (
+            torch.autocast(device.type, dtype=amp)
+            if amp is not None else contextlib.nullcontext())
+        with autocast, torch.set_grad_enabled(mode == 'train'):
             yield
 
     def step(module):
