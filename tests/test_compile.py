@@ -3,12 +3,75 @@ equal eager ones, and mmengine's Runner trains with ``compile=True``.
 
 The inductor tests compile a tiny real PeLK (positional embeddings, partial
 convolution) and are marked ``slow``: each took 2-5 minutes on 2 shared
-cores (2026-12-01, torch 2.14.1 and 2.1.2)."""
+cores (2026-12-01, torch 2.14.1 and 2.1.2).
+
+Where Dynamo disables the optimizer step hooks of the whole process once it
+has run (torch 2.1: :func:`pelk_mm.sparsity.hook.step_hooks_run`), which
+later tests in the same process need (the sparsity hook), this module runs
+in a fresh interpreter instead (``test_module_in_a_fresh_interpreter``)."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from pelk_mm import PeripheralConv2d
 from pelk_mm.ops import impl_tuning
+from helpers import ROOT
+
+CHILD_ENV = 'PELK_MM_COMPILE_TESTS_IN_CHILD'
+
+
+def dynamo_disables_optimizer_hooks() -> bool:
+    """Run Dynamo once in a fresh interpreter, then probe the hooks."""
+    code = ('import torch\n'
+            'from pelk_mm.sparsity.hook import step_hooks_run\n'
+            'torch._dynamo.explain(lambda x: x + 1)(torch.ones(1))\n'
+            'p = torch.zeros(1, requires_grad=True)\n'
+            'print(step_hooks_run(torch.optim.SGD([p], lr=0.1)))\n')
+    proc = subprocess.run([sys.executable, '-c', code],
+                          stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE,
+                          text=True,
+                          cwd=ROOT,
+                          timeout=600,
+                          check=True)
+    return proc.stdout.split()[-1] == 'False'
+
+
+ISOLATE = (
+    os.environ.get(CHILD_ENV) != '1' and dynamo_disables_optimizer_hooks())
+
+
+@pytest.fixture(autouse=True)
+def _in_a_fresh_interpreter_if_needed(request):
+    if ISOLATE and request.node.name != 'test_module_in_a_fresh_interpreter':
+        pytest.skip(f'torch {torch.__version__}: Dynamo disables optimizer '
+                    'step hooks process-wide, so this module runs in a '
+                    'fresh interpreter (test_module_in_a_fresh_interpreter)')
+
+
+@pytest.mark.skipif(
+    not ISOLATE,
+    reason=f'torch {torch.__version__}: Dynamo keeps optimizer step hooks, '
+    'so the tests run in this process')
+def test_module_in_a_fresh_interpreter(request):
+    markexpr = request.config.getoption('markexpr')
+    proc = subprocess.run(
+        [
+            sys.executable, '-m', 'pytest', __file__, '-q', '-p',
+            'no:cacheprovider'
+        ] + (['-m', markexpr] if markexpr else []),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ, **{CHILD_ENV: '1'}),
+        timeout=3000)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    assert ' passed' in proc.stdout.splitlines()[-1], proc.stdout[-2000:]
+
 
 IMPLS = ['dense', 'fft', 'blocksum', 'auto']
 ARCH = dict(

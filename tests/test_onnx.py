@@ -214,8 +214,9 @@ def test_exporter_is_feature_detected(tmp_path, monkeypatch):
             output_names=output_names,
             dynamic_axes=dynamic_axes,
             opset_version=opset_version,
-            dynamo=False)
+            **exporter)
 
+    exporter = tool.exporter_kwargs()  # the real export's own switch
     monkeypatch.setattr(torch.onnx, 'export', legacy_export)
     assert tool.exporter_kwargs() == {}
     model = PeLK(

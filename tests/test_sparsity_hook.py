@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 
 import pelk_mm  # noqa: F401  (registers the hook; checkpoint compat)
 from pelk_mm.sparsity import DynamicSparsityHook, cosine_prune_rate
+from pelk_mm.sparsity.hook import step_hooks_run
 from helpers import check_records, make_sparsity_runner
 
 
@@ -353,3 +354,33 @@ def test_no_host_sync_between_updates(tmp_path, monkeypatch):
     check_records(checker.records, cfg)
     assert hook.step == 8
     assert reads and {step for step, _ in reads} <= {4, 8}
+
+
+class UnhookedSGD(torch.optim.SGD):
+    """SGD whose ``step`` runs no step hooks: what torch 2.1's Dynamo leaves
+    of every optimizer class once it has run in a process."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for param in group['params']:
+                if param.grad is not None:
+                    param.add_(param.grad, alpha=-group['lr'])
+
+
+UnhookedSGD.step.hooked = True  # Optimizer.__init__ wraps it no more
+
+
+def test_refuses_an_optimizer_whose_step_hooks_no_longer_run():
+    """The masks live in a step pre-hook; where the optimizer class no longer
+    runs step hooks, the hook stops instead of training silently dense."""
+    param = torch.zeros(2, requires_grad=True)
+    assert step_hooks_run(torch.optim.SGD([param], lr=0.1))
+    assert step_hooks_run(torch.optim.AdamW([param], lr=0.1))
+    assert not step_hooks_run(UnhookedSGD([param], lr=0.1))
+    hook = DynamicSparsityHook()
+    hook._optimizer, hook._first_iter_done = UnhookedSGD([param],
+                                                         lr=0.1), False
+    with pytest.raises(
+            RuntimeError, match='no longer runs optimizer step hooks'):
+        hook.after_train_iter(runner=None, batch_idx=0)

@@ -36,6 +36,29 @@ def zero_fraction(params) -> float:
     return zeros / total if total else 0.0
 
 
+def step_hooks_run(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``type(optimizer).step`` still runs its step pre-hooks.
+
+    torch 2.1's Dynamo (``torch.compile``, ``torch._dynamo.explain``)
+    unwraps the hook-calling ``step`` of every optimizer class the first time
+    it runs in a process, so registered step hooks silently stop firing
+    there; torch 2.14 leaves them alone. Probed on a throwaway optimizer of
+    the same class and settings, one step on a zero gradient. An optimizer
+    whose constructor does not take its own ``defaults`` is not probed
+    (True).
+    """
+    param = torch.zeros(1, requires_grad=True)
+    param.grad = torch.zeros(1)
+    try:
+        probe = type(optimizer)([param], **optimizer.defaults)
+    except (TypeError, ValueError, RuntimeError):
+        return True
+    fired = []
+    probe.register_step_pre_hook(lambda *args: fired.append(True))
+    probe.step()
+    return bool(fired)
+
+
 @HOOKS.register_module()
 class DynamicSparsityHook(Hook):
     """Train with sparse weights: SLaK's dynamic sparsity, or fixed masks.
@@ -195,6 +218,8 @@ class DynamicSparsityHook(Hook):
         self._loaded: Optional[dict] = None  # checkpoint state, resume only
         self._loaded_masks: Optional[dict] = None  # load_from's masks
         self._handle = None
+        self._optimizer = None
+        self._first_iter_done = True
         self._runner = None
         self._model = None
         self._total_steps = 1
@@ -264,6 +289,9 @@ class DynamicSparsityHook(Hook):
             self._handle.remove()
         self._handle = optimizer.register_step_pre_hook(
             self._before_optimizer_step)
+        self._optimizer = optimizer
+        self._check_step_hooks()
+        self._first_iter_done = False
         runner.logger.info(
             f'DynamicSparsityHook: {how}; {len(self.masks.masks)} masked '
             f'parameters')
@@ -371,7 +399,31 @@ class DynamicSparsityHook(Hook):
             synced[name] = flat.bool()
         return SparsityMasks(synced)
 
+    def _check_step_hooks(self) -> None:
+        """Refuse to go on where the optimizer no longer runs step hooks:
+        the masks would silently stop applying (:func:`step_hooks_run`)."""
+        if not step_hooks_run(self._optimizer):
+            raise RuntimeError(
+                f'DynamicSparsityHook masks the gradients in a step hook of '
+                f'{type(self._optimizer).__name__}, but this torch '
+                f'({torch.__version__}) no longer runs optimizer step hooks '
+                'in this process: its Dynamo (torch.compile, compile=True in '
+                'the config, torch._dynamo.explain) disabled them for every '
+                'optimizer class. Train without compile on this torch, or '
+                'with a torch whose Dynamo keeps them (2.14 is tested).')
+
     # ------------------------------------------------------------ every step
+    def after_train_iter(self,
+                         runner,
+                         batch_idx,
+                         data_batch=None,
+                         outputs=None) -> None:
+        """After the first iteration (when a compiled ``train_step`` has
+        run Dynamo for the first time), check the step hooks again."""
+        if not self._first_iter_done:
+            self._check_step_hooks()
+            self._first_iter_done = True
+
     def _before_optimizer_step(self, optimizer, args, kwargs) -> None:
         """Optimizer step pre-hook: count, maybe update, mask the gradients.
 
