@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from pelk_mm import PeLK, PeripheralConv2d
+from pelk_mm.models.builder import build_model
 from pelk_mm.models.checkpoint_meta import (ARCH_META_KEY,
                                             PeLKCheckpointMismatch)
-from pelk_mm.models.deploy import (build_model, compare_outputs, load_strictly,
+from pelk_mm.models.deploy import (compare_outputs, load_strictly,
                                    tensor_outputs)
 from pelk_mm.models.pelk import PeLKBlock
 from pelk_mm.ops.boxsum_conv import BoxSumPeripheralConv2d

@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from pelk_mm import PeLK, PeripheralConv2d
-from pelk_mm.models.deploy import build_model, compare_outputs, tensor_outputs
+from pelk_mm.models.builder import build_model
+from pelk_mm.models.deploy import compare_outputs, tensor_outputs
 from helpers import ROOT, load_tool
 
 pytestmark = pytest.mark.slow

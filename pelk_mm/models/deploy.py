@@ -17,7 +17,6 @@ from mmengine.runner import CheckpointLoader, load_state_dict
 from torch import Tensor
 
 from ..ops import PeripheralConv2d
-from .builder import build_model  # noqa: F401  (the tools' builder)
 from .pelk import PeLK
 
 

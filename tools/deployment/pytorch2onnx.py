@@ -61,9 +61,10 @@ from mmengine.config import DictAction
 import pelk_mm  # noqa: F401  (registers PeLK and the checkpoint loaders)
 from pelk_mm import PeLK
 from pelk_mm.models import load_backbone
-from pelk_mm.models.deploy import (build_model, check_deploy_form,
-                                   compare_outputs, deploy_modes, is_detector,
-                                   load_strictly, tensor_outputs)
+from pelk_mm.models.builder import build_model
+from pelk_mm.models.deploy import (check_deploy_form, compare_outputs,
+                                   deploy_modes, is_detector, load_strictly,
+                                   tensor_outputs)
 
 OPSET = 17
 

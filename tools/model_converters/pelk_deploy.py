@@ -36,8 +36,9 @@ import torch
 from mmengine.config import DictAction
 
 import pelk_mm  # noqa: F401  (registers PeLK and the checkpoint loaders)
+from pelk_mm.models.builder import build_model
 from pelk_mm.models.checkpoint_meta import add_arch_meta
-from pelk_mm.models.deploy import (build_model, compare_outputs, deploy_modes,
+from pelk_mm.models.deploy import (compare_outputs, deploy_modes,
                                    load_strictly, peripheral_convs,
                                    switch_to_deploy, tensor_outputs)
 
