@@ -124,8 +124,8 @@ def build_model(name, device):
     """Build one of :data:`MODELS` in train mode on ``device``."""
     from mmengine.utils import get_installed_path
 
-    from pelk_mm.models.builder import build_model as build_from_config
-    from pelk_mm.models.builder import load_config
+    from pelk_mm.mm.builder import build_model as build_from_config
+    from pelk_mm.mm.builder import load_config
     from pelk_mm.ops import PERIPHERAL_CONV_IMPLS
     PERIPHERAL_CONV_IMPLS.setdefault('identity', _identity_conv)
     mmseg_configs = f'{get_installed_path("mmsegmentation")}/.mim/configs'

@@ -2,12 +2,14 @@
 
 The operator (:mod:`pelk_mm.ops`: ``PeripheralConv2d``, ``sharing_grid``, ...)
 needs nothing but torch and is always exported, so ``import pelk_mm`` and
-``import pelk_mm.ops`` work in a plain PyTorch environment.
+``import pelk_mm.ops`` work in a plain PyTorch environment; so does the
+network, :class:`pelk_mm.models.PeLK` (``import pelk_mm.models``).
 
 When mmengine is installed, importing this package (directly or through
 ``custom_imports=dict(imports=['pelk_mm'])``) also registers everything it
 offers in mmengine's root registries, which the mmseg, mmdet and mmpretrain
-registries reach as their parent: the ``PeLK`` backbone, the hooks
+registries reach as their parent: the ``PeLK`` backbone
+(:class:`pelk_mm.mm.PeLK`, which ``pelk_mm.PeLK`` names), the hooks
 ``DynamicSparsityHook`` and ``PeLKArchMetaHook`` and the optimizer wrapper
 constructor ``PeLKLearningRateDecayOptimizerConstructor``. It also makes
 mmengine 0.10.7 load its own checkpoints on torch >= 2.6 (see
@@ -25,5 +27,9 @@ from .version import __version__  # noqa: F401
 
 if importlib.util.find_spec('mmengine') is not None:
     from .engine import *  # noqa: F401,F403
-    from .models import *  # noqa: F401,F403
+    from .mm import *  # noqa: F401,F403
+    from .models.checkpoint_loading import load_backbone  # noqa: F401
+    from .models.checkpoint_meta import (  # noqa: F401
+        PeLKCheckpointMismatch, add_arch_meta)
+    from .models.pelk import PeLKBlock  # noqa: F401
     from .sparsity import *  # noqa: F401,F403

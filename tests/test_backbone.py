@@ -4,6 +4,8 @@ gradient checkpointing, initialisation and argument errors.
 Registration in every scope is tested in ``test_registry.py``, the layer
 depths in ``test_lr_decay.py``, the paper's parameter counts in
 ``test_param_counts.py``."""
+import re
+
 import pytest
 import torch
 import torch.nn as nn
@@ -318,3 +320,177 @@ def test_constructor_errors(kwargs, name):
     kwargs.setdefault('arch', SMALL_ARCH)
     with pytest.raises(ValueError, match=f'`{name}'):
         PeLK(**kwargs)
+
+
+# ------------------------------------------------ torch core vs mm adapter
+def test_core_and_mm_backbone_same_keys_and_init():
+    """``pelk_mm.models.PeLK`` (torch) and ``pelk_mm.PeLK`` (mm): same
+    state-dict keys and shapes, the same initial weights for the same seed
+    (the core's ``init_weights`` and the default ``init_cfg``), the same
+    outputs."""
+    from pelk_mm.models import PeLK as CorePeLK
+    assert issubclass(PeLK, CorePeLK) and PeLK is not CorePeLK
+    kwargs = dict(arch=SMALL_ARCH, out_indices=(0, 3), drop_path_rate=0.1)
+    torch.manual_seed(0)
+    core = CorePeLK(**kwargs)
+    core.init_weights()
+    mm = small_pelk(**kwargs)
+    assert {k: v.shape for k, v in core.state_dict().items()} == {
+        k: v.shape
+        for k, v in mm.state_dict().items()
+    }
+    for key, value in core.state_dict().items():
+        assert torch.equal(value, mm.state_dict()[key]), key
+    x = torch.randn(2, 3, 32, 32)
+    for a, b in zip(core.eval()(x), mm.eval()(x)):
+        assert torch.equal(a, b)
+    # the mm checkpoint loads into the core strictly, and back
+    core.load_state_dict(mm.state_dict())
+    mm.load_state_dict(core.state_dict())
+
+
+def test_core_layers_compute_what_mm_layers_compute():
+    """The core's DropPath / LayerNorm2d against mmcv's / mmpretrain's."""
+    from mmcv.cnn.bricks import DropPath as MMDropPath
+    from mmpretrain.models.utils import LayerNorm2d as MMLayerNorm2d
+
+    from pelk_mm.models import DropPath, LayerNorm2d
+    x = torch.randn(4, 6, 5, 7)
+    ours, theirs = LayerNorm2d(6), MMLayerNorm2d(6, eps=1e-6)
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    nn.init.normal_(ours.weight)
+    theirs.load_state_dict(ours.state_dict())
+    for fmt, inp in (('channel_first', x), ('channel_last',
+                                             x.permute(0, 2, 3, 1))):
+        assert torch.equal(
+            ours(inp, data_format=fmt), theirs(inp, data_format=fmt))
+    ours, theirs = DropPath(0.3).train(), MMDropPath(0.3).train()
+    torch.manual_seed(5)
+    a = ours(x)
+    torch.manual_seed(5)
+    assert torch.equal(a, theirs(x))
+    assert (a == 0).flatten(1).all(1).any()  # some samples dropped
+    assert torch.equal(ours.eval()(x), x)
+
+
+def test_blocks_do_not_store_the_checked_modes():
+    """``pos_embed_mode`` / ``deploy_mode`` are checked by the backbone and
+    passed down; a block keeps no copy."""
+    model = small_pelk(pos_embed_mode='in_image')
+    block = model.stages[0][0]
+    assert not hasattr(block, 'pos_embed_mode')
+    assert block.peripheral_conv.pos_embed_mode == 'in_image'
+    model = small_pelk(deploy=True, deploy_mode='dense')
+    assert not hasattr(model.stages[0][0], 'deploy_mode')
+    assert isinstance(model.stages[0][0].peripheral_conv, nn.Conv2d)
+
+
+# ----------------------------------------- bad inputs, second round: configs
+@pytest.mark.parametrize('kwargs,name,allowed', [
+    (dict(drop_path_rate='0.1'), 'drop_path_rate', 'int or float'),
+    (dict(conv_ratio='3/8'), 'conv_ratio', 'int or float'),
+    (dict(frozen_stages=1.0), 'frozen_stages', 'int'),
+    (dict(pos_embed='yes'), 'pos_embed', 'bool'),
+    (dict(with_cp=1), 'with_cp', 'bool'),
+    (dict(in_channels=3.0), 'in_channels', 'int'),
+])
+def test_config_values_of_the_wrong_type(kwargs, name, allowed):
+    with pytest.raises(TypeError, match=f'`{name}` must be {allowed}, got'):
+        PeLK(SMALL_ARCH, **kwargs)
+
+
+@pytest.mark.parametrize('out_indices', ['0123', (0, 1.0), 2.0, None])
+def test_out_indices_of_the_wrong_type(out_indices):
+    with pytest.raises(TypeError, match='`out_indices` must be an int or'):
+        PeLK(SMALL_ARCH, out_indices=out_indices)
+
+
+@pytest.mark.parametrize('out_indices,stages', [((0, 0), [0, 0]),
+                                                ((3, -1), [3, 3])])
+def test_out_indices_duplicates(out_indices, stages):
+    with pytest.raises(ValueError, match=r'`out_indices` names a stage '
+                       rf'twice: .* is stages {re.escape(str(stages))}'):
+        PeLK(SMALL_ARCH, out_indices=out_indices)
+
+
+def test_unknown_backbone_key_is_named_with_the_allowed_ones():
+    with pytest.raises(TypeError) as info:
+        PeLK(SMALL_ARCH, drop_path=0.1)  # drop_path_rate
+    message = str(info.value)
+    assert "does not take the key(s) ['drop_path']" in message
+    assert 'drop_path_rate' in message and '_delete_=True' in message
+
+
+@pytest.mark.parametrize('arch,key', [
+    (dict(SMALL_ARCH, mlp_ratio=4), "unknown key\\(s\\) \\['mlp_ratio'\\]"),
+    (dict(SMALL_ARCH, channels=[16, 24, 32]), 'channels has 3'),
+    (dict(SMALL_ARCH, kernel_sizes=[11, 7, 5]), 'kernel_sizes has 3'),
+    (dict(SMALL_ARCH, center_sizes=[3, 3]), 'center_sizes has 2'),
+    (dict(SMALL_ARCH, depths=4), 'depths must be a non-empty list of ints'),
+    (dict(SMALL_ARCH, channels=[16, 24, 32, 40.5]),
+     'channels must be a non-empty list of ints'),
+])
+def test_arch_dict_keys_and_stage_lists(arch, key):
+    with pytest.raises(ValueError, match=f'`arch` .*{key}'):
+        PeLK(arch)
+
+
+def test_norm_cfg_that_is_not_a_layer_norm():
+    # e.g. the SyncBN of a ResNet base config merged into PeLK's dict
+    with pytest.raises(ValueError, match='`norm_cfg` must build a channel '
+                       "LayerNorm \\(type='LN2d'\\)"):
+        PeLK(SMALL_ARCH, norm_cfg=dict(type='SyncBN', requires_grad=True))
+
+
+# -------------------------------------------- bad inputs, second round: data
+def test_wrong_channel_count_and_rank():
+    model = small_pelk()
+    for shape in [(2, 1, 32, 32), (2, 4, 32, 32), (3, 32, 32)]:
+        with pytest.raises(
+                ValueError,
+                match=r'PeLK takes images \(N, in_channels=3, H, W\), got a '
+                rf'tensor of shape {re.escape(str(shape))}'):
+            model(torch.randn(*shape))
+
+
+def test_integer_images():
+    with pytest.raises(TypeError, match='floating-point images, got '
+                       'torch.uint8'):
+        small_pelk()(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+
+
+def test_empty_batch_gives_empty_outputs():
+    model = small_pelk(out_indices=(0, 3)).eval()
+    outs = model(torch.randn(0, 3, 64, 64))
+    assert [tuple(o.shape) for o in outs] == [(0, 16, 16, 16), (0, 40, 2, 2)]
+
+
+@pytest.mark.parametrize('layout', ['channels_last', 'transposed', 'strided'])
+def test_channels_last_and_non_contiguous_inputs_give_the_same_outputs(
+        layout):
+    model = small_pelk(out_indices=(0, 1, 2, 3)).eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    if layout == 'channels_last':
+        y = x.contiguous(memory_format=torch.channels_last)
+    elif layout == 'transposed':
+        y = x.transpose(-1, -2).contiguous().transpose(-1, -2)
+    else:
+        y = torch.zeros(2, 3, 64, 128)[..., ::2]
+        y.copy_(x)
+    assert not y.is_contiguous()
+    with torch.no_grad():
+        for a, b in zip(model(y), model(x)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_half_precision_on_cpu():
+    """A half model on half CPU inputs: float16 outputs within float16
+    round-off of the float32 model's."""
+    model = small_pelk(out_indices=(0, 3)).eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = model(x)
+        outs = model.half()(x.half())
+    for out, r in zip(outs, ref):
+        assert out.dtype == torch.float16
+        torch.testing.assert_close(out.float(), r, rtol=2e-2, atol=2e-2)

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 import pelk_mm  # noqa: F401  (registers PeLK, the hook, checkpoint compat)
 from pelk_mm import PeLK
 from pelk_mm.engine import PeLKArchMetaHook
-from pelk_mm.models.builder import build_model, load_config
+from pelk_mm.mm.builder import build_model, load_config
 from pelk_mm.models.checkpoint_meta import (ARCH_META_KEY,
                                             PeLKCheckpointMismatch,
                                             add_arch_meta, infer_arch)

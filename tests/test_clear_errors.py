@@ -13,7 +13,7 @@ import pelk_mm  # noqa: F401  (patches mmengine's checkpoint loaders)
 from pelk_mm import PeLK
 from pelk_mm.engine import UnreadableCheckpoint
 from pelk_mm.engine.compat import TORCH_LOAD_WEIGHTS_ONLY_BY_DEFAULT
-from pelk_mm.models import load_backbone
+from pelk_mm import load_backbone
 
 ARCH = dict(
     depths=[1, 1, 1, 1],

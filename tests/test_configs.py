@@ -7,7 +7,7 @@ from mmengine.optim import build_optim_wrapper
 from mmengine.registry import HOOKS
 
 from pelk_mm import PeLK, PeLKLearningRateDecayOptimizerConstructor
-from pelk_mm.models.builder import build_model, load_config
+from pelk_mm.mm.builder import build_model, load_config
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = sorted(

@@ -79,7 +79,7 @@ custom_hooks = [
 # The untrained model as tools/demo.sh saves it.
 UNTRAINED = """
 import sys
-from pelk_mm.models.builder import save_initial_checkpoint
+from pelk_mm.mm.builder import save_initial_checkpoint
 save_initial_checkpoint(sys.argv[1], sys.argv[2], seed=0)
 """
 

@@ -10,14 +10,17 @@ import pytest
 import torch
 
 from pelk_mm import PeLK, PeripheralConv2d
-from pelk_mm.models.builder import build_model
+from pelk_mm.mm.builder import build_model
 from pelk_mm.models.checkpoint_meta import (ARCH_META_KEY,
                                             PeLKCheckpointMismatch)
-from pelk_mm.models.deploy import (compare_outputs, load_strictly,
-                                   tensor_outputs)
+from pelk_mm.models.deploy import load_strictly
 from pelk_mm.models.pelk import PeLKBlock
 from pelk_mm.ops.boxsum_conv import BoxSumPeripheralConv2d
 from helpers import ROOT, SMALL_ARCH, load_tool
+
+_OUTPUTS = load_tool('deployment/output_comparison.py')
+compare_outputs, tensor_outputs = (_OUTPUTS.compare_outputs,
+                                   _OUTPUTS.tensor_outputs)
 
 KWARGS = dict(
     arch=SMALL_ARCH, out_indices=(0, 1, 2, 3), gap_before_final_norm=False)

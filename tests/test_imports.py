@@ -1,5 +1,6 @@
-"""What ``import pelk_mm`` needs and does: torch alone for the operator, the
-OpenMMLab registrations when mmengine is installed, nothing demo-related.
+"""What ``import pelk_mm`` needs and does: torch alone for the operator and
+the network (``pelk_mm.models``), the OpenMMLab registrations when mmengine is
+installed, nothing demo-related.
 
 Each case runs in a fresh interpreter. ``tests/torch_only/sitecustomize.py``
 hides installed packages from it: the installed OpenMMLab stack looks absent.
@@ -124,12 +125,43 @@ def test_broken_openmmlab_install_is_not_hidden():
     assert "ModuleNotFoundError: No module named 'mmcv'" in proc.stderr
 
 
+def test_network_with_torch_alone():
+    """``import pelk_mm.models``: build, initialise, deploy a PeLK."""
+    code = '\n'.join([
+        'import torch',
+        'from pelk_mm.models import PeLK',
+        'torch.manual_seed(0)',
+        'arch = dict(depths=[1, 1], channels=[16, 24], kernel_sizes=[9, 5],',
+        '            center_sizes=3)',
+        'net = PeLK(arch, out_indices=(0, 1), drop_path_rate=0.1).eval()',
+        'net.init_weights()',
+        'x = torch.randn(2, 3, 32, 32)',
+        'ref = net(x)',
+        'assert [tuple(o.shape) for o in ref] == [(2, 16, 8, 8), (2, 24, 4, 4)]',
+        'net.switch_to_deploy()',
+        'for a, b in zip(net(x), ref):',
+        '    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)',
+        loaded(MM_AND_PIL),
+    ])
+    proc = run_python(code, hide=MM_AND_PIL)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.splitlines()[-1]) == []
+
+
 def test_readme_plain_pytorch_example():
-    """The README's plain-PyTorch block runs with torch alone."""
+    """The README's plain-PyTorch block trains a PeLK classifier for a step
+    with torch alone."""
     with open(osp.join(ROOT, 'README.md')) as f:
         blocks = re.findall(r'```python\n(.*?)```', f.read(), re.S)
-    example = [b for b in blocks if 'class PeLKStyleBlock' in b]
+    example = [b for b in blocks if 'class PeLKClassifier' in b]
     assert len(example) == 1
-    proc = run_python(example[0] + '\n' + loaded(MM_AND_PIL), hide=MM_AND_PIL)
+    stepped = '\n'.join([
+        'assert torch.isfinite(loss)',
+        '# the step reached every parameter, positional embeddings included',
+        'assert len(optimizer.state) == len(params) > 0',
+        'assert all(s["step"] == 1 for s in optimizer.state.values())',
+    ])
+    proc = run_python(example[0] + '\n' + stepped + '\n' + loaded(MM_AND_PIL),
+                      hide=MM_AND_PIL)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.splitlines()[-1]) == []

@@ -11,7 +11,7 @@ from mmengine.optim import build_optim_wrapper
 from torch import nn
 
 from pelk_mm import PeLK
-from pelk_mm.models.builder import build_model, load_config
+from pelk_mm.mm.builder import build_model, load_config
 
 BASE_LR, BASE_WD, DECAY = 1e-3, 0.05, 0.5
 

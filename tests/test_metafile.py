@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from pelk_mm import PeLK
-from pelk_mm.models.builder import build_model
+from pelk_mm.mm.builder import build_model
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 

@@ -3,7 +3,8 @@
 ``gap_before_final_norm=None`` (the default) pools only when ``out_indices``
 is the last stage alone (mmpretrain-style classification); an explicit value
 wins. PeLK then drops into mmseg's and mmdet's own ResNet-50 base configs with
-only ``type``, ``arch`` and ``out_indices`` (plus what any backbone swap needs:
+``_delete_=True``, ``type``, ``arch`` and ``out_indices`` (plus what any
+backbone swap needs:
 the head / neck input channels, and ``pretrained=None`` in mmseg's, whose
 model-level ``pretrained`` names the ResNet checkpoint), and a forward + loss
 + backward runs.
@@ -14,7 +15,7 @@ from mmengine.config import Config
 
 import pelk_mm  # noqa: F401
 from pelk_mm import PeLK
-from pelk_mm.models.builder import build_model
+from pelk_mm.mm.builder import build_model
 from helpers import ARCH21
 
 

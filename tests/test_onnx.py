@@ -19,9 +19,12 @@ import pytest
 import torch
 
 from pelk_mm import PeLK, PeripheralConv2d
-from pelk_mm.models.builder import build_model
-from pelk_mm.models.deploy import compare_outputs, tensor_outputs
+from pelk_mm.mm.builder import build_model
 from helpers import ROOT, load_tool
+
+_OUTPUTS = load_tool('deployment/output_comparison.py')
+compare_outputs, tensor_outputs = (_OUTPUTS.compare_outputs,
+                                   _OUTPUTS.tensor_outputs)
 
 pytestmark = pytest.mark.slow
 

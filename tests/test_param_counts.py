@@ -17,7 +17,7 @@ import torch
 from mmengine.registry import MODELS, init_default_scope
 
 from pelk_mm import SparsityMasks, count_parameters
-from pelk_mm.models.builder import build_model
+from pelk_mm.mm.builder import build_model
 from pelk_mm.sparsity.densities import densities_to_counts, uniform_densities
 from pelk_mm.sparsity.masks import select_parameters
 from helpers import SMALL_ARCH

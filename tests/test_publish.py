@@ -31,7 +31,7 @@ from mmengine.runner import CheckpointLoader, Runner
 
 from pelk_mm import PeLK
 from pelk_mm.demo import make_ade20k_demo
-from pelk_mm.models.builder import load_config
+from pelk_mm.mm.builder import load_config
 from helpers import ROOT, load_tool
 
 pytestmark = pytest.mark.slow

@@ -11,8 +11,8 @@ from mmengine.config import Config
 
 import pelk_mm  # noqa: F401
 from pelk_mm import PeLK
-from pelk_mm.models import PeLKCheckpointMismatch, load_backbone
-from pelk_mm.models.builder import (build_model, load_config,
+from pelk_mm import PeLKCheckpointMismatch, load_backbone
+from pelk_mm.mm.builder import (build_model, load_config,
                                     save_initial_checkpoint)
 from pelk_mm.models.checkpoint_meta import ARCH_META_KEY
 from pelk_mm.sparsity.masks import SparsityMasks, layer_group
@@ -92,6 +92,22 @@ def test_no_import_cycle_in_pelk_mm():
     for module in sorted(graph):
         if module not in state:
             visit(module, [])
+
+
+def test_pelk_mm_does_not_import_tools():
+    """Tools import pelk_mm, never the reverse (tools/ is not installed)."""
+    for folder, _, names in __import__('os').walk(osp.join(ROOT, 'pelk_mm')):
+        for name in names:
+            if name.endswith('.py'):
+                tree = ast.parse(open(osp.join(folder, name)).read())
+                for node in ast.walk(tree):
+                    modules = ([a.name for a in node.names] if isinstance(
+                        node, ast.Import) else [node.module or ''] if
+                               isinstance(node, ast.ImportFrom) else [])
+                    assert not any(
+                        m.split('.')[0] in ('tools', 'launch_utils',
+                                            'output_comparison')
+                        for m in modules), osp.join(folder, name)
 
 
 # ------------------------------------------------- the backbone's layout

@@ -73,7 +73,7 @@ def test_train_without_backbone_checkpoint_stops_at_once(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, 'argv', shlex.split(scratch)[1:])
     args = train_tool.get_args()
-    cfg = train_tool.merge_args(launch_utils.load_config(args), args)
+    cfg = train_tool.merge_args(launch_utils.config_from_args(args), args)
     assert cfg.model.backbone.init_cfg is None
     assert cfg.model.backbone.arch == 'tiny'
     launch_utils.check_checkpoints(cfg)  # no SystemExit
@@ -142,7 +142,7 @@ def test_check_checkpoints(tmp_path, monkeypatch, capsys, tools_path):
 def test_train_resume_missing_checkpoint(tmp_path, monkeypatch, capsys,
                                          tools_path):
     """``--resume CKPT`` sets load_from; a missing CKPT stops the run."""
-    from launch_utils import check_checkpoints, load_config
+    from launch_utils import check_checkpoints, config_from_args
     train_tool = load_tool('train.py')
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, 'argv', [
@@ -150,7 +150,7 @@ def test_train_resume_missing_checkpoint(tmp_path, monkeypatch, capsys,
         'model.backbone.init_cfg=None'
     ])
     args = train_tool.get_args()
-    cfg = train_tool.merge_args(load_config(args), args)
+    cfg = train_tool.merge_args(config_from_args(args), args)
     assert cfg.resume is True and cfg.load_from == 'gone.pth'
     with pytest.raises(SystemExit) as error:
         check_checkpoints(cfg)

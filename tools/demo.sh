@@ -61,7 +61,7 @@ echo "== [3/4] testing the trained checkpoint $TRAINED"
 echo "== [4/4] testing the untrained model (same config, initial weights)"
 UNTRAINED="$WORK_DIR/untrained.pth"
 "$PYTHON" -c 'import sys
-from pelk_mm.models.builder import save_initial_checkpoint
+from pelk_mm.mm.builder import save_initial_checkpoint
 save_initial_checkpoint(sys.argv[1], sys.argv[2], seed=0)' "$CONFIG" "$UNTRAINED"
 "$PYTHON" tools/test.py "$CONFIG" "$UNTRAINED" --work-dir "$WORK_DIR/test_untrained"
 

@@ -3,7 +3,8 @@ loading, the checkpoint checks, distributed runs on hosts without CUDA and the
 Runner building.
 
 A tool is ``parser = make_parser(...)``, its own arguments,
-``args = parse_args(parser)``, ``cfg = load_config(args)``, its own changes to
+``args = parse_args(parser)``, ``cfg = config_from_args(args)``, its own
+changes to
 ``cfg``, ``check_checkpoints(cfg)`` (training; tools/test.py checks its
 CHECKPOINT argument), then ``build_runner(cfg)``.
 """
@@ -19,6 +20,8 @@ import torch
 import torch.distributed as dist
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
+
+from pelk_mm.mm.builder import load_config
 
 LIBRARIES = ('mmseg', 'mmdet', 'mmpretrain')
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -55,13 +58,11 @@ def parse_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
     return args
 
 
-def load_config(args: argparse.Namespace) -> Config:
-    """The config file with ``--launcher``, ``--cfg-options`` and the work
-    dir applied."""
-    cfg = Config.fromfile(args.config)
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The config of ``CONFIG`` (:func:`pelk_mm.mm.builder.load_config`) with
+    ``--cfg-options``, ``--launcher`` and the work dir applied."""
+    cfg = load_config(args.config, args.cfg_options)
     cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
     set_work_dir(cfg, args.work_dir, args.config)
     return cfg
 

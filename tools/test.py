@@ -12,7 +12,8 @@ config's visualization hook; ``--tta`` wraps the model in the config's
 saved as json in the work dir.
 """
 from launch_utils import (build_runner, exit_with_error, is_missing_local_file,
-                          library_of, load_config, make_parser, parse_args)
+                          library_of, config_from_args, make_parser,
+                          parse_args)
 from mmengine.config import ConfigDict
 
 import pelk_mm  # noqa: F401  (registers PeLK and the torch>=2.6 load fixes)
@@ -97,7 +98,7 @@ def add_dump_metric(runner, out, library):
 
 def main():
     args = get_args()
-    cfg = merge_args(load_config(args), args)
+    cfg = merge_args(config_from_args(args), args)
     library = library_of(cfg)
     runner = build_runner(cfg)
     if args.out is not None and library != 'mmseg':

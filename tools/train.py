@@ -14,7 +14,7 @@ import logging
 from copy import deepcopy
 
 from launch_utils import (build_runner, check_checkpoints, library_of,
-                          load_config, make_parser, parse_args)
+                          config_from_args, make_parser, parse_args)
 from mmengine.config import ConfigDict
 from mmengine.logging import print_log
 
@@ -82,7 +82,7 @@ def merge_args(cfg, args):
 
 def main():
     args = get_args()
-    cfg = merge_args(load_config(args), args)
+    cfg = merge_args(config_from_args(args), args)
     check_checkpoints(cfg)
     build_runner(cfg).train()
 

@@ -52,6 +52,11 @@ ARCH_SETTINGS: Dict[str, dict] = {
 }
 
 
+#: The keys of an ``arch`` dict (see :func:`parse_arch`).
+ARCH_KEYS = ('depths', 'channels', 'kernel_sizes', 'center_sizes', 'base',
+             'grids')
+
+
 def parse_arch(arch: Union[str, dict]) -> Dict[str, list]:
     """Resolve ``arch`` to depths, channels and one grid per stage.
 
@@ -68,7 +73,8 @@ def parse_arch(arch: Union[str, dict]) -> Dict[str, list]:
         tuples, see :func:`pelk_mm.sharing_grid`).
 
     Raises:
-        ValueError: an unknown name, missing or inconsistent keys.
+        ValueError: an unknown name, missing, unknown or inconsistent keys,
+            lists that are not one entry per stage.
     """
     if isinstance(arch, str):
         if arch not in ARCH_SETTINGS:
@@ -85,11 +91,15 @@ def parse_arch(arch: Union[str, dict]) -> Dict[str, list]:
             '`arch` dict needs keys depths, channels and kernel_sizes '
             f'(with optional center_sizes, base) or grids, got '
             f'{sorted(arch)}')
-    num_stages = len(arch['depths'])
-    if len(arch['channels']) != num_stages:
-        raise ValueError('`arch` depths and channels must have the same '
-                         f'length, got {arch["depths"]} and '
-                         f'{arch["channels"]}')
+    unknown = set(arch) - set(ARCH_KEYS)
+    if unknown:
+        raise ValueError(f'`arch` dict has unknown key(s) {sorted(unknown)}; '
+                         f'its keys are {list(ARCH_KEYS)}')
+    num_stages = _int_list(arch, 'depths')
+    for key in ('channels', 'kernel_sizes', 'center_sizes', 'grids'):
+        if key in arch and not (key == 'center_sizes'
+                                and isinstance(arch[key], int)):
+            _int_list(arch, key, num_stages, ints=key != 'grids')
     if 'grids' in arch:
         grids = [check_grid(g) for g in arch['grids']]
         if 'kernel_sizes' in arch and list(
@@ -104,10 +114,27 @@ def parse_arch(arch: Union[str, dict]) -> Dict[str, list]:
             sharing_grid(k, c, arch.get('base', 2))
             for k, c in zip(arch['kernel_sizes'], centers)
         ]
-    if len(grids) != num_stages:
-        raise ValueError(f'`arch` needs one kernel size / grid per stage '
-                         f'({num_stages}), got {len(grids)}')
     return dict(depths=arch['depths'], channels=arch['channels'], grids=grids)
+
+
+def _int_list(arch: dict,
+              key: str,
+              length: Optional[int] = None,
+              ints: bool = True) -> int:
+    """Check that ``arch[key]`` is a list / tuple (of ints with ``ints``) of
+    ``length`` items (any length >= 1 without it); return its length."""
+    value = arch[key]
+    if not isinstance(value, (list, tuple)) or not value or (ints and not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value)):
+        raise ValueError(f'`arch` {key} must be a non-empty list of '
+                         f'{"ints" if ints else "grids"}, one per stage, got '
+                         f'{value!r}')
+    if length is not None and len(value) != length:
+        raise ValueError(
+            f'`arch` needs one entry per stage in each list: depths has '
+            f'{length} ({list(arch["depths"])}), {key} has {len(value)} '
+            f'({list(value)})')
+    return len(value)
 
 
 def arch_name(record: dict) -> Optional[str]:

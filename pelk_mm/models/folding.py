@@ -35,16 +35,7 @@ def check_deploy_mode(deploy_mode: str) -> str:
     return deploy_mode
 
 
-def deployed_conv(channels: int, grid: Sequence[int],
-                  deploy_mode: str) -> nn.Module:
-    """The deployed token mixer of ``deploy_mode``, with a bias.
-
-    ``'structured'``: :class:`BoxSumPeripheralConv2d`, compact weights
-    ``(channels, 1, k', k')``; ``'dense'``: a depthwise ``K x K``
-    ``nn.Conv2d``, weights ``(channels, 1, K, K)``, zero padding ``K // 2``.
-    """
-    if check_deploy_mode(deploy_mode) == 'structured':
-        return BoxSumPeripheralConv2d(channels, grid)
+def _dense_conv(channels: int, grid: Sequence[int]) -> nn.Conv2d:
     kernel_size = sum(grid)
     return nn.Conv2d(
         channels,
@@ -53,6 +44,27 @@ def deployed_conv(channels: int, grid: Sequence[int],
         padding=kernel_size // 2,
         groups=channels,
         bias=True)
+
+
+#: The module of each deploy form, ``(channels, grid) -> module``.
+_DEPLOYED_CONVS = dict(structured=BoxSumPeripheralConv2d, dense=_dense_conv)
+
+
+def deployed_conv(channels: int, grid: Sequence[int],
+                  deploy_mode: str) -> nn.Module:
+    """The deployed token mixer of ``deploy_mode``, with a bias.
+
+    ``'structured'``: :class:`BoxSumPeripheralConv2d`, compact weights
+    ``(channels, 1, k', k')``; ``'dense'``: a depthwise ``K x K``
+    ``nn.Conv2d``, weights ``(channels, 1, K, K)``, zero padding ``K // 2``.
+
+    Args:
+        channels (int): The number of channels.
+        grid (Sequence[int]): The sharing grid, summing to ``K``.
+        deploy_mode (str): One of :data:`DEPLOY_MODES`, as
+            :func:`check_deploy_mode` returns it.
+    """
+    return _DEPLOYED_CONVS[deploy_mode](channels, grid)
 
 
 @torch.no_grad()
@@ -70,8 +82,9 @@ def fold_peripheral_conv(conv: PeripheralConv2d,
         conv (PeripheralConv2d): The conv to fold (with a bias).
         pos_embed (Tensor, optional): Its positional embedding ``h``
             ``(channels, K, K)``.
-        deploy_mode (str): One of :data:`DEPLOY_MODES`.
-            Defaults to ``'structured'``.
+        deploy_mode (str): One of :data:`DEPLOY_MODES`, as
+            :func:`check_deploy_mode` returns it. Defaults to
+            ``'structured'``.
 
     Returns:
         nn.Module: On ``conv``'s device and dtype.

@@ -1,42 +1,47 @@
-"""PeLK backbone: ConvNeXt frame with partial peripheral convolutions.
+"""The PeLK network in plain PyTorch: ConvNeXt with partial peripheral
+convolutions.
 
 `PeLK: Parameter-efficient Large Kernel ConvNets with Peripheral Convolution
 <https://arxiv.org/abs/2403.07589>`_ (CVPR 2024). Modelled on mmpretrain's
 ``ConvNeXt`` (same stem, downsampling, block, ``out_indices``,
-``gap_before_final_norm``, ``frozen_stages``, ``with_cp``, ``init_cfg`` and
-``get_layer_depth``), with the depthwise 7x7 conv replaced by a partial
-peripheral conv of a large kernel and one kernel-wise positional embedding
-per stage.
+``gap_before_final_norm``, ``frozen_stages``, ``with_cp``), with the
+depthwise 7x7 conv replaced by a partial peripheral conv of a large kernel
+and one kernel-wise positional embedding per stage. Needs torch alone; the
+OpenMMLab backbone (registry, ``init_cfg``, checkpoint checks) is
+:class:`pelk_mm.mm.PeLK`, a subclass.
 """
+from functools import partial
 from itertools import chain
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.utils.checkpoint as cp
-from mmcv.cnn import build_activation_layer
-from mmcv.cnn.bricks import DropPath
-from mmengine.model import BaseModule, ModuleList
-from mmengine.model.weight_init import trunc_normal_
-from mmengine.registry import MODELS
-from mmpretrain.models.utils import build_norm_layer
 from torch import Tensor
+from torch.nn.init import trunc_normal_
 
 from ..ops import PeripheralConv2d
 from ..ops.peripheral_conv import check_pos_embed_mode
 from .arch import ARCH_SETTINGS, parse_arch
-from .checkpoint_loading import is_pretrained, load_pretrained
-from .checkpoint_meta import ArchRecordMixin
 from .folding import check_deploy_mode, deployed_conv, fold_peripheral_conv
+from .layers import DropPath, LayerNorm2d
 from .param_groups import ParamGroupsMixin
 
+#: Builds a norm layer for ``C`` channels: ``norm_layer(C)``.
+NormLayer = Callable[[int], nn.Module]
+#: Builds the MLP activation: ``act_layer()``.
+ActLayer = Callable[[], nn.Module]
 
-class PeLKBlock(BaseModule):
+
+class PeLKBlock(nn.Module):
     """ConvNeXt block whose token mixer is a partial peripheral conv.
 
     ``x -> [PeripheralConv2d on the first g channels | identity on the rest]
     -> LayerNorm -> Linear(C, 4C) -> GELU -> Linear(4C, C) -> layer scale
     -> DropPath -> + x``, with ``g = int(C * conv_ratio)``.
+
+    Built by :class:`PeLK`, which checks the settings; the block passes them
+    on as given.
 
     Args:
         in_channels (int): Number of channels ``C``.
@@ -44,35 +49,35 @@ class PeLKBlock(BaseModule):
             the kernel size ``K``.
         conv_ratio (float): Fraction of the channels that go through the
             peripheral conv (Inception-style partial conv). Defaults to 3/8.
-        norm_cfg (dict): Config of the norm layer.
-            Defaults to ``dict(type='LN2d', eps=1e-6)``.
-        act_cfg (dict): Config of the MLP activation.
-            Defaults to ``dict(type='GELU')``.
+        norm_layer (callable): ``norm_layer(C)`` builds the norm, a
+            :class:`~pelk_mm.models.layers.LayerNorm2d`-like module taking
+            ``data_format='channel_last'``. Defaults to
+            ``LayerNorm2d(C, eps=1e-6)``.
+        act_layer (callable): ``act_layer()`` builds the MLP activation.
+            Defaults to ``nn.GELU``.
         mlp_ratio (float): Expansion ratio of the MLP. Defaults to 4.
         drop_path_rate (float): Stochastic depth rate. Defaults to 0.
         layer_scale_init_value (float): Initial value of the layer scale
             ``gamma``; 0 disables it. Defaults to 1e-6.
         impl (str): Implementation of the peripheral conv (see
             :class:`pelk_mm.PeripheralConv2d`). Defaults to ``'auto'``.
-        pos_embed_mode (str): Where the positional embedding is added,
-            ``'literal'`` (every tap) or ``'in_image'`` (taps inside the
-            image), see :func:`pelk_mm.peripheral_conv2d`. Defaults to
-            ``'literal'``.
+        pos_embed_mode (str): Where the positional embedding is added, one of
+            :data:`pelk_mm.POS_EMBED_MODES` (see
+            :func:`pelk_mm.peripheral_conv2d`). Defaults to ``'literal'``.
         with_cp (bool): Use gradient checkpointing. Defaults to False.
         deploy (bool): Build the token mixer in its deployed form, the
             module that :meth:`switch_to_deploy` gives. Defaults to False.
         deploy_mode (str): Which deployed form, one of
             :data:`~.folding.DEPLOY_MODES` (see :func:`deployed_conv`).
             Defaults to ``'structured'``.
-        init_cfg (dict, optional): Initialization config. Defaults to None.
     """
 
     def __init__(self,
                  in_channels: int,
                  grid: Sequence[int],
                  conv_ratio: float = 3 / 8,
-                 norm_cfg: dict = dict(type='LN2d', eps=1e-6),
-                 act_cfg: dict = dict(type='GELU'),
+                 norm_layer: NormLayer = partial(LayerNorm2d, eps=1e-6),
+                 act_layer: ActLayer = nn.GELU,
                  mlp_ratio: float = 4.,
                  drop_path_rate: float = 0.,
                  layer_scale_init_value: float = 1e-6,
@@ -80,12 +85,10 @@ class PeLKBlock(BaseModule):
                  pos_embed_mode: str = 'literal',
                  with_cp: bool = False,
                  deploy: bool = False,
-                 deploy_mode: str = 'structured',
-                 init_cfg: Optional[dict] = None):
-        super().__init__(init_cfg=init_cfg)
+                 deploy_mode: str = 'structured'):
+        super().__init__()
         self.with_cp = with_cp
         self.conv_channels = int(in_channels * conv_ratio)
-        self.pos_embed_mode = pos_embed_mode
         if deploy:
             self.peripheral_conv = deployed_conv(self.conv_channels, grid,
                                                  deploy_mode)
@@ -97,10 +100,10 @@ class PeLKBlock(BaseModule):
                 bias=True,
                 impl=impl,
                 pos_embed_mode=pos_embed_mode)
-        self.norm = build_norm_layer(norm_cfg, in_channels)
+        self.norm = norm_layer(in_channels)
         mid_channels = int(mlp_ratio * in_channels)
         self.pointwise_conv1 = nn.Linear(in_channels, mid_channels)
-        self.act = build_activation_layer(act_cfg)
+        self.act = act_layer()
         self.pointwise_conv2 = nn.Linear(mid_channels, in_channels)
         self.gamma = nn.Parameter(
             layer_scale_init_value *
@@ -162,9 +165,8 @@ class PeLKBlock(BaseModule):
                                                     pos_embed, deploy_mode)
 
 
-@MODELS.register_module()
-class PeLK(ArchRecordMixin, ParamGroupsMixin, BaseModule):
-    """PeLK backbone.
+class PeLK(ParamGroupsMixin, nn.Module):
+    """The PeLK network (backbone), in plain PyTorch.
 
     A ConvNeXt whose depthwise convolutions are partial peripheral
     convolutions of large kernels (Eq. 1-2) with a kernel-wise positional
@@ -188,7 +190,10 @@ class PeLK(ArchRecordMixin, ParamGroupsMixin, BaseModule):
     - ``norm{i}`` for each ``i`` in ``out_indices``.
 
     The norms are LayerNorms (no running statistics), so there is no
-    ``norm_eval`` switch.
+    ``norm_eval`` switch. Parameter names map to stages and blocks through
+    :meth:`locate` (see :mod:`pelk_mm.models.param_groups`). The weights are
+    those of the layers' constructors (positional embeddings zero) until
+    :meth:`init_weights`.
 
     Args:
         arch (str | dict): A key of ``PeLK.arch_settings`` ('tiny',
@@ -202,16 +207,18 @@ class PeLK(ArchRecordMixin, ParamGroupsMixin, BaseModule):
             ``(0, 1]``. Defaults to 3/8.
         pos_embed (bool): Whether to use the kernel-wise positional
             embedding. Defaults to True.
-        norm_cfg (dict): Config of the norm layers.
-            Defaults to ``dict(type='LN2d', eps=1e-6)``.
-        act_cfg (dict): Config of the MLP activation.
-            Defaults to ``dict(type='GELU')``.
+        norm_layer (callable): ``norm_layer(C)`` builds every norm layer.
+            Defaults to ``LayerNorm2d(C, eps=1e-6)``
+            (:class:`~pelk_mm.models.layers.LayerNorm2d`).
+        act_layer (callable): ``act_layer()`` builds the MLP activation.
+            Defaults to ``nn.GELU``.
         drop_path_rate (float): Stochastic depth rate of the last block, in
             ``[0, 1)``; it rises linearly from 0 at the first block.
             Defaults to 0.
         layer_scale_init_value (float): Init value of the layer scale.
             Defaults to 1e-6.
-        out_indices (Sequence[int] | int): Output from which stages.
+        out_indices (Sequence[int] | int): Output from which stages, each
+            in ``[-num_stages, num_stages)``, no stage twice.
             Defaults to -1 (the last stage).
         frozen_stages (int): Number of stages (with their downsampling layer
             and positional embedding) to freeze. Defaults to 0.
@@ -234,9 +241,8 @@ class PeLK(ArchRecordMixin, ParamGroupsMixin, BaseModule):
             modules and state-dict keys that :meth:`switch_to_deploy` leaves
             (the token mixers of ``deploy_mode``, the positional-embedding
             term in their bias, no ``pos_embeds``), so that a deployed
-            checkpoint loads through ``init_cfg`` / ``load_from`` with the
-            config override ``model.backbone.deploy=True``. Only for the
-            literal positional-embedding reading. Defaults to False.
+            checkpoint loads. Only for the literal positional-embedding
+            reading. Defaults to False.
         deploy_mode (str): The deployed form that ``deploy=True`` builds and
             :meth:`switch_to_deploy` folds into, one of
             :data:`~.folding.DEPLOY_MODES`: ``'structured'`` keeps the compact
@@ -247,22 +253,15 @@ class PeLK(ArchRecordMixin, ParamGroupsMixin, BaseModule):
             need a single conv). Recorded in :meth:`arch_record`: a
             checkpoint of one form does not load into the other.
             Defaults to ``'structured'``.
-        init_cfg (dict | list[dict], optional): Initialization config,
-            applied by :meth:`init_weights`, where every initial value of the
-            backbone comes from (see there). ``Pretrained`` (with ``prefix``
-            for a classifier checkpoint, e.g. ``prefix='backbone.'``)
-            overwrites everything, strictly (see :meth:`init_weights`).
+
+    Raises:
+        ValueError: a setting outside its allowed values (the message names
+            it and them).
+        TypeError: a setting of the wrong type.
 
     Inputs must be at least :attr:`min_input_size` pixels high and wide
     (``stem_patch_size * 2 ** (num_stages - 1)``, 32 for the 4-stage archs),
     so that every downsampling layer has a 2x2 map to reduce.
-
-    Checkpoints: every state dict of a PeLK records :meth:`arch_record` in
-    its metadata, and loading one that does not fit raises
-    :class:`~pelk_mm.models.checkpoint_meta.PeLKCheckpointMismatch` (see
-    :mod:`pelk_mm.models.checkpoint_meta`). Parameter names map to stages
-    and blocks through :meth:`locate` (see
-    :mod:`pelk_mm.models.param_groups`).
     """
     arch_settings = ARCH_SETTINGS
 
@@ -272,8 +271,8 @@ class PeLK(ArchRecordMixin, ParamGroupsMixin, BaseModule):
                  stem_patch_size: int = 4,
                  conv_ratio: float = 3 / 8,
                  pos_embed: bool = True,
-                 norm_cfg: dict = dict(type='LN2d', eps=1e-6),
-                 act_cfg: dict = dict(type='GELU'),
+                 norm_layer: NormLayer = partial(LayerNorm2d, eps=1e-6),
+                 act_layer: ActLayer = nn.GELU,
                  drop_path_rate: float = 0.,
                  layer_scale_init_value: float = 1e-6,
                  out_indices: Union[int, Sequence[int]] = -1,
@@ -283,18 +282,13 @@ class PeLK(ArchRecordMixin, ParamGroupsMixin, BaseModule):
                  pos_embed_mode: str = 'literal',
                  with_cp: bool = False,
                  deploy: bool = False,
-                 deploy_mode: str = 'structured',
-                 init_cfg: Optional[Union[dict, List[dict]]] = [
-                     dict(
-                         type='TruncNormal',
-                         layer=['Conv2d', 'Linear', 'PeripheralConv2d'],
-                         std=.02,
-                         bias=0.),
-                     dict(
-                         type='Constant', layer=['LayerNorm'], val=1.,
-                         bias=0.),
-                 ]):
-        super().__init__(init_cfg=init_cfg)
+                 deploy_mode: str = 'structured'):
+        super().__init__()
+        _check_types(in_channels=in_channels, stem_patch_size=stem_patch_size,
+                     frozen_stages=frozen_stages, conv_ratio=conv_ratio,
+                     drop_path_rate=drop_path_rate,
+                     layer_scale_init_value=layer_scale_init_value,
+                     pos_embed=pos_embed, with_cp=with_cp, deploy=deploy)
         arch = parse_arch(arch)
         self.depths: List[int] = list(arch['depths'])
         self.channels: List[int] = list(arch['channels'])
@@ -335,7 +329,7 @@ class PeLK(ArchRecordMixin, ParamGroupsMixin, BaseModule):
         block_idx = 0
 
         # 4 downsample layers between stages, including the stem layer.
-        self.downsample_layers = ModuleList()
+        self.downsample_layers = nn.ModuleList()
         self.downsample_layers.append(
             nn.Sequential(
                 nn.Conv2d(
@@ -343,16 +337,16 @@ class PeLK(ArchRecordMixin, ParamGroupsMixin, BaseModule):
                     self.channels[0],
                     kernel_size=stem_patch_size,
                     stride=stem_patch_size),
-                build_norm_layer(norm_cfg, self.channels[0]),
+                norm_layer(self.channels[0]),
             ))
 
-        self.stages = ModuleList()
+        self.stages = nn.ModuleList()
         for i in range(self.num_stages):
             channels = self.channels[i]
             if i >= 1:
                 self.downsample_layers.append(
                     nn.Sequential(
-                        build_norm_layer(norm_cfg, self.channels[i - 1]),
+                        norm_layer(self.channels[i - 1]),
                         nn.Conv2d(
                             self.channels[i - 1],
                             channels,
@@ -360,25 +354,25 @@ class PeLK(ArchRecordMixin, ParamGroupsMixin, BaseModule):
                             stride=2),
                     ))
             self.stages.append(
-                ModuleList([
+                nn.ModuleList([
                     PeLKBlock(
                         in_channels=channels,
                         grid=self.grids[i],
                         conv_ratio=conv_ratio,
-                        norm_cfg=norm_cfg,
-                        act_cfg=act_cfg,
+                        norm_layer=norm_layer,
+                        act_layer=act_layer,
                         drop_path_rate=dpr[block_idx + j],
                         layer_scale_init_value=layer_scale_init_value,
                         impl=impl,
-                        pos_embed_mode=pos_embed_mode,
+                        pos_embed_mode=self.pos_embed_mode,
                         with_cp=with_cp,
                         deploy=deploy,
-                        deploy_mode=deploy_mode) for j in range(self.depths[i])
+                        deploy_mode=self.deploy_mode)
+                    for j in range(self.depths[i])
                 ]))
             block_idx += self.depths[i]
             if i in self.out_indices:
-                self.add_module(f'norm{i}',
-                                build_norm_layer(norm_cfg, channels))
+                self.add_module(f'norm{i}', norm_layer(channels))
 
         self.with_pos_embed = pos_embed
         if pos_embed and not deploy:  # drawn in init_weights
@@ -391,13 +385,23 @@ class PeLK(ArchRecordMixin, ParamGroupsMixin, BaseModule):
         self.deploy = deploy
         if deploy:
             self._check_deployable(pos_embed)
-        self._record_arch()
 
         self._freeze_stages()
 
     def _parse_out_indices(self, out_indices) -> List[int]:
-        if isinstance(out_indices, int):
+        """``out_indices`` as a list of stage indices in ``[0, num_stages)``.
+
+        Raises:
+            TypeError: not an int or a sequence of ints.
+            ValueError: an index out of range, or a stage named twice.
+        """
+        if isinstance(out_indices, int) and not isinstance(out_indices, bool):
             out_indices = [out_indices]
+        if not isinstance(out_indices, (list, tuple)) or not all(
+                isinstance(i, int) and not isinstance(i, bool)
+                for i in out_indices):
+            raise TypeError('`out_indices` must be an int or a list / tuple '
+                            f'of ints, got {out_indices!r}')
         parsed = []
         for index in out_indices:
             if not -self.num_stages <= index < self.num_stages:
@@ -405,6 +409,11 @@ class PeLK(ArchRecordMixin, ParamGroupsMixin, BaseModule):
                     f'`out_indices` must be in [-{self.num_stages}, '
                     f'{self.num_stages - 1}], got {list(out_indices)}')
             parsed.append(index % self.num_stages)
+        if len(set(parsed)) != len(parsed):
+            raise ValueError(
+                f'`out_indices` names a stage twice: {list(out_indices)} is '
+                f'stages {parsed}; give each stage in [0, '
+                f'{self.num_stages - 1}] at most once')
         return parsed
 
     def arch_record(self) -> dict:
@@ -439,49 +448,27 @@ class PeLK(ArchRecordMixin, ParamGroupsMixin, BaseModule):
             deploy_mode=str(self.deploy_mode) if self.deploy else None)
 
     def init_weights(self) -> None:
-        """Initialise the backbone: every initial value comes from here.
+        """Draw the initial weights of the paper (ConvNeXt's and SLaK's).
 
-        In this order:
-
-        1. ``init_cfg`` without its ``Pretrained`` entry; the default is
-           ConvNeXt's and SLaK's: trunc-normal std 0.02 for ``Conv2d``,
-           ``Linear`` and the compact ``PeripheralConv2d`` weights (SLaK's
-           dense kernels get std 0.02 per tap, which the compact weights
-           reproduce tap for tap), biases 0, LayerNorms 1 / 0;
-        2. the positional embeddings: trunc-normal std 0.02;
-        3. a ``Pretrained`` entry (``checkpoint``, optional ``prefix`` and
-           ``map_location``), loaded strictly by
-           :func:`~pelk_mm.models.checkpoint_loading.load_backbone`: the
-           keys under ``prefix`` are loaded with the checkpoint's arch
-           record, keys outside it are ignored, and one that does not fit
-           raises
-           :class:`~pelk_mm.models.checkpoint_meta.PeLKCheckpointMismatch`
-           before any weight is copied. Its positional embeddings replace
-           the drawn ones.
-
-        Until then the positional embeddings are zero. The standalone
-        :class:`~pelk_mm.PeripheralConv2d` keeps its own ``nn.Conv2d``-like
-        ``reset_parameters``, which this overwrites.
+        Trunc-normal std 0.02 for the weights of ``nn.Conv2d``,
+        ``nn.Linear`` and the compact ``PeripheralConv2d`` weights (SLaK's
+        dense kernels get std 0.02 per tap, which the compact weights
+        reproduce tap for tap), their biases 0, LayerNorms 1 / 0, in
+        :meth:`nn.Module.apply` order; then the positional embeddings
+        (:meth:`init_pos_embeds`). With the same seed this gives the weights
+        of :class:`pelk_mm.mm.PeLK`'s default ``init_cfg``.
         """
-        if self.is_init:  # mmengine warns about a second call and skips it
-            super().init_weights()
-            return
-        init_cfg = self.init_cfg
-        cfgs = init_cfg if isinstance(init_cfg, list) else [init_cfg]
-        pretrained = [c for c in cfgs if is_pretrained(c)]
-        self.init_cfg = [c for c in cfgs if c and not is_pretrained(c)]
-        try:
-            super().init_weights()
-        finally:
-            self.init_cfg = init_cfg
+        self.apply(_init_layer)
+        self.init_pos_embeds()
+
+    def init_pos_embeds(self) -> None:
+        """Draw the positional embeddings: trunc-normal std 0.02."""
         if self.pos_embeds is not None:
             for h in self.pos_embeds:
                 trunc_normal_(h, std=.02)
-        for cfg in pretrained:
-            load_pretrained(self, cfg)
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
-        """Forward images ``(N, 3, H, W)``.
+        """Forward images ``(N, in_channels, H, W)``.
 
         Returns:
             tuple[Tensor]: For each ``i`` in ``out_indices``, stage ``i``'s
@@ -489,17 +476,13 @@ class PeLK(ArchRecordMixin, ParamGroupsMixin, BaseModule):
             ``(N, C_i)`` with ``gap_before_final_norm``.
 
         Raises:
-            ValueError: ``H`` or ``W`` is below :attr:`min_input_size`.
+            TypeError: ``x`` is not floating-point.
+            ValueError: ``x`` is not 4-d with ``in_channels`` channels, or
+                ``H`` or ``W`` is below :attr:`min_input_size`.
         """
-        # (a traced export, e.g. ONNX, fixes the input size itself)
-        if not torch.jit.is_tracing() and min(
-                x.shape[-2:]) < self.min_input_size:
-            raise ValueError(
-                f'PeLK needs inputs of at least {self.min_input_size}x'
-                f'{self.min_input_size} pixels (stem patch '
-                f'{self.downsample_layers[0][0].kernel_size[0]}, then '
-                f'{self.num_stages - 1} halvings), got '
-                f'{tuple(x.shape[-2:])}')
+        # (a traced export, e.g. ONNX, fixes the input shape itself)
+        if not torch.jit.is_tracing():
+            self._check_input(x)
         outs = []
         for i, stage in enumerate(self.stages):
             x = self.downsample_layers[i](x)
@@ -514,6 +497,23 @@ class PeLK(ArchRecordMixin, ParamGroupsMixin, BaseModule):
                 else:
                     outs.append(norm_layer(x))
         return tuple(outs)
+
+    def _check_input(self, x: Tensor) -> None:
+        stem = self.downsample_layers[0][0]
+        if not x.is_floating_point():
+            raise TypeError(
+                f'PeLK takes floating-point images, got {x.dtype}: convert '
+                'and normalise them first (an mm data_preprocessor does)')
+        if x.dim() != 4 or x.shape[1] != stem.in_channels:
+            raise ValueError(
+                f'PeLK takes images (N, in_channels={stem.in_channels}, H, W)'
+                f', got a tensor of shape {tuple(x.shape)}')
+        if min(x.shape[-2:]) < self.min_input_size:
+            raise ValueError(
+                f'PeLK needs inputs of at least {self.min_input_size}x'
+                f'{self.min_input_size} pixels (stem patch '
+                f'{stem.kernel_size[0]}, then {self.num_stages - 1} '
+                f'halvings), got {tuple(x.shape[-2:])}')
 
     def _freeze_stages(self):
         for i in range(self.frozen_stages):
@@ -573,3 +573,42 @@ class PeLK(ArchRecordMixin, ParamGroupsMixin, BaseModule):
                 f'pos_embed_mode={mode!r}: its positional-embedding term '
                 'depends on the position in the map and on the map size, so '
                 'it cannot be folded into a conv bias')
+
+
+def _init_layer(module: nn.Module) -> None:
+    """One layer's part of :meth:`PeLK.init_weights`."""
+    if isinstance(module, (nn.Conv2d, nn.Linear, PeripheralConv2d)):
+        trunc_normal_(module.weight, std=.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+_TYPES = dict(
+    in_channels=(int, ),
+    stem_patch_size=(int, ),
+    frozen_stages=(int, ),
+    conv_ratio=(int, float),
+    drop_path_rate=(int, float),
+    layer_scale_init_value=(int, float),
+    pos_embed=(bool, ),
+    with_cp=(bool, ),
+    deploy=(bool, ))
+
+
+def _check_types(**settings) -> None:
+    """Refuse a setting of another type than :data:`_TYPES` allows (a bool
+    is not a number here, a float not an int).
+
+    Raises:
+        TypeError: naming the setting, its allowed and its given type.
+    """
+    for name, value in settings.items():
+        allowed = _TYPES[name]
+        is_bool = isinstance(value, bool)
+        if not isinstance(value, allowed) or (is_bool and bool not in allowed):
+            raise TypeError(
+                f'`{name}` must be {" or ".join(t.__name__ for t in allowed)}'
+                f', got {type(value).__name__} {value!r}')

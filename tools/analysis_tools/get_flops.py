@@ -36,7 +36,7 @@ from mmengine.logging import MMLogger
 
 import pelk_mm
 from pelk_mm import PeripheralConv2d, SparsityMasks, count_parameters
-from pelk_mm.models.builder import build_model, load_config
+from pelk_mm.mm.builder import build_model, load_config
 
 # Input (H, W) of the paper's FLOPs per library: ImageNet 224x224, UperNet
 # 2048x512, Cascade Mask R-CNN 1280x800.

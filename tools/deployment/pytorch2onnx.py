@@ -59,12 +59,14 @@ import torch.nn as nn
 from mmengine.config import DictAction
 
 import pelk_mm  # noqa: F401  (registers PeLK and the checkpoint loaders)
-from pelk_mm import PeLK
-from pelk_mm.models import load_backbone
-from pelk_mm.models.builder import build_model
-from pelk_mm.models.deploy import (check_deploy_form, compare_outputs,
-                                   deploy_modes, is_detector, load_strictly,
-                                   tensor_outputs)
+from pelk_mm import PeLK, load_backbone
+from pelk_mm.mm.builder import build_model
+from pelk_mm.models.deploy import (check_deploy_form, deploy_modes,
+                                   load_strictly)
+
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from output_comparison import (compare_outputs, is_detector,  # noqa: E402
+                               tensor_outputs)
 
 OPSET = 17
 

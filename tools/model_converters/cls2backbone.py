@@ -50,7 +50,7 @@ import pelk_mm  # noqa: F401  (registers the mmengine checkpoint classes)
 from pelk_mm import PeLK
 from pelk_mm.engine.compat import (TORCH_LOAD_WEIGHTS_ONLY_BY_DEFAULT,
                                    load_weights_only)
-from pelk_mm.models.builder import build_model, load_config
+from pelk_mm.mm.builder import build_model, load_config
 from pelk_mm.models.checkpoint_loading import backbone_state_dict
 from pelk_mm.models.checkpoint_meta import (add_arch_meta, check_state_dict,
                                             find_arch_record)

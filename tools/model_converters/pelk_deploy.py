@@ -30,17 +30,21 @@ the same config and ``--cfg-options model.backbone.deploy=True``
 ``tools/test.py``, ``tools/deployment/pytorch2onnx.py``.
 """
 import argparse
+import os.path as osp
 import sys
 
 import torch
 from mmengine.config import DictAction
 
 import pelk_mm  # noqa: F401  (registers PeLK and the checkpoint loaders)
-from pelk_mm.models.builder import build_model
+from pelk_mm.mm.builder import build_model
 from pelk_mm.models.checkpoint_meta import add_arch_meta
-from pelk_mm.models.deploy import (compare_outputs, deploy_modes,
-                                   load_strictly, peripheral_convs,
-                                   switch_to_deploy, tensor_outputs)
+from pelk_mm.models.deploy import (deploy_modes, load_strictly,
+                                   peripheral_convs, switch_to_deploy)
+
+sys.path.insert(
+    0, osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'deployment'))
+from output_comparison import compare_outputs, tensor_outputs  # noqa: E402
 
 
 def parse_args(argv=None):

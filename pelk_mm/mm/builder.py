@@ -1,4 +1,5 @@
-"""Config -> model: the one way the tools, benchmarks, demo and tests build.
+"""Config -> model: the one way the tools, benchmarks, demo and tests load
+configs and build their models.
 
 :func:`load_config` reads a config (a file, or a package config such as
 ``mmpretrain::convnext/convnext-tiny_32xb128_in1k.py``) and applies
