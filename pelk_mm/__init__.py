@@ -28,8 +28,5 @@ from .version import __version__  # noqa: F401
 if importlib.util.find_spec('mmengine') is not None:
     from .engine import *  # noqa: F401,F403
     from .mm import *  # noqa: F401,F403
-    from .models.checkpoint_loading import load_backbone  # noqa: F401
-    from .models.checkpoint_meta import (  # noqa: F401
-        PeLKCheckpointMismatch, add_arch_meta)
     from .models.pelk import PeLKBlock  # noqa: F401
     from .sparsity import *  # noqa: F401,F403

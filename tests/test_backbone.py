@@ -335,7 +335,10 @@ def test_core_and_mm_backbone_same_keys_and_init():
     core = CorePeLK(**kwargs)
     core.init_weights()
     mm = small_pelk(**kwargs)
-    assert {k: v.shape for k, v in core.state_dict().items()} == {
+    assert {
+        k: v.shape
+        for k, v in core.state_dict().items()
+    } == {
         k: v.shape
         for k, v in mm.state_dict().items()
     }
@@ -361,7 +364,7 @@ def test_core_layers_compute_what_mm_layers_compute():
     nn.init.normal_(ours.weight)
     theirs.load_state_dict(ours.state_dict())
     for fmt, inp in (('channel_first', x), ('channel_last',
-                                             x.permute(0, 2, 3, 1))):
+                                            x.permute(0, 2, 3, 1))):
         assert torch.equal(
             ours(inp, data_format=fmt), theirs(inp, data_format=fmt))
     ours, theirs = DropPath(0.3).train(), MMDropPath(0.3).train()
@@ -408,8 +411,10 @@ def test_out_indices_of_the_wrong_type(out_indices):
 @pytest.mark.parametrize('out_indices,stages', [((0, 0), [0, 0]),
                                                 ((3, -1), [3, 3])])
 def test_out_indices_duplicates(out_indices, stages):
-    with pytest.raises(ValueError, match=r'`out_indices` names a stage '
-                       rf'twice: .* is stages {re.escape(str(stages))}'):
+    with pytest.raises(
+            ValueError,
+            match=r'`out_indices` names a stage '
+            rf'twice: .* is stages {re.escape(str(stages))}'):
         PeLK(SMALL_ARCH, out_indices=out_indices)
 
 
@@ -437,8 +442,10 @@ def test_arch_dict_keys_and_stage_lists(arch, key):
 
 def test_norm_cfg_that_is_not_a_layer_norm():
     # e.g. the SyncBN of a ResNet base config merged into PeLK's dict
-    with pytest.raises(ValueError, match='`norm_cfg` must build a channel '
-                       "LayerNorm \\(type='LN2d'\\)"):
+    with pytest.raises(
+            ValueError,
+            match='`norm_cfg` must build a channel '
+            "LayerNorm \\(type='LN2d'\\)"):
         PeLK(SMALL_ARCH, norm_cfg=dict(type='SyncBN', requires_grad=True))
 
 
@@ -454,8 +461,9 @@ def test_wrong_channel_count_and_rank():
 
 
 def test_integer_images():
-    with pytest.raises(TypeError, match='floating-point images, got '
-                       'torch.uint8'):
+    with pytest.raises(
+            TypeError, match='floating-point images, got '
+            'torch.uint8'):
         small_pelk()(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
 
 
@@ -466,8 +474,7 @@ def test_empty_batch_gives_empty_outputs():
 
 
 @pytest.mark.parametrize('layout', ['channels_last', 'transposed', 'strided'])
-def test_channels_last_and_non_contiguous_inputs_give_the_same_outputs(
-        layout):
+def test_channels_last_and_non_contiguous_inputs_give_the_same_outputs(layout):
     model = small_pelk(out_indices=(0, 1, 2, 3)).eval()
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     if layout == 'channels_last':

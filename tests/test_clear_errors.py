@@ -10,10 +10,9 @@ import torch
 from mmengine.runner import CheckpointLoader, load_checkpoint
 
 import pelk_mm  # noqa: F401  (patches mmengine's checkpoint loaders)
-from pelk_mm import PeLK
+from pelk_mm import PeLK, load_backbone
 from pelk_mm.engine import UnreadableCheckpoint
 from pelk_mm.engine.compat import TORCH_LOAD_WEIGHTS_ONLY_BY_DEFAULT
-from pelk_mm import load_backbone
 
 ARCH = dict(
     depths=[1, 1, 1, 1],

@@ -137,7 +137,8 @@ def test_network_with_torch_alone():
         'net.init_weights()',
         'x = torch.randn(2, 3, 32, 32)',
         'ref = net(x)',
-        'assert [tuple(o.shape) for o in ref] == [(2, 16, 8, 8), (2, 24, 4, 4)]',
+        'shapes = [tuple(o.shape) for o in ref]',
+        'assert shapes == [(2, 16, 8, 8), (2, 24, 4, 4)], shapes',
         'net.switch_to_deploy()',
         'for a, b in zip(net(x), ref):',
         '    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)',
@@ -161,7 +162,8 @@ def test_readme_plain_pytorch_example():
         'assert len(optimizer.state) == len(params) > 0',
         'assert all(s["step"] == 1 for s in optimizer.state.values())',
     ])
-    proc = run_python(example[0] + '\n' + stepped + '\n' + loaded(MM_AND_PIL),
-                      hide=MM_AND_PIL)
+    proc = run_python(
+        example[0] + '\n' + stepped + '\n' + loaded(MM_AND_PIL),
+        hide=MM_AND_PIL)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.splitlines()[-1]) == []

@@ -10,10 +10,9 @@ import torch.nn as nn
 from mmengine.config import Config
 
 import pelk_mm  # noqa: F401
-from pelk_mm import PeLK
-from pelk_mm import PeLKCheckpointMismatch, load_backbone
+from pelk_mm import PeLK, PeLKCheckpointMismatch, load_backbone
 from pelk_mm.mm.builder import (build_model, load_config,
-                                    save_initial_checkpoint)
+                                save_initial_checkpoint)
 from pelk_mm.models.checkpoint_meta import ARCH_META_KEY
 from pelk_mm.sparsity.masks import SparsityMasks, layer_group
 
@@ -102,8 +101,8 @@ def test_pelk_mm_does_not_import_tools():
                 tree = ast.parse(open(osp.join(folder, name)).read())
                 for node in ast.walk(tree):
                     modules = ([a.name for a in node.names] if isinstance(
-                        node, ast.Import) else [node.module or ''] if
-                               isinstance(node, ast.ImportFrom) else [])
+                        node, ast.Import) else [node.module or '']
+                               if isinstance(node, ast.ImportFrom) else [])
                     assert not any(
                         m.split('.')[0] in ('tools', 'launch_utils',
                                             'output_comparison')

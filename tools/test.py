@@ -11,8 +11,8 @@ config's visualization hook; ``--tta`` wraps the model in the config's
 ``tta_model`` and tests with ``tta_pipeline``. The metrics are printed and
 saved as json in the work dir.
 """
-from launch_utils import (build_runner, exit_with_error, is_missing_local_file,
-                          library_of, config_from_args, make_parser,
+from launch_utils import (build_runner, config_from_args, exit_with_error,
+                          is_missing_local_file, library_of, make_parser,
                           parse_args)
 from mmengine.config import ConfigDict
 

@@ -13,8 +13,8 @@ PeLK modules and the checkpoint-loading fixes for recent torch.
 import logging
 from copy import deepcopy
 
-from launch_utils import (build_runner, check_checkpoints, library_of,
-                          config_from_args, make_parser, parse_args)
+from launch_utils import (build_runner, check_checkpoints, config_from_args,
+                          library_of, make_parser, parse_args)
 from mmengine.config import ConfigDict
 from mmengine.logging import print_log
 

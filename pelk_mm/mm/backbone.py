@@ -109,6 +109,7 @@ class PeLK(ArchRecordMixin, core.PeLK, BaseModule):
 
     def __init__(self,
                  arch: Union[str, dict] = 'tiny',
+                 *,
                  norm_cfg: dict = dict(type='LN2d', eps=1e-6),
                  act_cfg: dict = dict(type='GELU'),
                  init_cfg: Optional[Union[dict,

@@ -1,4 +1,4 @@
-"""The PeLK network in plain PyTorch (needs torch alone, as :mod:`pelk_mm.ops`).
+"""The PeLK network in plain PyTorch: needs torch alone, as :mod:`pelk_mm.ops`.
 
 :class:`PeLK` and :class:`PeLKBlock` are the network; :mod:`.arch` its arch
 table, :mod:`.folding` its deploy forms, :mod:`.param_groups` where each

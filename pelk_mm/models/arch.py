@@ -51,7 +51,6 @@ ARCH_SETTINGS: Dict[str, dict] = {
     },
 }
 
-
 #: The keys of an ``arch`` dict (see :func:`parse_arch`).
 ARCH_KEYS = ('depths', 'channels', 'kernel_sizes', 'center_sizes', 'base',
              'grids')

@@ -284,11 +284,16 @@ class PeLK(ParamGroupsMixin, nn.Module):
                  deploy: bool = False,
                  deploy_mode: str = 'structured'):
         super().__init__()
-        _check_types(in_channels=in_channels, stem_patch_size=stem_patch_size,
-                     frozen_stages=frozen_stages, conv_ratio=conv_ratio,
-                     drop_path_rate=drop_path_rate,
-                     layer_scale_init_value=layer_scale_init_value,
-                     pos_embed=pos_embed, with_cp=with_cp, deploy=deploy)
+        _check_types(
+            in_channels=in_channels,
+            stem_patch_size=stem_patch_size,
+            frozen_stages=frozen_stages,
+            conv_ratio=conv_ratio,
+            drop_path_rate=drop_path_rate,
+            layer_scale_init_value=layer_scale_init_value,
+            pos_embed=pos_embed,
+            with_cp=with_cp,
+            deploy=deploy)
         arch = parse_arch(arch)
         self.depths: List[int] = list(arch['depths'])
         self.channels: List[int] = list(arch['channels'])

@@ -65,8 +65,7 @@ from pelk_mm.models.deploy import (check_deploy_form, deploy_modes,
                                    load_strictly)
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from output_comparison import (compare_outputs, is_detector,  # noqa: E402
-                               tensor_outputs)
+import output_comparison  # noqa: E402
 
 OPSET = 17
 
@@ -117,7 +116,7 @@ class TensorForward(nn.Module):
         self.model = model
 
     def forward(self, inputs):
-        return tuple(tensor_outputs(self.model, inputs))
+        return tuple(output_comparison.tensor_outputs(self.model, inputs))
 
 
 def output_names(model: nn.Module) -> List[str]:
@@ -130,7 +129,7 @@ def output_names(model: nn.Module) -> List[str]:
 
 def check_exportable(model: nn.Module) -> None:
     """Refuse detectors and non-deployed models before exporting."""
-    if is_detector(model):
+    if output_comparison.is_detector(model):
         raise ValueError(
             'detectors are not exported (their heads need image metadata '
             'and post-processing): export the deployed backbone with '
@@ -219,11 +218,12 @@ def verify(model: nn.Module, onnx_file: str, shape, batch: int = 2):
     import onnxruntime as ort
     inputs = torch.randn(
         batch, 3, *shape, generator=torch.Generator().manual_seed(1))
-    expected = tensor_outputs(model, inputs)
+    expected = output_comparison.tensor_outputs(model, inputs)
     session = ort.InferenceSession(
         onnx_file, providers=['CPUExecutionProvider'])
     outputs = session.run(None, {'input': inputs.numpy()})
-    return compare_outputs([torch.from_numpy(o) for o in outputs], expected)
+    return output_comparison.compare_outputs(
+        [torch.from_numpy(o) for o in outputs], expected)
 
 
 def main(argv=None):

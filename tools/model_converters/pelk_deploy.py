@@ -44,7 +44,7 @@ from pelk_mm.models.deploy import (deploy_modes, load_strictly,
 
 sys.path.insert(
     0, osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'deployment'))
-from output_comparison import compare_outputs, tensor_outputs  # noqa: E402
+import output_comparison  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -83,9 +83,10 @@ def deploy(model: torch.nn.Module, shape, tol: float):
     """
     inputs = torch.randn(
         1, 3, *shape, generator=torch.Generator().manual_seed(0))
-    expected = tensor_outputs(model, inputs)
+    expected = output_comparison.tensor_outputs(model, inputs)
     switch_to_deploy(model)
-    max_abs, max_rel = compare_outputs(tensor_outputs(model, inputs), expected)
+    max_abs, max_rel = output_comparison.compare_outputs(
+        output_comparison.tensor_outputs(model, inputs), expected)
     if not max_rel <= tol:
         raise ValueError(f'deployed outputs differ: max abs error '
                          f'{max_abs:.3g}, relative {max_rel:.3g} > --tol '
