@@ -353,7 +353,8 @@ def test_core_and_mm_backbone_same_keys_and_init():
 
 
 def test_core_layers_compute_what_mm_layers_compute():
-    """The core's DropPath / LayerNorm2d against mmcv's / mmpretrain's."""
+    """The core's DropPath / LayerNorm2d / trunc_normal_ against mmcv's /
+    mmpretrain's / mmengine's."""
     from mmcv.cnn.bricks import DropPath as MMDropPath
     from mmpretrain.models.utils import LayerNorm2d as MMLayerNorm2d
 
@@ -374,6 +375,16 @@ def test_core_layers_compute_what_mm_layers_compute():
     assert torch.equal(a, theirs(x))
     assert (a == 0).flatten(1).all(1).any()  # some samples dropped
     assert torch.equal(ours.eval()(x), x)
+    # trunc_normal_: mmengine's draws from the same generator state
+    from mmengine.model.weight_init import trunc_normal_ as mm_trunc_normal_
+
+    from pelk_mm.models.layers import trunc_normal_
+    a, b = torch.empty(64, 64), torch.empty(64, 64)
+    torch.manual_seed(3)
+    trunc_normal_(a, std=.02)
+    torch.manual_seed(3)
+    mm_trunc_normal_(b, std=.02)
+    assert torch.equal(a, b) and 0.015 < float(a.std()) < 0.025
 
 
 def test_blocks_do_not_store_the_checked_modes():

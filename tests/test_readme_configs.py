@@ -40,6 +40,7 @@ def build(block, library):
         cfg, dict(default_scope=library), seed=0, init_weights=True)
 
 
+@pytest.mark.slow  # arch tiny, as the README has it
 def test_mmseg_block_builds_and_runs():
     model = build(readme_block('mmseg'), 'mmseg')
     assert type(model.backbone) is PeLK
@@ -50,7 +51,7 @@ def test_mmseg_block_builds_and_runs():
     assert torch.isfinite(logits).all()
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # arch tiny, as the README has it
 def test_mmdet_block_builds_and_runs():
     from mmdet.testing import demo_mm_inputs
     model = build(readme_block('mmdet'), 'mmdet')

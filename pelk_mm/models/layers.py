@@ -1,10 +1,15 @@
-"""The two small layers of the PeLK block that torch lacks.
+"""The small pieces of the PeLK network that torch lacks or draws otherwise.
 
 :class:`DropPath` (stochastic depth) and :class:`LayerNorm2d` (LayerNorm over
 the channels of ``(N, C, H, W)`` maps) compute what mmcv's ``DropPath`` and
 mmpretrain's ``LayerNorm2d`` (``LN2d``) compute, with the same parameters
-(``weight`` and ``bias`` of the norm), so that the network needs torch alone.
+(``weight`` and ``bias`` of the norm); :func:`trunc_normal_` draws what
+mmengine's (and timm's) ``trunc_normal_`` draws from the same generator
+state, on every torch (torch's own changed its sampler in 2.x releases). So
+the network needs torch alone.
 """
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -68,3 +73,35 @@ class LayerNorm2d(nn.LayerNorm):
             x.permute(0, 2, 3, 1), self.normalized_shape, self.weight,
             self.bias, self.eps)
         return x.permute(0, 3, 1, 2).contiguous()
+
+
+@torch.no_grad()
+def trunc_normal_(tensor: Tensor,
+                  std: float = 1.,
+                  mean: float = 0.,
+                  a: float = -2.,
+                  b: float = 2.) -> Tensor:
+    """Fill ``tensor`` in place from ``N(mean, std^2)`` truncated to
+    ``[a, b]``, by the inverse CDF of a uniform draw (one ``uniform_`` call,
+    as mmengine's and timm's ``trunc_normal_``).
+
+    Args:
+        tensor (Tensor): The tensor to fill.
+        std (float): Standard deviation before truncation. Defaults to 1.
+        mean (float): Mean. Defaults to 0.
+        a (float): Lower bound (absolute). Defaults to -2.
+        b (float): Upper bound (absolute). Defaults to 2.
+
+    Returns:
+        Tensor: ``tensor``.
+    """
+
+    def norm_cdf(x):
+        return (1. + math.erf(x / math.sqrt(2.))) / 2.
+
+    lower, upper = norm_cdf((a - mean) / std), norm_cdf((b - mean) / std)
+    tensor.uniform_(2 * lower - 1, 2 * upper - 1)
+    tensor.erfinv_()
+    tensor.mul_(std * math.sqrt(2.))
+    tensor.add_(mean)
+    return tensor.clamp_(min=a, max=b)

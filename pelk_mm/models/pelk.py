@@ -18,13 +18,12 @@ import torch
 import torch.nn as nn
 import torch.utils.checkpoint as cp
 from torch import Tensor
-from torch.nn.init import trunc_normal_
 
 from ..ops import PeripheralConv2d
 from ..ops.peripheral_conv import check_pos_embed_mode
 from .arch import ARCH_SETTINGS, parse_arch
 from .folding import check_deploy_mode, deployed_conv, fold_peripheral_conv
-from .layers import DropPath, LayerNorm2d
+from .layers import DropPath, LayerNorm2d, trunc_normal_
 from .param_groups import ParamGroupsMixin
 
 #: Builds a norm layer for ``C`` channels: ``norm_layer(C)``.
