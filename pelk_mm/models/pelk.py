@@ -10,12 +10,13 @@ and one kernel-wise positional embedding per stage. Needs torch alone; the
 OpenMMLab backbone (registry, ``init_cfg``, checkpoint checks) is
 :class:`pelk_mm.mm.PeLK`, a subclass.
 """
-from functools import partial
+from functools import lru_cache, partial
 from itertools import chain
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from torch import Tensor
 
@@ -480,7 +481,8 @@ class PeLK(ParamGroupsMixin, nn.Module):
             ``(N, C_i)`` with ``gap_before_final_norm``.
 
         Raises:
-            TypeError: ``x`` is not floating-point.
+            TypeError: ``x`` is not floating-point, or of a dtype this
+                torch cannot convolve on CPU (float16 before torch 2.2).
             ValueError: ``x`` is not 4-d with ``in_channels`` channels, or
                 ``H`` or ``W`` is below :attr:`min_input_size`.
         """
@@ -508,6 +510,13 @@ class PeLK(ParamGroupsMixin, nn.Module):
             raise TypeError(
                 f'PeLK takes floating-point images, got {x.dtype}: convert '
                 'and normalise them first (an mm data_preprocessor does)')
+        if (x.device.type == 'cpu'
+                and x.dtype in (torch.float16, torch.bfloat16)
+                and not cpu_computes(x.dtype)):
+            raise TypeError(
+                f'this torch ({torch.__version__}) has no {x.dtype} '
+                'convolution on CPU: run the model in float32 on CPU '
+                '(model.float(), x.float()), or in half precision on a GPU')
         if x.dim() != 4 or x.shape[1] != stem.in_channels:
             raise ValueError(
                 f'PeLK takes images (N, in_channels={stem.in_channels}, H, W)'
@@ -577,6 +586,20 @@ class PeLK(ParamGroupsMixin, nn.Module):
                 f'pos_embed_mode={mode!r}: its positional-embedding term '
                 'depends on the position in the map and on the map size, so '
                 'it cannot be folded into a conv bias')
+
+
+@lru_cache(maxsize=None)
+def cpu_computes(dtype: torch.dtype) -> bool:
+    """Whether this torch has CPU kernels for a conv and a LayerNorm in
+    ``dtype`` (float16 has them from torch 2.2 on)."""
+    try:
+        F.conv2d(
+            torch.zeros(1, 1, 2, 2, dtype=dtype),
+            torch.zeros(1, 1, 1, 1, dtype=dtype))
+        F.layer_norm(torch.zeros(1, 2, dtype=dtype), (2, ))
+    except RuntimeError:
+        return False
+    return True
 
 
 def _init_layer(module: nn.Module) -> None:
