@@ -2,12 +2,12 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
+import os.path as osp
 
 import pytest
+from helpers import ROOT
 
-REPO = Path(__file__).resolve().parents[1]
-TOOL = REPO / 'tools' / 'analysis_tools' / 'get_flops.py'
+TOOL = osp.join(ROOT, 'tools', 'analysis_tools', 'get_flops.py')
 
 DEPTHS = [1, 1, 2, 1]
 CHANNELS = [16, 24, 32, 40]
@@ -38,7 +38,7 @@ def config(tmp_path_factory):
 def run_tool(*args):
     proc = subprocess.run(
         [sys.executable, str(TOOL), *map(str, args)],
-        cwd=REPO,
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300)

@@ -20,8 +20,8 @@ import venv
 
 import pytest
 from packaging.requirements import Requirement
+from helpers import ROOT
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
 @pytest.fixture(scope='module')

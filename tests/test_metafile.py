@@ -14,8 +14,8 @@ import yaml
 
 from pelk_mm import PeLK
 from pelk_mm.models.builder import build_model
+from helpers import ROOT
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 TASKS = {
     'Semantic Segmentation': ('ADE20K', {'mIoU'}),

@@ -10,8 +10,8 @@ import os.path as osp
 import subprocess
 
 import pytest
+from helpers import ROOT
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG = 'configs/pelk_t_in1k.py'
 
 # script, its positional arguments (valid), usage text

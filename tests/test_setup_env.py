@@ -16,8 +16,8 @@ import sys
 import zipfile
 
 import pytest
+from helpers import ROOT
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SCRIPT = osp.join(ROOT, 'tools', 'setup_env.sh')
 
 

@@ -19,16 +19,13 @@ with ``M = N C`` maps, ``k'`` bands and FFT sizes ``L = fft_size(n + K // 2)``
 The dense term is split at :data:`DENSE_FAST_MAX_KERNEL` because oneDNN's
 depthwise convolution is fast only up to K = 13.
 
-What the ``'cpu'`` coefficients were fitted on (2026-11-28, commit
-2df2b6a): ``benchmarks/bench_peripheral_conv.py --threads 1`` at N = 1,
-C = 48, K in {13, 31, 51, 101}, maps 8-128, torch 2.14.1, one AMD EPYC
-(Zen 4) core, non-negative least squares on the relative error
-(``benchmarks/fit_cost_model.py``). Both fast kernels changed after that
-fit (the FFT weight gradient moved to float64, blocksum's backward
-recomputes its band sums), so near the fft / blocksum boundary the pick
-may be the slower of the two; the picks that ``tests/test_fast_conv.py``
-pins still hold. The measurements and the notes of that calibration are in
-``benchmarks/results/cost_model_cpu_2026-11-28.md``; to refit, run the
+Every implementation is exact for every shape, so the pick changes the run
+time, never the result; near a boundary between two implementations the
+model may pick the slower one. The ``'cpu'`` coefficients are a
+non-negative least-squares fit (``benchmarks/fit_cost_model.py``) of this
+model to ``benchmarks/bench_peripheral_conv.py`` timings; the fit, its data
+and what changed in the kernels since are recorded in
+``benchmarks/results/cost_model_cpu_2026-11-28.md``. To refit, run the
 benchmark and ``fit_cost_model.py`` on its JSON.
 """
 import math
@@ -39,8 +36,8 @@ from torch import Tensor
 
 from .fft_conv import fft_size
 
-#: Largest kernel that oneDNN's depthwise convolution runs fast (on the
-#: calibration CPU: 13-17 GMAC/s up to K = 13, about 2 GMAC/s from K = 15).
+#: Largest kernel that oneDNN's depthwise convolution runs at its fast rate
+#: (a separate dense coefficient above it).
 DENSE_FAST_MAX_KERNEL = 13
 
 #: Coefficients ``(a, b, c)`` in seconds, by device type, then mode
