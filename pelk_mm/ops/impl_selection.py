@@ -61,7 +61,20 @@ COST_COEFFICIENTS: Dict[str, Dict[str, Dict[str, Tuple[float, ...]]]] = {
 def work_terms(impl: str, maps: int, height: int, width: int,
                grid: Sequence[int]) -> Tuple[float, float]:
     """The two work terms of the model that ``a`` and ``b`` multiply
-    (``benchmarks/fit_cost_model.py`` fits against them)."""
+    (``benchmarks/fit_cost_model.py`` fits against them).
+
+    Args:
+        impl (str): ``'dense'``, ``'fft'`` or ``'blocksum'``.
+        maps (int): ``M = N C``.
+        height (int): ``H``.
+        width (int): ``W``.
+        grid (Sequence[int]): Sharing grid (``K = sum(grid)``,
+            ``k' = len(grid)``).
+
+    Returns:
+        tuple[float, float]: The terms of the table above, each
+        non-decreasing in ``M``, ``H``, ``W`` and ``K``.
+    """
     kernel_size, bands = sum(grid), len(grid)
     if impl == 'dense':
         work = maps * height * width * kernel_size**2
@@ -80,7 +93,21 @@ def predicted_seconds(impl: str,
                       grid: Sequence[int],
                       device_type: str = 'cpu',
                       backward: bool = True) -> float:
-    """Model time of one call of ``impl`` on an ``(N, C, H, W)`` input."""
+    """Model time of one call of ``impl`` on an ``(N, C, H, W)`` input.
+
+    Args:
+        impl (str): ``'dense'``, ``'fft'`` or ``'blocksum'``.
+        shape (Sequence[int]): ``(N, C, H, W)``.
+        grid (Sequence[int]): Sharing grid.
+        device_type (str): Key of :data:`COST_COEFFICIENTS`; a type without
+            an entry gets the ``'cpu'`` coefficients. Defaults to 'cpu'.
+        backward (bool): Forward + backward (else forward only). Defaults
+            to True.
+
+    Returns:
+        float: ``a * first + b * second + c`` in seconds, with the
+        non-negative coefficients of the device type and mode.
+    """
     batch, channels, height, width = shape
     # Device types without an entry reach this only in the deterministic
     # mode of impl_tuning: they get the CPU coefficients.
@@ -99,7 +126,9 @@ def select_impl(x: Tensor, weight: Tensor, grid: Sequence[int]) -> str:
         grid (Sequence[int]): Sharing grid.
 
     Returns:
-        str: ``'dense'``, ``'fft'`` or ``'blocksum'``.
+        str: ``'dense'``, ``'fft'`` or ``'blocksum'``, whichever has the
+        least :func:`predicted_seconds` for ``x``'s shape on its device
+        type, forward + backward when autograd will need a backward.
     """
     backward = torch.is_grad_enabled() and (x.requires_grad
                                             or weight.requires_grad)
