@@ -131,8 +131,8 @@ class StepChecker(Hook):
             p = params[name]
             state = optimizer.state.get(p, {})
             moments = [(k, t) for k, t in state.items()
-                       if k in MOMENT_KEYS or (torch.is_tensor(t)
-                                               and t.shape == p.shape)]
+                       if k in MOMENT_KEYS or (
+                           torch.is_tensor(t) and t.shape == p.shape)]
             for what, t in [('weight', p)] + moments:
                 if (t.detach()[~mask] != 0).any():
                     leaks.append((runner.iter, name, what))

@@ -17,7 +17,6 @@ from pelk_mm.models import load_backbone
 from helpers import TINY_ARCH
 
 
-
 # ------------------------------------------------ unreadable checkpoints
 @pytest.fixture
 def unreadable(tmp_path):

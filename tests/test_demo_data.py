@@ -17,7 +17,6 @@ from pelk_mm.demo import (ADE20K_DEMO_CLASSES, COCO_CATEGORIES,
 from helpers import ROOT
 
 
-
 def _files(root):
     return sorted(
         osp.relpath(osp.join(d, f), root) for d, _, fs in os.walk(root)

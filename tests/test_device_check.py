@@ -5,9 +5,9 @@ none); and the cost-model fit (benchmarks/fit_cost_model.py) on synthetic
 timings."""
 import json
 import os
+import os.path as osp
 import subprocess
 import sys
-import os.path as osp
 
 import pytest
 import torch
@@ -90,8 +90,7 @@ def test_torch_only_part_needs_no_mm_package(tmp_path):
     env = dict(
         os.environ,
         PYTHONPATH=os.pathsep.join(
-            [osp.join(ROOT, 'tests', 'torch_only'),
-             ROOT]))
+            [osp.join(ROOT, 'tests', 'torch_only'), ROOT]))
     subprocess.run([
         sys.executable,
         osp.join(ROOT, 'benchmarks', 'device_check.py'), '--smoke', '--no-mm',

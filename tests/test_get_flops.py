@@ -1,10 +1,11 @@
 """tools/analysis_tools/get_flops.py, run as a user runs it."""
 import json
+import os.path as osp
 import subprocess
 import sys
-import os.path as osp
 
 import pytest
+
 from helpers import ROOT, SMALL_ARCH
 
 TOOL = osp.join(ROOT, 'tools', 'analysis_tools', 'get_flops.py')

@@ -20,8 +20,8 @@ import venv
 
 import pytest
 from packaging.requirements import Requirement
-from helpers import ROOT
 
+from helpers import ROOT
 
 
 @pytest.fixture(scope='module')

@@ -16,7 +16,6 @@ from pelk_mm import PeLK
 from pelk_mm.models.builder import build_model
 from helpers import ROOT
 
-
 TASKS = {
     'Semantic Segmentation': ('ADE20K', {'mIoU'}),
     'Object Detection': ('COCO', {'box AP'}),

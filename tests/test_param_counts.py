@@ -9,8 +9,8 @@ so the table and this test cannot drift apart; its paper column must be the
 paper's, and every effective count within 4 % of it.
 """
 import functools
-import re
 import os.path as osp
+import re
 
 import pytest
 import torch

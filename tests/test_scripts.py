@@ -10,6 +10,7 @@ import os.path as osp
 import subprocess
 
 import pytest
+
 from helpers import ROOT
 
 CONFIG = 'configs/pelk_t_in1k.py'

@@ -16,6 +16,7 @@ import sys
 import zipfile
 
 import pytest
+
 from helpers import ROOT
 
 SCRIPT = osp.join(ROOT, 'tools', 'setup_env.sh')

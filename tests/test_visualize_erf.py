@@ -2,9 +2,9 @@
 with known kernels, the area ratios on maps with known answers, weights and
 preprocessing from configs, and the tool end to end as a user runs it."""
 import json
+import os.path as osp
 import subprocess
 import sys
-import os.path as osp
 
 import matplotlib.image as mpimg
 import numpy as np
