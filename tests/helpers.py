@@ -18,6 +18,8 @@ import torch
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
+from pelk_mm.sparsity.masks import MOMENT_KEYS
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 #: A reduced arch that keeps every feature (4 stages, > 1 block per stage,
@@ -101,7 +103,12 @@ def build_runner(work_dir,
 class StepChecker(Hook):
     """Records, after every iteration, what the sparsity tests assert on:
     weights and optimizer moments that leak through a mask, the hook's and
-    the optimizer's step counters, and the masks."""
+    the optimizer's step counters, and the masks.
+
+    The moments checked are the element-wise buffers the masks zero
+    (:data:`~pelk_mm.sparsity.masks.MOMENT_KEYS`: Adam / AdamW / AMSGrad,
+    SGD momentum) plus any other optimizer state of the parameter's shape,
+    so a buffer missing from that list is a leak too."""
 
     priority = 'LOWEST'
 
@@ -123,8 +130,10 @@ class StepChecker(Hook):
         for name, mask in masks.items():
             p = params[name]
             state = optimizer.state.get(p, {})
-            for what, t in [('weight', p)] + [(k, state[k]) for k in (
-                    'exp_avg', 'exp_avg_sq', 'momentum_buffer') if k in state]:
+            moments = [(k, t) for k, t in state.items()
+                       if k in MOMENT_KEYS or (
+                           torch.is_tensor(t) and t.shape == p.shape)]
+            for what, t in [('weight', p)] + moments:
                 if (t.detach()[~mask] != 0).any():
                     leaks.append((runner.iter, name, what))
         steps = {

@@ -13,12 +13,7 @@ import pelk_mm  # noqa: F401  (patches mmengine's checkpoint loaders)
 from pelk_mm import PeLK, load_backbone
 from pelk_mm.engine import UnreadableCheckpoint
 from pelk_mm.engine.compat import TORCH_LOAD_WEIGHTS_ONLY_BY_DEFAULT
-
-ARCH = dict(
-    depths=[1, 1, 1, 1],
-    channels=[16, 24, 32, 40],
-    kernel_sizes=[7, 7, 5, 3],
-    center_sizes=3)
+from helpers import TINY_ARCH
 
 
 # ------------------------------------------------ unreadable checkpoints
@@ -27,7 +22,7 @@ def unreadable(tmp_path):
     """A truncated checkpoint (half of a real one), an HTML page saved as
     .pth and an empty file."""
     good = tmp_path / 'good.pth'
-    torch.save({'state_dict': PeLK(ARCH).state_dict()}, good)
+    torch.save({'state_dict': PeLK(TINY_ARCH).state_dict()}, good)
     data = good.read_bytes()
     files = dict(
         truncated=data[:len(data) // 2],
@@ -55,21 +50,21 @@ def test_unreadable_checkpoint_through_mmengine_loader(unreadable):
             CheckpointLoader.load_checkpoint(path, map_location='cpu')
         check_unreadable(error, path)
         with pytest.raises(UnreadableCheckpoint) as error:
-            load_checkpoint(PeLK(ARCH), path)  # load_from, tools/test.py
+            load_checkpoint(PeLK(TINY_ARCH), path)  # load_from, tools/test.py
         check_unreadable(error, path)
 
 
 def test_unreadable_checkpoint_through_pretrained_and_tools(unreadable):
     for path in unreadable:
         model = PeLK(
-            ARCH,
+            TINY_ARCH,
             init_cfg=dict(
                 type='Pretrained', checkpoint=path, prefix='backbone.'))
         with pytest.raises(UnreadableCheckpoint) as error:
             model.init_weights()
         check_unreadable(error, path)
         with pytest.raises(UnreadableCheckpoint) as error:
-            load_backbone(PeLK(ARCH), path)
+            load_backbone(PeLK(TINY_ARCH), path)
         check_unreadable(error, path)
 
 
@@ -95,7 +90,7 @@ def test_missing_checkpoint_keeps_its_error(tmp_path):
 # --------------------------------------------------------- input size
 def test_image_smaller_than_the_network_allows():
     torch.manual_seed(0)
-    model = PeLK(ARCH).eval()
+    model = PeLK(TINY_ARCH).eval()
     assert model.min_input_size == 32  # stem patch 4, then 3 halvings
     assert model(torch.randn(1, 3, 32, 40))[0].shape == (1, 40)
     for shape in [(31, 64), (64, 31), (3, 3)]:
@@ -104,7 +99,7 @@ def test_image_smaller_than_the_network_allows():
         assert str(error.value) == (
             'PeLK needs inputs of at least 32x32 pixels (stem patch 4, then '
             f'3 halvings), got {shape}')
-    small_stem = PeLK(ARCH, stem_patch_size=2).eval()
+    small_stem = PeLK(TINY_ARCH, stem_patch_size=2).eval()
     assert small_stem.min_input_size == 16
     assert small_stem(torch.randn(1, 3, 16, 16))[0].shape == (1, 40)
     with pytest.raises(ValueError, match='at least 16x16 pixels'):
@@ -115,13 +110,13 @@ def test_image_smaller_than_the_network_allows():
 @pytest.mark.parametrize('rate', [2.0, 1.0, -0.1])
 def test_drop_path_rate_out_of_range(rate):
     with pytest.raises(ValueError) as error:
-        PeLK(ARCH, drop_path_rate=rate)
+        PeLK(TINY_ARCH, drop_path_rate=rate)
     assert str(
         error.value) == (f'`drop_path_rate` must be in [0, 1), got {rate!r}')
 
 
 def test_drop_path_rate_in_range_reaches_the_last_block():
-    model = PeLK(ARCH, drop_path_rate=0.3)
+    model = PeLK(TINY_ARCH, drop_path_rate=0.3)
     rates = [
         getattr(block.drop_path, 'drop_prob', 0.) for stage in model.stages
         for block in stage

@@ -8,8 +8,8 @@ from mmengine.registry import HOOKS
 
 from pelk_mm import PeLK, PeLKLearningRateDecayOptimizerConstructor
 from pelk_mm.mm.builder import build_model, load_config
+from helpers import ROOT
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = sorted(
     osp.relpath(p, ROOT) for p in glob.glob(
         osp.join(ROOT, 'configs', '**', '*.py'), recursive=True))

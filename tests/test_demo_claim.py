@@ -23,8 +23,8 @@ import torch
 from PIL import Image
 
 from pelk_mm.demo import ADE20K_DEMO_CLASSES, make_ade20k_demo
+from helpers import ROOT
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 PY = sys.executable
 # mIoU points the trained model must score above the best image-blind
 # predictor (20.8 on this data: any model that ignores the image scores at

@@ -14,8 +14,7 @@ from PIL import Image
 from pelk_mm.demo import (ADE20K_DEMO_CLASSES, COCO_CATEGORIES,
                           COCO_DEMO_CLASSES, IMAGENET_DEMO_CLASSES,
                           make_ade20k_demo, make_coco_demo, make_imagenet_demo)
-
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from helpers import ROOT
 
 
 def _files(root):

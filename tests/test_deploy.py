@@ -176,6 +176,26 @@ def test_deployed_backbone_loads_through_init_cfg(tmp_path):
         assert torch.equal(model.state_dict()[name], value), name
 
 
+def test_load_strictly_refuses_missing_and_unexpected_keys(tmp_path):
+    """The deploy tools' loader wants every key of the model and no other,
+    also where PeLK's own check lets a checkpoint through (a missing output
+    norm, a key outside the backbone's units)."""
+    state = trained_like(**KWARGS).state_dict()
+    path = str(tmp_path / 'whole.pth')
+    torch.save({'state_dict': state}, path)
+    model = PeLK(**KWARGS)
+    load_strictly(model, path)
+    for name, value in state.items():
+        assert torch.equal(model.state_dict()[name], value), name
+    without_norm = {k: v for k, v in state.items() if k != 'norm3.weight'}
+    extra = dict(state, **{'head.fc.weight': torch.zeros(2, 2)})
+    for name, bad, key in [('missing', without_norm, 'norm3.weight'),
+                           ('extra', extra, 'head.fc.weight')]:
+        torch.save({'state_dict': bad}, str(tmp_path / f'{name}.pth'))
+        with pytest.raises(RuntimeError, match=key.replace('.', r'\.')):
+            load_strictly(PeLK(**KWARGS), str(tmp_path / f'{name}.pth'))
+
+
 def test_switch_to_deploy_refuses_in_image_pos_embed():
     model = trained_like(**KWARGS)
     model.pos_embed_mode = 'in_image'

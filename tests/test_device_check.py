@@ -5,18 +5,18 @@ none); and the cost-model fit (benchmarks/fit_cost_model.py) on synthetic
 timings."""
 import json
 import os
+import os.path as osp
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from pelk_mm.ops import sharing_grid
 from pelk_mm.ops.impl_selection import COST_COEFFICIENTS
+from helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / 'benchmarks'))
+sys.path.insert(0, osp.join(ROOT, 'benchmarks'))
 import fit_cost_model  # noqa: E402
 
 
@@ -27,10 +27,10 @@ import fit_cost_model  # noqa: E402
     f'needs a CPU GradScaler (torch.amp.GradScaler, torch >= 2.3); this is '
     f'torch {torch.__version__}')
 def test_smoke_run_writes_every_result(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=ROOT)
     subprocess.run([
         sys.executable,
-        str(ROOT / 'benchmarks' / 'device_check.py'), '--smoke', '--out',
+        osp.join(ROOT, 'benchmarks', 'device_check.py'), '--smoke', '--out',
         str(tmp_path)
     ],
                    check=True,
@@ -90,11 +90,10 @@ def test_torch_only_part_needs_no_mm_package(tmp_path):
     env = dict(
         os.environ,
         PYTHONPATH=os.pathsep.join(
-            [str(ROOT / 'tests' / 'torch_only'),
-             str(ROOT)]))
+            [osp.join(ROOT, 'tests', 'torch_only'), ROOT]))
     subprocess.run([
         sys.executable,
-        str(ROOT / 'benchmarks' / 'device_check.py'), '--smoke', '--no-mm',
+        osp.join(ROOT, 'benchmarks', 'device_check.py'), '--smoke', '--no-mm',
         '--out',
         str(tmp_path)
     ],

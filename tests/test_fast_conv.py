@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from pelk_mm import (PERIPHERAL_CONV_IMPLS, PeripheralConv2d, expand_weight,
                      sharing_grid)
 from pelk_mm.ops.fft_conv import fft_size
-from pelk_mm.ops.impl_selection import select_impl
+from pelk_mm.ops.impl_selection import (COST_COEFFICIENTS, predicted_seconds,
+                                        select_impl)
 from pelk_mm.ops.precision import (FP64_FULL_RATE_CAPABILITIES,
                                    accumulation_dtype, fast_float64,
                                    force_accumulation_dtype)
@@ -202,26 +203,73 @@ def test_auto_is_deterministic_and_shape_driven():
     assert torch.equal(first, chosen)
 
 
-@pytest.mark.parametrize(
-    'shape,kernel_size,grad,expected',
-    [
-        ((1, 48, 128, 128), 51, True, 'fft'),  # PeLK-T stage 1 at 512x512
-        ((1, 48, 128, 128), 101, False, 'fft'),
-        ((1, 48, 16, 16), 101, True, 'blocksum'),  # large K on a small map
-        ((2, 374, 16, 16), 13, False, 'dense'),  # stage 4, inference
-        ((2, 374, 16, 16), 13, True,
-         'fft'),  # stage 4, training: dense bwd slow
-    ])
-def test_auto_choices_on_cpu(shape, kernel_size, grad, expected):
-    """The calibrated CPU model's picks (benchmarks/results/
-    cost_model_cpu_2026-11-28.md)."""
-    grid = sharing_grid(kernel_size, 7 if kernel_size > 51 else 5)
-    x = torch.zeros(shape, requires_grad=grad)
-    weight = torch.zeros(shape[1], 1, len(grid), len(grid))
-    assert select_impl(x, weight, grid) == expected
-    with torch.no_grad():
-        assert select_impl(x, weight,
-                           grid) == select_impl(x.detach(), weight, grid)
+EXACT_IMPLS = ('dense', 'fft', 'blocksum')
+# (N, C, H, W): single maps to PeLK-T's stage 4 batch, maps from 1x1 (smaller
+# than every kernel) to 128x128, odd and non-square sizes.
+COST_SHAPES = [(1, 1, 1, 1), (1, 1, 9, 14), (2, 3, 16, 16), (1, 48, 37, 41),
+               (1, 48, 128, 128), (2, 374, 16, 16)]
+COST_KERNELS = [3, 5, 7, 13, 15, 21, 31, 51, 101]
+
+
+def cost_grid(kernel_size):
+    return sharing_grid(kernel_size, min(kernel_size, 5))
+
+
+@pytest.mark.parametrize('grad', [False, True])
+@pytest.mark.parametrize('shape', COST_SHAPES)
+def test_auto_picks_the_cheapest_exact_impl_from_the_shape(shape, grad):
+    """Over every kernel size: an exact impl (each is checked against dense
+    above), the one of least predicted time in the call's mode, a function
+    of the shape alone (not of values, dtype or ``N`` and ``C`` apart from
+    ``N C``)."""
+    batch, channels = shape[:2]
+    for kernel_size in COST_KERNELS:
+        grid = cost_grid(kernel_size)
+        x = torch.zeros(shape, requires_grad=grad)
+        weight = torch.zeros(channels, 1, len(grid), len(grid))
+        pick = select_impl(x, weight, grid)
+        assert pick in EXACT_IMPLS and pick in PERIPHERAL_CONV_IMPLS
+        costs = {
+            impl: predicted_seconds(impl, shape, grid, 'cpu', grad)
+            for impl in EXACT_IMPLS
+        }
+        assert costs[pick] == min(costs.values())
+        values = torch.randn(shape, dtype=torch.float64, requires_grad=grad)
+        assert select_impl(values, weight.double(), grid) == pick
+        folded = torch.zeros(1, batch * channels, *shape[2:])
+        assert select_impl(folded.requires_grad_(grad), weight, grid) == pick
+        forward_only = {
+            impl: predicted_seconds(impl, shape, grid, 'cpu', False)
+            for impl in EXACT_IMPLS
+        }
+        with torch.no_grad():  # no graph, so no backward: forward-only costs
+            pick = select_impl(x, weight, grid)
+        assert forward_only[pick] == min(forward_only.values())
+
+
+def test_cost_model_time_never_falls_as_the_work_grows():
+    """Non-negative coefficients (a non-negative least-squares fit), so each
+    impl's predicted time is non-decreasing in N, C, H, W and K."""
+    for mode in COST_COEFFICIENTS['cpu'].values():
+        for coefficients in mode.values():
+            assert min(coefficients) >= 0
+    for impl in EXACT_IMPLS:
+        for backward in (False, True):
+            for shape in COST_SHAPES:
+                times = [
+                    predicted_seconds(impl, shape, cost_grid(k), 'cpu',
+                                      backward) for k in COST_KERNELS
+                ]
+                assert times == sorted(times), (impl, shape, backward)
+                for dim in range(4):
+                    bigger = list(shape)
+                    bigger[dim] += 1
+                    for k in COST_KERNELS:
+                        grid = cost_grid(k)
+                        assert predicted_seconds(
+                            impl, bigger, grid, 'cpu',
+                            backward) >= predicted_seconds(
+                                impl, shape, grid, 'cpu', backward)
 
 
 def test_fft_size_is_smallest_5_smooth():

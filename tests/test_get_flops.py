@@ -1,17 +1,19 @@
 """tools/analysis_tools/get_flops.py, run as a user runs it."""
 import json
+import os.path as osp
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-TOOL = REPO / 'tools' / 'analysis_tools' / 'get_flops.py'
+from helpers import ROOT, SMALL_ARCH
 
-DEPTHS = [1, 1, 2, 1]
-CHANNELS = [16, 24, 32, 40]
-KERNELS = [13, 11, 9, 5]
+TOOL = osp.join(ROOT, 'tools', 'analysis_tools', 'get_flops.py')
+
+DEPTHS = SMALL_ARCH['depths']
+CHANNELS = SMALL_ARCH['channels']
+KERNELS = SMALL_ARCH['kernel_sizes']
+CENTER = SMALL_ARCH['center_sizes']
 NUM_CLASSES = 10
 
 CONFIG = f"""
@@ -21,8 +23,7 @@ model = dict(
     type='ImageClassifier',
     backbone=dict(
         type='PeLK',
-        arch=dict(depths={DEPTHS}, channels={CHANNELS},
-                  kernel_sizes={KERNELS}, center_sizes=3)),
+        arch={SMALL_ARCH!r}),
     head=dict(type='LinearClsHead', num_classes={NUM_CLASSES},
               in_channels={CHANNELS[-1]}))
 """
@@ -38,7 +39,7 @@ def config(tmp_path_factory):
 def run_tool(*args):
     proc = subprocess.run(
         [sys.executable, str(TOOL), *map(str, args)],
-        cwd=REPO,
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300)
@@ -61,7 +62,7 @@ def expected_counts(height, width):
             other += 2 * CHANNELS[i - 1] + c
             macs += 4 * CHANNELS[i - 1] * c * h * w
         g = int(c * 3 / 8)
-        bands = len(sharing_grid(k, 3))
+        bands = len(sharing_grid(k, CENTER))
         weights_2d_4d += depth * (g * bands**2 + 8 * c * c)
         other += depth * (g + 2 * c + 4 * c + c + c) + g * k * k
         macs += depth * (g * k * k + 8 * c * c) * h * w

@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,8 +18,8 @@ from pelk_mm.ops import impl_tuning
 from pelk_mm.ops.impl_selection import select_impl
 from pelk_mm.ops.impl_tuning import (ImplTuner, choose_impl, set_tuning_mode,
                                      signature, using_tuner)
+from helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 GRID = sharing_grid(13, 5)
 
 
@@ -227,7 +226,7 @@ def test_environment_variables_share_choices_across_runs(tmp_path):
         'print(impl_tuning._tuner.measured)\n')
     env = dict(
         os.environ,
-        PYTHONPATH=str(ROOT),
+        PYTHONPATH=ROOT,
         PELK_MM_IMPL_CACHE=str(path),
         PELK_MM_IMPL_TUNING='measure')
 

@@ -21,7 +21,7 @@ import venv
 import pytest
 from packaging.requirements import Requirement
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from helpers import ROOT
 
 
 @pytest.fixture(scope='module')

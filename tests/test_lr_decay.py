@@ -12,6 +12,7 @@ from torch import nn
 
 from pelk_mm import PeLK
 from pelk_mm.mm.builder import build_model, load_config
+from helpers import ROOT
 
 BASE_LR, BASE_WD, DECAY = 1e-3, 0.05, 0.5
 
@@ -360,7 +361,7 @@ def test_stage_wise_needs_get_stage_depth():
 
 # --- the shipped configs ---------------------------------------------------
 
-CONFIGS = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs')
+CONFIGS = osp.join(ROOT, 'configs')
 
 
 def build_config_model(name):

@@ -14,8 +14,7 @@ import yaml
 
 from pelk_mm import PeLK
 from pelk_mm.mm.builder import build_model
-
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from helpers import ROOT
 
 TASKS = {
     'Semantic Segmentation': ('ADE20K', {'mIoU'}),

@@ -11,7 +11,6 @@ batch size than the exported one (dynamic batch). The default structured
 form holds only the box-sum operators (no large-kernel ``Conv``); the dense
 form (``deploy_mode=dense``) holds the ``K x K`` convs.
 """
-import inspect
 import subprocess
 import sys
 
@@ -194,12 +193,21 @@ def test_non_deploy_form_is_refused_before_export(tmp_path):
 
 
 def test_exporter_is_feature_detected(tmp_path, monkeypatch):
-    """A torch without the ``dynamo`` switch (torch 2.1) gets the plain call
-    (its only exporter, TorchScript); one with it gets ``dynamo=False``."""
+    """The installed torch exports through the TorchScript exporter (the
+    model runs under ``torch.jit`` tracing, not torch.export); a torch
+    without the ``dynamo`` switch (torch 2.1) gets the plain call."""
     tool = load_tool('deployment/pytorch2onnx.py')
-    assert tool.exporter_kwargs() == (
-        dict(dynamo=False)
-        if 'dynamo' in inspect.signature(torch.onnx.export).parameters else {})
+    model = PeLK(
+        arch=dict(depths=[1, 1], channels=[16, 32], kernel_sizes=[31, 13]),
+        deploy=True,
+        out_indices=(0, 1),
+        gap_before_final_norm=False).eval()
+    traced = []
+    hook = model.register_forward_hook(
+        lambda *_: traced.append(torch.jit.is_tracing()))
+    tool.export(model, (40, 24), str(tmp_path / 'installed.onnx'))
+    hook.remove()
+    assert traced and all(traced)
     real_export, calls = torch.onnx.export, []
 
     def legacy_export(model,
@@ -223,11 +231,6 @@ def test_exporter_is_feature_detected(tmp_path, monkeypatch):
     exporter = tool.exporter_kwargs()  # the real export's own switch
     monkeypatch.setattr(torch.onnx, 'export', legacy_export)
     assert tool.exporter_kwargs() == {}
-    model = PeLK(
-        arch=dict(depths=[1, 1], channels=[16, 32], kernel_sizes=[31, 13]),
-        deploy=True,
-        out_indices=(0, 1),
-        gap_before_final_norm=False).eval()
     out = str(tmp_path / 'legacy.onnx')
     assert tool.export(model, (40, 24), out) == ['feat0', 'feat1']
     assert calls == [17]

@@ -6,6 +6,7 @@ registries reach it as their parent, so ``type='PeLK'`` builds under every
 ``custom_imports`` in a config, in a fresh interpreter.
 """
 import importlib
+import os.path as osp
 import subprocess
 import sys
 import textwrap
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 import pelk_mm
-from helpers import TINY_ARCH
+from helpers import ROOT, TINY_ARCH
 
 
 @pytest.mark.parametrize('scope', ['mmseg', 'mmdet', 'mmpretrain'])
@@ -30,9 +31,30 @@ def test_registered_under_every_scope(scope):
         assert backbone(torch.randn(1, 3, 32, 32))[0].shape == (1, 40)
         assert registry.HOOKS.get('DynamicSparsityHook') is \
             pelk_mm.DynamicSparsityHook
+        assert registry.HOOKS.get('PeLKArchMetaHook') is \
+            pelk_mm.PeLKArchMetaHook
         assert registry.OPTIM_WRAPPER_CONSTRUCTORS.get(
             'PeLKLearningRateDecayOptimizerConstructor') is \
             pelk_mm.PeLKLearningRateDecayOptimizerConstructor
+
+
+def test_readme_names_everything_registered():
+    """The README's paragraph on what ``import pelk_mm`` registers names
+    every class that pelk_mm registers in mmengine's root registries."""
+    import mmengine.registry as root
+    registered = {
+        name
+        for registry in vars(root).values()
+        if isinstance(registry, root.Registry)
+        for name, cls in registry.module_dict.items()
+        if cls.__module__.startswith('pelk_mm')
+    }
+    assert {'PeLK', 'DynamicSparsityHook', 'PeLKArchMetaHook'} <= registered
+    with open(osp.join(ROOT, 'README.md'), encoding='utf-8') as f:
+        paragraphs = f.read().split('\n\n')
+    listing = [p for p in paragraphs if 'registers' in p and '`PeLK`' in p]
+    assert len(listing) == 1
+    assert sorted(n for n in registered if f'`{n}`' not in listing[0]) == []
 
 
 @pytest.mark.slow

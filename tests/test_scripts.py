@@ -11,7 +11,8 @@ import subprocess
 
 import pytest
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from helpers import ROOT
+
 CONFIG = 'configs/pelk_t_in1k.py'
 
 # script, its positional arguments (valid), usage text

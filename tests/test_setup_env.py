@@ -17,7 +17,8 @@ import zipfile
 
 import pytest
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from helpers import ROOT
+
 SCRIPT = osp.join(ROOT, 'tools', 'setup_env.sh')
 
 

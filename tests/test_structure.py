@@ -15,8 +15,8 @@ from pelk_mm.mm.builder import (build_model, load_config,
                                 save_initial_checkpoint)
 from pelk_mm.models.checkpoint_meta import ARCH_META_KEY
 from pelk_mm.sparsity.masks import SparsityMasks, layer_group
+from helpers import ROOT
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 ARCH = dict(
     depths=[2, 1, 3, 1],
     channels=[16, 24, 32, 40],

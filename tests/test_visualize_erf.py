@@ -2,9 +2,9 @@
 with known kernels, the area ratios on maps with known answers, weights and
 preprocessing from configs, and the tool end to end as a user runs it."""
 import json
+import os.path as osp
 import subprocess
 import sys
-from pathlib import Path
 
 import matplotlib.image as mpimg
 import numpy as np
@@ -15,10 +15,9 @@ from mmengine import Config
 from PIL import Image
 
 from pelk_mm import PeLK, PeripheralConv2d
-from helpers import TINY_ARCH, load_tool
+from helpers import ROOT, TINY_ARCH, load_tool
 
-REPO = Path(__file__).resolve().parents[1]
-TOOL = REPO / 'tools' / 'analysis_tools' / 'visualize_erf.py'
+TOOL = osp.join(ROOT, 'tools', 'analysis_tools', 'visualize_erf.py')
 erf = load_tool('analysis_tools/visualize_erf.py')
 
 PELK_CONFIG = f"""
@@ -294,7 +293,7 @@ def test_bad_arguments(tmp_path):
 def run_tool(*args):
     proc = subprocess.run(
         [sys.executable, str(TOOL), *map(str, args)],
-        cwd=REPO,
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=600)

@@ -24,12 +24,12 @@ gradient is the same computation with the conjugate spectrum ``conj(G)``
 the cross-correlation of ``x`` and the output gradient at the kernel's
 ``K x K`` lags, one inverse FFT per channel of ``sum_n conj(DY) X``, summed
 per block, plus the mean term. Its lags run in
-:func:`pelk_mm.ops.precision.accumulation_dtype`: float64 on CPUs and GPUs
-with fast FP64, where float32 had reached 1.5x the dense convolution's error
-at ``K = 101`` on 128 x 128 maps; float32 elsewhere (measured 0.4-1.6x the
-dense error; tested below 2x). The mean term, which carries the input's
-mean, is reduced in float64 everywhere but MPS
-(:func:`pelk_mm.ops.precision.mean_term_dtype`).
+:func:`pelk_mm.ops.precision.accumulation_dtype` (float64 on CPUs and GPUs
+with fast FP64, float32 elsewhere); on either path the output and both
+gradients stay within 2x the dense float32 convolution's error against a
+float64 reference (measurements: ``docs/performance.md``, "Precision"). The
+mean term, which carries the input's mean, is reduced in float64 everywhere
+but MPS (:func:`pelk_mm.ops.precision.mean_term_dtype`).
 """
 import functools
 import math

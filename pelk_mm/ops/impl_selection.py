@@ -19,16 +19,13 @@ with ``M = N C`` maps, ``k'`` bands and FFT sizes ``L = fft_size(n + K // 2)``
 The dense term is split at :data:`DENSE_FAST_MAX_KERNEL` because oneDNN's
 depthwise convolution is fast only up to K = 13.
 
-What the ``'cpu'`` coefficients were fitted on (2026-11-28, commit
-2df2b6a): ``benchmarks/bench_peripheral_conv.py --threads 1`` at N = 1,
-C = 48, K in {13, 31, 51, 101}, maps 8-128, torch 2.14.1, one AMD EPYC
-(Zen 4) core, non-negative least squares on the relative error
-(``benchmarks/fit_cost_model.py``). Both fast kernels changed after that
-fit (the FFT weight gradient moved to float64, blocksum's backward
-recomputes its band sums), so near the fft / blocksum boundary the pick
-may be the slower of the two; the picks that ``tests/test_fast_conv.py``
-pins still hold. The measurements and the notes of that calibration are in
-``benchmarks/results/cost_model_cpu_2026-11-28.md``; to refit, run the
+Every implementation is exact for every shape, so the pick changes the run
+time, never the result; near a boundary between two implementations the
+model may pick the slower one. The ``'cpu'`` coefficients are a
+non-negative least-squares fit (``benchmarks/fit_cost_model.py``) of this
+model to ``benchmarks/bench_peripheral_conv.py`` timings; the fit, its data
+and what changed in the kernels since are recorded in
+``benchmarks/results/cost_model_cpu_2026-11-28.md``. To refit, run the
 benchmark and ``fit_cost_model.py`` on its JSON.
 """
 import math
@@ -39,8 +36,8 @@ from torch import Tensor
 
 from .fft_conv import fft_size
 
-#: Largest kernel that oneDNN's depthwise convolution runs fast (on the
-#: calibration CPU: 13-17 GMAC/s up to K = 13, about 2 GMAC/s from K = 15).
+#: Largest kernel that oneDNN's depthwise convolution runs at its fast rate
+#: (a separate dense coefficient above it).
 DENSE_FAST_MAX_KERNEL = 13
 
 #: Coefficients ``(a, b, c)`` in seconds, by device type, then mode
@@ -64,7 +61,20 @@ COST_COEFFICIENTS: Dict[str, Dict[str, Dict[str, Tuple[float, ...]]]] = {
 def work_terms(impl: str, maps: int, height: int, width: int,
                grid: Sequence[int]) -> Tuple[float, float]:
     """The two work terms of the model that ``a`` and ``b`` multiply
-    (``benchmarks/fit_cost_model.py`` fits against them)."""
+    (``benchmarks/fit_cost_model.py`` fits against them).
+
+    Args:
+        impl (str): ``'dense'``, ``'fft'`` or ``'blocksum'``.
+        maps (int): ``M = N C``.
+        height (int): ``H``.
+        width (int): ``W``.
+        grid (Sequence[int]): Sharing grid (``K = sum(grid)``,
+            ``k' = len(grid)``).
+
+    Returns:
+        tuple[float, float]: The terms of the table above, each
+        non-decreasing in ``M``, ``H``, ``W`` and ``K``.
+    """
     kernel_size, bands = sum(grid), len(grid)
     if impl == 'dense':
         work = maps * height * width * kernel_size**2
@@ -83,7 +93,21 @@ def predicted_seconds(impl: str,
                       grid: Sequence[int],
                       device_type: str = 'cpu',
                       backward: bool = True) -> float:
-    """Model time of one call of ``impl`` on an ``(N, C, H, W)`` input."""
+    """Model time of one call of ``impl`` on an ``(N, C, H, W)`` input.
+
+    Args:
+        impl (str): ``'dense'``, ``'fft'`` or ``'blocksum'``.
+        shape (Sequence[int]): ``(N, C, H, W)``.
+        grid (Sequence[int]): Sharing grid.
+        device_type (str): Key of :data:`COST_COEFFICIENTS`; a type without
+            an entry gets the ``'cpu'`` coefficients. Defaults to 'cpu'.
+        backward (bool): Forward + backward (else forward only). Defaults
+            to True.
+
+    Returns:
+        float: ``a * first + b * second + c`` in seconds, with the
+        non-negative coefficients of the device type and mode.
+    """
     batch, channels, height, width = shape
     # Device types without an entry reach this only in the deterministic
     # mode of impl_tuning: they get the CPU coefficients.
@@ -102,7 +126,9 @@ def select_impl(x: Tensor, weight: Tensor, grid: Sequence[int]) -> str:
         grid (Sequence[int]): Sharing grid.
 
     Returns:
-        str: ``'dense'``, ``'fft'`` or ``'blocksum'``.
+        str: ``'dense'``, ``'fft'`` or ``'blocksum'``, whichever has the
+        least :func:`predicted_seconds` for ``x``'s shape on its device
+        type, forward + backward when autograd will need a backward.
     """
     backward = torch.is_grad_enabled() and (x.requires_grad
                                             or weight.requires_grad)
