@@ -651,17 +651,21 @@ def test_dcn_offset_lr_mult(tiny_model):
 
 
 def test_bypass_duplicate(tiny_model):
-    """A module reached under two names: without ``bypass_duplicate`` an
+    """A module reached under two parents: without ``bypass_duplicate`` an
     error naming the parameter and the key (mmengine's default constructor
     fails too, in torch); with it, each parameter once, as without the
     duplicate."""
     kind, decay, model = tiny_model
     decayed = per_param(model, decay)
     model = copy.deepcopy(model)
-    head = model.decode_head if kind == 'segmentor' else model.rpn_head
-    name = 'conv_seg' if kind == 'segmentor' else 'rpn_cls'
-    head.tied = getattr(head, name)
-    with pytest.raises(ValueError, match=rf'{name}.weight .*bypass_duplicate'):
+    if kind == 'segmentor':
+        name = 'decode_head.conv_seg'
+        model.auxiliary_head.tied = model.decode_head.conv_seg
+    else:
+        name = 'rpn_head.rpn_cls'
+        model.roi_head.tied = model.rpn_head.rpn_cls
+    with pytest.raises(
+            ValueError, match=rf'parameter {name}.weight .*bypass_duplicate'):
         per_param(model, decay)
     with pytest.raises(ValueError, match='more than one parameter group'):
         per_param(model, dict(bias_lr_mult=1.), constructor=False)
