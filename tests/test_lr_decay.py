@@ -492,8 +492,7 @@ def tiny_model(request, tmp_path_factory):
     decay, text = TINY_CONFIGS[request.param]
     path = tmp_path_factory.mktemp('cfg') / f'{request.param}.py'
     path.write_text(
-        text.format(
-            root=ROOT, arch=TINY_ARCH, channels=TINY_ARCH['channels']))
+        text.format(root=ROOT, arch=TINY_ARCH, channels=TINY_ARCH['channels']))
     torch.manual_seed(0)
     return request.param, decay, build_model(str(path))
 
@@ -529,25 +528,24 @@ def mmengine_on_top(model, decay, keys):
     }
 
 
-MM_KEYS = {
-    'bias_lr_mult': dict(bias_lr_mult=3.),
-    'bias_decay_mult': dict(bias_decay_mult=0.5),
-    'norm_decay_mult': dict(norm_decay_mult=0.25),
-    'flat_decay_mult': dict(flat_decay_mult=0.75),
-    'custom_keys': dict(
-        custom_keys={
-            'head': dict(lr_mult=10., decay_mult=0.5),
-            'head.conv_seg': dict(lr_mult=2., decay_mult=2.),
-            'roi_head.mask_head': dict(lr_mult=2., decay_mult=2.),
-            'backbone.stages.0': dict(lr_mult=0.5, decay_mult=3.),
-        }),
-    'all': dict(
+CUSTOM_KEYS = {
+    'head': dict(lr_mult=10., decay_mult=0.5),
+    'head.conv_seg': dict(lr_mult=2., decay_mult=2.),
+    'roi_head.mask_head': dict(lr_mult=2., decay_mult=2.),
+    'backbone.stages.0': dict(lr_mult=0.5, decay_mult=3.),
+}
+MM_KEYS = dict(
+    bias_lr_mult=dict(bias_lr_mult=3.),
+    bias_decay_mult=dict(bias_decay_mult=0.5),
+    norm_decay_mult=dict(norm_decay_mult=0.25),
+    flat_decay_mult=dict(flat_decay_mult=0.75),
+    custom_keys=dict(custom_keys=CUSTOM_KEYS),
+    all=dict(
         bias_lr_mult=3.,
         bias_decay_mult=0.5,
         norm_decay_mult=0.25,
         flat_decay_mult=0.75,
-        custom_keys={'neck': dict(lr_mult=4., decay_mult=0.5)}),
-}
+        custom_keys={'neck': dict(lr_mult=4., decay_mult=0.5)}))
 
 
 @pytest.mark.parametrize('key', sorted(MM_KEYS))
@@ -597,8 +595,7 @@ def test_custom_key_gives_the_head_10x_lr(tiny_model):
     the weight decay of what it matches (``decay_mult`` 1 when not given)."""
     kind, decay, model = tiny_model
     head = 'decode_head' if kind == 'segmentor' else 'roi_head'
-    got = per_param(
-        model, dict(decay, custom_keys={head: dict(lr_mult=10.)}))
+    got = per_param(model, dict(decay, custom_keys={head: dict(lr_mult=10.)}))
     decayed = per_param(model, decay)
     for name, (lr, wd) in got.items():
         if name.startswith(head + '.'):
@@ -615,8 +612,8 @@ def test_dwconv_decay_mult_covers_the_peripheral_conv(tiny_model):
     _, decay, model = tiny_model
     decayed = per_param(model, decay)
     got = per_param(model, dict(decay, dwconv_decay_mult=0.5))
-    both = per_param(
-        model, dict(decay, dwconv_decay_mult=0.5, bias_decay_mult=0.25))
+    both = per_param(model,
+                     dict(decay, dwconv_decay_mult=0.5, bias_decay_mult=0.25))
     peripheral = [n for n in got if '.peripheral_conv.' in n]
     assert len(peripheral) == 8  # 4 blocks, weight and bias
     for name, (lr, wd) in got.items():

@@ -405,8 +405,8 @@ def test_any_model_works_one_without_covered_weights_is_refused(tmp_path):
     check_records(checker.records, cfg)
     assert not any(type(m).__name__ == 'PeLK' for m in runner.model.modules())
     assert hook.masks.density == pytest.approx(0.5, abs=0.01)
-    runner, _, _ = make_runner(
-        tmp_path, 'nothing', 4, dict(cfg, include=(r'encoder\.', )))
+    runner, _, _ = make_runner(tmp_path, 'nothing', 4,
+                               dict(cfg, include=(r'encoder\.', )))
     with pytest.raises(
             ValueError,
             match=r"covers no parameter .*include=.*encoder.*"
@@ -486,9 +486,8 @@ def test_optimizer_state_the_masks_do_not_know_is_refused(tmp_path):
     weights, keeping them would not start regrown weights afresh. Adagrad's
     ``sum`` is reset like Adam's moments: pruned state stays zero."""
     param = nn.Parameter(torch.zeros(3))
-    assert unknown_state_keys(torch.optim.Rprop([param])) == [
-        'prev', 'step_size'
-    ]
+    rprop = torch.optim.Rprop([param])
+    assert unknown_state_keys(rprop) == ['prev', 'step_size']
     for optimizer in (torch.optim.AdamW([param]), torch.optim.Adagrad([param]),
                       torch.optim.SGD([param], lr=0.1, momentum=0.9),
                       torch.optim.RMSprop([param], momentum=0.9,

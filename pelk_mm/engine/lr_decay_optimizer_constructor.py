@@ -127,9 +127,8 @@ class PeLKLearningRateDecayOptimizerConstructor(DefaultOptimWrapperConstructor
         allowed = DECAY_KEYS + MMENGINE_KEYS
         unknown = sorted(set(cfg) - set(allowed))
         if unknown:
-            raise ValueError(
-                f'paramwise_cfg has unknown keys {unknown}; '
-                f'{type(self).__name__} accepts {list(allowed)}')
+            raise ValueError(f'paramwise_cfg has unknown keys {unknown}; '
+                             f'{type(self).__name__} accepts {list(allowed)}')
         decay_rate = cfg.get('decay_rate')
         if not _is_number(decay_rate) or not 0 < decay_rate <= 1:
             raise ValueError('paramwise_cfg.decay_rate must be a number in '
@@ -228,8 +227,8 @@ class PeLKLearningRateDecayOptimizerConstructor(DefaultOptimWrapperConstructor
                 if layer_id == num_ids - 1:  # after the backbone's stages
                     layer_id = num_layers + 1
                 num_ids = num_layers + 2
-            lr = mm_group.get('lr', self.base_lr) * self.paramwise_cfg[
-                'decay_rate']**(num_ids - 1 - layer_id)
+            scale = self.paramwise_cfg['decay_rate']**(num_ids - 1 - layer_id)
+            lr = mm_group.get('lr', self.base_lr) * scale
             weight_decay = self._weight_decay(name, param, mm_group,
                                               no_decay_names,
                                               id(param) in peripheral)

@@ -1,7 +1,6 @@
 """mmengine hook for SLaK-style dynamic sparsity, exact under AMP, gradient
 accumulation, DDP and resume."""
 import math
-from numbers import Real
 from typing import List, Optional, Sequence
 
 import torch
@@ -21,9 +20,8 @@ CHECKPOINT_KEY = 'sparsity'
 #: coverage always, the schedule of a ``'dynamic'`` run too.
 RESUME_SETTINGS = dict(
     fixed=('include', 'exclude'),
-    dynamic=('include', 'exclude', 'sparsity', 'update_interval',
-             'prune_rate', 'min_prune_rate', 'decay_steps', 'stop_step',
-             'growth'))
+    dynamic=('include', 'exclude', 'sparsity', 'update_interval', 'prune_rate',
+             'min_prune_rate', 'decay_steps', 'stop_step', 'growth'))
 
 
 def cosine_prune_rate(step: int, total_steps: int, initial: float,
@@ -109,10 +107,9 @@ def unknown_state_keys(optimizer: torch.optim.Optimizer) -> List[str]:
     except (TypeError, RuntimeError):  # e.g. LBFGS needs a closure
         return []
     param = probe.param_groups[0]['params'][0]
-    return sorted(
-        key for key, value in probe.state.get(param, {}).items()
-        if isinstance(value, Tensor) and value.shape == param.shape
-        and key not in MOMENT_KEYS)
+    return sorted(key for key, value in probe.state.get(param, {}).items()
+                  if isinstance(value, Tensor) and value.shape == param.shape
+                  and key not in MOMENT_KEYS)
 
 
 @HOOKS.register_module()
@@ -397,11 +394,13 @@ class DynamicSparsityHook(Hook):
 
     def _settings(self) -> dict:
         """The values of :data:`RESUME_SETTINGS` of this hook."""
-        return {
-            key: tuple(getattr(self, key))
-            if key in ('include', 'exclude') else getattr(self, key)
+        settings = {
+            key: getattr(self, key)
             for key in RESUME_SETTINGS['dynamic']
         }
+        settings.update(
+            include=tuple(self.include), exclude=tuple(self.exclude))
+        return settings
 
     def _check_resumed_settings(self, state: dict) -> None:
         """Refuse a resume whose settings differ from the saved run's."""

@@ -14,8 +14,8 @@ needs ``include=(r'',)``.
 """
 import math
 import re
-from numbers import Real
 from collections import OrderedDict
+from numbers import Real
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -67,12 +67,11 @@ def select_parameters(
     Returns:
         ``{name: parameter}``.
     """
-    return OrderedDict(
-        (name, p) for name, p in unwrap_model(model).named_parameters()
-        if p.requires_grad and p.dim() in (2, 4) and any(re.match(pat, name)
-                                     for pat in include) and not any(
-                                         re.match(pat, name)
-                                         for pat in exclude))
+    return OrderedDict((name, p)
+                       for name, p in unwrap_model(model).named_parameters()
+                       if p.requires_grad and p.dim() in (2, 4) and any(
+                           re.match(pat, name) for pat in include) and not any(
+                               re.match(pat, name) for pat in exclude))
 
 
 def check_init(init: str) -> str:
