@@ -568,7 +568,7 @@ def test_mmengine_keys_on_top_of_the_decay(tiny_model, key):
     assert changed, f'{key} changed nothing'
     if key == 'custom_keys':
         # the longest key wins; a backbone key multiplies the decayed lr
-        head = ('decode_head.conv_seg.bias'
+        head = ('decode_head.bottleneck.bn.bias'
                 if kind == 'segmentor' else 'rpn_head.rpn_conv.bias')
         assert got[head][0] == pytest.approx(10 * decayed[head][0])
         assert got[head][1] == pytest.approx(0.5 * BASE_WD)
