@@ -12,7 +12,7 @@ from torch import nn
 
 from pelk_mm import PeLK
 from pelk_mm.mm.builder import build_model, load_config
-from helpers import ROOT
+from helpers import ROOT, TINY_ARCH
 
 BASE_LR, BASE_WD, DECAY = 1e-3, 0.05, 0.5
 
@@ -153,11 +153,26 @@ def test_optimizer_steps_with_the_group_lrs():
 @pytest.mark.parametrize('paramwise, match', [
     (dict(decay_rate=0.9, decay_type='block_wise'), 'decay_type'),
     (dict(decay_rate=1.5, decay_type='layer_wise'), 'decay_rate'),
+    (dict(decay_rate=0, decay_type='layer_wise'), r'decay_rate .*\(0, 1\]'),
+    (dict(decay_rate=-0.5), 'decay_rate'),
+    (dict(decay_rate=True), 'decay_rate'),
     (dict(decay_type='layer_wise'), 'decay_rate'),
     (dict(decay_rate=0.9, decay_type='layer_wise',
           num_layers=12), 'num_layers'),
     (dict(decay_rate=0.9, decay_type='stage_wise',
           num_layers=3), 'num_layers'),
+    (dict(decay_rate=0.9, num_layers=0), 'num_layers must be a positive'),
+    (dict(decay_rate=0.9, num_layers='6'), 'num_layers must be a positive'),
+    (dict(decay_rate=0.9, custom_key={'decode_head': dict(lr_mult=10.)}),
+     r"unknown keys \['custom_key'\].*'custom_keys'"),
+    (dict(decay_rate=0.9, layer_decay_rate=0.9),
+     r"unknown keys \['layer_decay_rate'\].*'decay_rate'"),
+    (dict(decay_rate=0.9, bias_lr_mult=-1.), 'bias_lr_mult must be a number'),
+    (dict(decay_rate=0.9, norm_decay_mult='0'), 'norm_decay_mult'),
+    (dict(decay_rate=0.9, bypass_duplicate='yes'), 'bypass_duplicate'),
+    (dict(decay_rate=0.9, custom_keys={'decode_head': 10.}), 'custom_keys'),
+    (dict(decay_rate=0.9, custom_keys={'decode_head': dict(lr_mult='x')}),
+     r"custom_keys\['decode_head'\].lr_mult"),
 ])
 def test_bad_configuration(paramwise, match):
     cfg = dict(
@@ -447,3 +462,215 @@ def test_downstream_config_groups(name, decay_type, rate):
             f'layer_{layer_id}_{"no_decay" if no_decay else "decay"}')
         assert group['lr_scale'] == pytest.approx(rate**(7 - layer_id))
         assert group['weight_decay'] == (0 if no_decay else 0.05), name
+
+
+# --- mmengine's paramwise_cfg keys, on real mmseg / mmdet models -----------
+
+SEG_DECAY = dict(decay_rate=0.9, decay_type='stage_wise', num_layers=6)
+DET_DECAY = dict(decay_rate=0.7, decay_type='layer_wise')
+TINY_CONFIGS = {
+    'segmentor': (SEG_DECAY, """
+_base_ = ['{root}/configs/demo/upernet_pelk_demo_ade20k.py']
+model = dict(
+    backbone=dict(arch=dict(_delete_=True, **{arch}), init_cfg=None),
+    decode_head=dict(in_channels={channels}, channels=16),
+    auxiliary_head=dict(in_channels={channels[2]}, channels=16))
+"""),
+    'detector': (DET_DECAY, """
+_base_ = ['{root}/configs/cascade_mask_rcnn_pelk_t_fpn_3x_coco.py']
+model = dict(
+    backbone=dict(arch=dict(_delete_=True, **{arch}), init_cfg=None),
+    neck=dict(in_channels={channels}))
+"""),
+}
+
+
+@pytest.fixture(scope='module', params=sorted(TINY_CONFIGS))
+def tiny_model(request, tmp_path_factory):
+    """``(kind, its decay keys, a real UperNet-PeLK / Cascade Mask
+    R-CNN-PeLK with a TINY_ARCH backbone)``."""
+    decay, text = TINY_CONFIGS[request.param]
+    path = tmp_path_factory.mktemp('cfg') / f'{request.param}.py'
+    path.write_text(
+        text.format(root=ROOT, arch=TINY_ARCH, channels=TINY_ARCH['channels']))
+    torch.manual_seed(0)
+    return request.param, decay, build_model(str(path))
+
+
+def per_param(model, paramwise, constructor=True):
+    """``{name: (lr, weight_decay)}`` of the optimizer built with
+    ``paramwise`` by this constructor (or mmengine's default one)."""
+    cfg = dict(
+        optimizer=dict(type='AdamW', lr=BASE_LR, weight_decay=BASE_WD),
+        paramwise_cfg=paramwise)
+    if constructor:
+        cfg['constructor'] = 'PeLKLearningRateDecayOptimizerConstructor'
+    names = {id(p): n for n, p in model.named_parameters()}
+    found = {}
+    for group in build_optim_wrapper(model, cfg).optimizer.param_groups:
+        for param in group['params']:
+            assert names[id(param)] not in found
+            found[names[id(param)]] = (group['lr'], group['weight_decay'])
+    return found
+
+
+def mmengine_on_top(model, decay, keys):
+    """The expected result: mmengine's default constructor's lr multiplier
+    times the decayed lr; mmengine's weight decay where its rules set one
+    (here: multipliers != 1), else the decay-only constructor's."""
+    decayed = per_param(model, decay)
+    mmengine = per_param(model, keys, constructor=False)
+    assert set(mmengine) == set(decayed)
+    return {
+        name: (lr * mmengine[name][0] / BASE_LR,
+               wd if mmengine[name][1] == BASE_WD else mmengine[name][1])
+        for name, (lr, wd) in decayed.items()
+    }
+
+
+def assert_close(got, expected):
+    """Same names, each ``(lr, weight_decay)`` equal to rounding."""
+    assert set(got) == set(expected)
+    for name, value in got.items():
+        assert value == pytest.approx(expected[name]), name
+
+
+CUSTOM_KEYS = {
+    'head': dict(lr_mult=10., decay_mult=0.5),
+    'head.conv_seg': dict(lr_mult=2., decay_mult=2.),
+    'roi_head.mask_head': dict(lr_mult=2., decay_mult=2.),
+    'backbone.stages.0': dict(lr_mult=0.5, decay_mult=3.),
+}
+MM_KEYS = dict(
+    bias_lr_mult=dict(bias_lr_mult=3.),
+    bias_decay_mult=dict(bias_decay_mult=0.5),
+    norm_decay_mult=dict(norm_decay_mult=0.25),
+    flat_decay_mult=dict(flat_decay_mult=0.75),
+    custom_keys=dict(custom_keys=CUSTOM_KEYS),
+    all=dict(
+        bias_lr_mult=3.,
+        bias_decay_mult=0.5,
+        norm_decay_mult=0.25,
+        flat_decay_mult=0.75,
+        custom_keys={'neck': dict(lr_mult=4., decay_mult=0.5)}))
+
+
+@pytest.mark.parametrize('key', sorted(MM_KEYS))
+def test_mmengine_keys_on_top_of_the_decay(tiny_model, key):
+    """Each key gives what mmengine gives, times the layer / stage decay
+    (longest custom key first, custom keys over the other rules, norm >
+    bias > flat), and changes what it names."""
+    kind, decay, model = tiny_model
+    got = per_param(model, dict(decay, **MM_KEYS[key]))
+    assert_close(got, mmengine_on_top(model, decay, MM_KEYS[key]))
+    decayed = per_param(model, decay)
+    changed = {n for n in got if got[n] != pytest.approx(decayed[n])}
+    assert changed, f'{key} changed nothing'
+    if key == 'custom_keys':
+        # the longest key wins; a backbone key multiplies the decayed lr
+        head = ('decode_head.bottleneck.bn.bias'
+                if kind == 'segmentor' else 'rpn_head.rpn_conv.bias')
+        assert got[head][0] == pytest.approx(10 * decayed[head][0])
+        assert got[head][1] == pytest.approx(0.5 * BASE_WD)
+        if kind == 'segmentor':
+            seg = 'decode_head.conv_seg.weight'
+            assert got[seg] == pytest.approx(
+                (2 * decayed[seg][0], 2 * BASE_WD))
+        else:
+            mask = 'roi_head.mask_head.0.conv_logits.weight'
+            assert got[mask] == pytest.approx(
+                (2 * decayed[mask][0], 2 * BASE_WD))
+        stem = 'backbone.downsample_layers.0.0.weight'
+        block = 'backbone.stages.0.0.pointwise_conv1.weight'
+        assert got[stem] == decayed[stem]
+        assert got[block] == pytest.approx(
+            (0.5 * decayed[block][0], 3 * BASE_WD))
+        assert decayed[block][0] < BASE_LR  # the decay is still there
+    if key == 'norm_decay_mult':  # PeLK's LayerNorms and the heads' BNs
+        assert got['backbone.stages.0.0.norm.weight'][1] == pytest.approx(
+            0.25 * BASE_WD)
+        assert decayed['backbone.stages.0.0.norm.weight'][1] == 0
+    if key == 'bias_lr_mult':
+        assert all(n.endswith('.bias') for n in changed)
+        bias = 'backbone.stages.1.0.pointwise_conv2.bias'
+        assert got[bias][0] == pytest.approx(3 * decayed[bias][0])
+
+
+def test_custom_key_gives_the_head_10x_lr(tiny_model):
+    """The issue's example: ``custom_keys={'decode_head': lr_mult=10}``
+    (``'roi_head'`` for the detector). Like mmengine, a custom key also sets
+    the weight decay of what it matches (``decay_mult`` 1 when not given)."""
+    kind, decay, model = tiny_model
+    head = 'decode_head' if kind == 'segmentor' else 'roi_head'
+    got = per_param(model, dict(decay, custom_keys={head: dict(lr_mult=10.)}))
+    decayed = per_param(model, decay)
+    for name, (lr, wd) in got.items():
+        if name.startswith(head + '.'):
+            assert lr == pytest.approx(10 * decayed[name][0]), name
+            assert wd == BASE_WD, name
+        else:
+            assert (lr, wd) == decayed[name], name
+
+
+def test_dwconv_decay_mult_covers_the_peripheral_conv(tiny_model):
+    """mmengine's rule sees only ``nn.Conv2d`` with ``groups ==
+    in_channels``; PeLK's depthwise ``PeripheralConv2d`` is one too, and a
+    bias rule still comes first."""
+    _, decay, model = tiny_model
+    decayed = per_param(model, decay)
+    got = per_param(model, dict(decay, dwconv_decay_mult=0.5))
+    both = per_param(model,
+                     dict(decay, dwconv_decay_mult=0.5, bias_decay_mult=0.25))
+    peripheral = [n for n in got if '.peripheral_conv.' in n]
+    assert len(peripheral) == 8  # 4 blocks, weight and bias
+    for name, (lr, wd) in got.items():
+        assert lr == decayed[name][0]
+        if name in peripheral:
+            assert wd == pytest.approx(0.5 * BASE_WD), name
+            assert both[name][1] == pytest.approx(
+                (0.25 if name.endswith('.bias') else 0.5) * BASE_WD)
+        else:
+            assert wd == decayed[name][1], name
+
+
+def test_dcn_offset_lr_mult(tiny_model):
+    """A deformable conv (mmcv's ``DeformConv2dPack``) in the head: its
+    offset layer's lr times ``dcn_offset_lr_mult``, as mmengine does."""
+    from mmcv.ops import DeformConv2dPack
+    kind, decay, model = tiny_model
+    model = copy.deepcopy(model)
+    head = model.decode_head if kind == 'segmentor' else model.rpn_head
+    head.dcn = DeformConv2dPack(4, 4, 3, padding=1)
+    keys = dict(dcn_offset_lr_mult=5.)
+    got = per_param(model, dict(decay, **keys))
+    assert_close(got, mmengine_on_top(model, decay, keys))
+    decayed = per_param(model, decay)
+    prefix = 'decode_head' if kind == 'segmentor' else 'rpn_head'
+    changed = {n for n in got if got[n] != decayed[n]}
+    assert changed == {
+        f'{prefix}.dcn.conv_offset.weight', f'{prefix}.dcn.conv_offset.bias'
+    }
+    for name in changed:
+        assert got[name][0] == pytest.approx(5 * decayed[name][0])
+
+
+def test_bypass_duplicate(tiny_model):
+    """A module reached under two parents: without ``bypass_duplicate`` an
+    error naming the parameter and the key (mmengine's default constructor
+    fails too, in torch); with it, each parameter once, as without the
+    duplicate."""
+    kind, decay, model = tiny_model
+    decayed = per_param(model, decay)
+    model = copy.deepcopy(model)
+    if kind == 'segmentor':
+        name = 'decode_head.conv_seg'
+        model.auxiliary_head.tied = model.decode_head.conv_seg
+    else:
+        name = 'rpn_head.rpn_cls'
+        model.roi_head.tied = model.rpn_head.rpn_cls
+    with pytest.raises(
+            ValueError, match=rf'parameter {name}.weight .*bypass_duplicate'):
+        per_param(model, decay)
+    with pytest.raises(ValueError, match='more than one parameter group'):
+        per_param(model, dict(bias_lr_mult=1.), constructor=False)
+    assert per_param(model, dict(decay, bypass_duplicate=True)) == decayed

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 import pelk_mm  # noqa: F401  (registers the hook; checkpoint compat)
 from pelk_mm.sparsity import DynamicSparsityHook, cosine_prune_rate
-from pelk_mm.sparsity.hook import step_hooks_run
+from pelk_mm.sparsity.hook import step_hooks_run, unknown_state_keys
 from helpers import check_records, make_sparsity_runner
 
 
@@ -248,7 +248,13 @@ def test_bad_arguments_name_the_parameter():
                          (dict(growth='momentum'), 'growth'),
                          (dict(update_interval=0), 'update_interval'),
                          (dict(prune_rate=0.001), 'min_prune_rate'),
-                         (dict(sparsity=1.0), 'sparsity')]:
+                         (dict(sparsity=1.0), 'sparsity'),
+                         (dict(sparsity=-0.1), r'sparsity .*\[0, 1\)'),
+                         (dict(sparsity=40), r'sparsity .*\[0, 1\)'),
+                         (dict(sparsity='0.4'), 'sparsity must be a number'),
+                         (dict(decay_steps=0), 'decay_steps'),
+                         (dict(stop_step=-1), 'stop_step'),
+                         (dict(min_zero_fraction=1.0), 'min_zero_fraction')]:
         with pytest.raises(ValueError, match=word):
             DynamicSparsityHook(**kwargs)
 
@@ -384,3 +390,130 @@ def test_refuses_an_optimizer_whose_step_hooks_no_longer_run():
     with pytest.raises(
             RuntimeError, match='no longer runs optimizer step hooks'):
         hook.after_train_iter(runner=None, batch_idx=0)
+
+
+# --- bad inputs: the model, frozen parameters, resume, the optimizer -------
+
+
+def test_any_model_works_one_without_covered_weights_is_refused(tmp_path):
+    """The hook needs no PeLK: it masks the weights ``include`` names (the
+    tiny classifier here has none). A model whose weights ``include`` does
+    not name is refused with its weights' names."""
+    cfg = dict(HOOK_CFG, init='uniform')
+    runner, hook, checker = make_runner(tmp_path, 'no_pelk', 4, cfg)
+    runner.train()
+    check_records(checker.records, cfg)
+    assert not any(type(m).__name__ == 'PeLK' for m in runner.model.modules())
+    assert hook.masks.density == pytest.approx(0.5, abs=0.01)
+    runner, _, _ = make_runner(tmp_path, 'nothing', 4,
+                               dict(cfg, include=(r'encoder\.', )))
+    with pytest.raises(
+            ValueError,
+            match=r"covers no parameter .*include=.*encoder.*"
+            r"'backbone.stem.weight'"):
+        runner.train()
+
+
+class FrozenStemClassifier(TinyClassifier):
+    """The tiny classifier with its stem frozen, as ``frozen_stages=1``
+    freezes PeLK's stem and first stage."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone.stem.requires_grad_(False)
+
+
+def test_frozen_parameters_stay_dense(tmp_path):
+    """A frozen weight is not masked: pruning it would zero weights that
+    never train again. It keeps its loaded values; the rest is exact."""
+    cfg = dict(HOOK_CFG, init='uniform', update_interval=2)
+    runner, hook, checker = make_sparsity_runner(tmp_path, 'frozen', 6, cfg,
+                                                 FrozenStemClassifier,
+                                                 TinyDataset())
+    stem = runner.model.backbone.stem.weight
+    before = stem.detach().clone()
+    runner.train()
+    check_records(checker.records, cfg)
+    assert 'backbone.stem.weight' not in hook.masks.masks
+    assert 'backbone.dwconv.weight' in hook.masks.masks
+    assert torch.equal(stem.detach(), before) and bool((before != 0).all())
+
+
+@pytest.mark.parametrize('change', [
+    dict(sparsity=0.3),
+    dict(update_interval=4),
+    dict(include=(r'backbone\.', )),
+    dict(growth='gradient'),
+    dict(prune_rate=0.4),
+])
+def test_resume_with_changed_settings_is_refused(sparse_run, tmp_path, change):
+    """A resume continues the saved run exactly, so a setting that differs
+    from the checkpoint's run is named with both values."""
+    work_dir, cfg = sparse_run[:2]
+    key, value = next(iter(change.items()))
+    runner, _, _ = make_runner(
+        tmp_path,
+        'changed',
+        12,
+        dict(cfg, **change),
+        resume=True,
+        load_from=str(work_dir / 'iter_6.pth'))
+    with pytest.raises(
+            ValueError,
+            match=rf'its run used {key}=.*this config has {key}=.*load_from'):
+        runner.train()
+
+
+def test_load_from_masks_of_other_parameters_is_refused(sparse_run, tmp_path):
+    """``load_from`` keeps a dynamic run's masks; masks over parameters the
+    hook does not cover (another include / exclude, frozen stages, arch) are
+    named."""
+    work_dir = sparse_run[0]
+    runner, _, _ = make_runner(
+        tmp_path,
+        'other',
+        4,
+        dict(HOOK_CFG, init='uniform', exclude=(r'head\.', )),
+        load_from=str(work_dir / 'iter_12.pth'))
+    with pytest.raises(
+            ValueError,
+            match=r"do not cover .*not covered: \['head.weight'\]"):
+        runner.train()
+
+
+def test_optimizer_state_the_masks_do_not_know_is_refused(tmp_path):
+    """Rprop keeps per-weight step sizes: zeroing them would freeze regrown
+    weights, keeping them would not start regrown weights afresh. Adagrad's
+    ``sum`` is reset like Adam's moments: pruned state stays zero."""
+    param = nn.Parameter(torch.zeros(3))
+    rprop = torch.optim.Rprop([param])
+    assert unknown_state_keys(rprop) == ['prev', 'step_size']
+    for optimizer in (torch.optim.AdamW([param]), torch.optim.Adagrad([param]),
+                      torch.optim.SGD([param], lr=0.1, momentum=0.9),
+                      torch.optim.RMSprop([param], momentum=0.9,
+                                          centered=True)):
+        assert unknown_state_keys(optimizer) == [], optimizer
+    cfg = dict(HOOK_CFG, init='uniform', update_interval=2)
+    runner, _, _ = make_runner(
+        tmp_path,
+        'rprop',
+        4,
+        cfg,
+        optim_wrapper=dict(optimizer=dict(type='Rprop', lr=0.01)))
+    with pytest.raises(
+            ValueError, match=r"Rprop keeps state \['prev', 'step_size'\]"):
+        runner.train()
+    runner, hook, checker = make_runner(
+        tmp_path,
+        'adagrad',
+        6,
+        cfg,
+        optim_wrapper=dict(optimizer=dict(type='Adagrad', lr=0.01)))
+    runner.train()
+    assert not [leak for r in checker.records for leak in r['leaks']]
+    params = dict(runner.model.named_parameters())
+    state = runner.optim_wrapper.optimizer.state
+    assert hook.step == 6
+    for name, mask in hook.masks.masks.items():
+        assert not params[name].detach()[~mask].any(), name
+        assert not state[params[name]]['sum'][~mask].any(), name

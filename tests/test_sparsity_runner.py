@@ -63,11 +63,15 @@ class Images(Dataset):
 class PeLKClassifier(BaseModel):
     """``backbone.*`` = a real PeLK, ``head.*`` = a linear classifier."""
 
-    def __init__(self, backbone_init_cfg=None):
+    def __init__(self, backbone_init_cfg=None, frozen_stages=0):
         super().__init__()
         kwargs = {} if backbone_init_cfg is None else dict(
             init_cfg=backbone_init_cfg)
-        self.backbone = PeLK(arch=ARCH, layer_scale_init_value=1.0, **kwargs)
+        self.backbone = PeLK(
+            arch=ARCH,
+            layer_scale_init_value=1.0,
+            frozen_stages=frozen_stages,
+            **kwargs)
         self.head = nn.Linear(40, 4)
 
     def forward(self, inputs, labels, mode='tensor'):
@@ -289,11 +293,28 @@ def test_auto_decision_survives_resume(tmp_path):
     name = 'backbone.stages.0.0.peripheral_conv.weight'
     assert not torch.equal(checker.records[0]['masks'][name],
                            hook.masks.masks[name])  # updated after resume
-    # A checkpoint that does not record the mode cannot be resumed in 'auto'.
-    del ckpt['sparsity']['mode']
-    old = str(tmp_path / 'old.pth')
-    torch.save(ckpt, old)
-    runner, _, _ = make_runner(
-        tmp_path / 'old', 'old', 8, cfg, resume=True, load_from=old)
-    with pytest.raises(ValueError, match="set mode='dynamic' or"):
-        runner.train()
+
+
+def test_frozen_stages_stay_dense(tmp_path):
+    """``frozen_stages=1`` with dynamic sparsity: the stem and stage 0 are
+    not masked and keep dense weights (no exact zero; they never step); every
+    trainable weight of the other stages and the head is masked, exactly."""
+    runner, hook, checker = make_sparsity_runner(
+        tmp_path, 'frozen', 4, HOOK_CFG,
+        lambda: PeLKClassifier(frozen_stages=1), Images())
+    runner.train()
+    check_records(checker.records, HOOK_CFG)
+    frozen = {
+        n: p
+        for n, p in runner.model.named_parameters() if not p.requires_grad
+    }
+    assert 'backbone.stages.0.0.peripheral_conv.weight' in frozen
+    assert 'backbone.downsample_layers.0.0.weight' in frozen
+    assert not set(frozen) & set(hook.masks.masks)
+    assert set(hook.masks.masks) == set(select_parameters(runner.model))
+    assert 'backbone.stages.1.0.peripheral_conv.weight' in hook.masks.masks
+    state = runner.optim_wrapper.optimizer.state
+    for name, param in frozen.items():
+        if param.dim() in (2, 4):
+            assert bool((param != 0).all()), name
+        assert param not in state, name

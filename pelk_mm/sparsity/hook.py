@@ -1,7 +1,7 @@
 """mmengine hook for SLaK-style dynamic sparsity, exact under AMP, gradient
 accumulation, DDP and resume."""
 import math
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 from mmengine.dist import broadcast, broadcast_object_list
@@ -10,11 +10,18 @@ from mmengine.optim import OptimWrapperDict
 from mmengine.registry import HOOKS
 from torch import Tensor
 
-from .masks import (DEFAULT_INCLUDE, SparsityMasks, check_growth, check_init,
-                    check_sparsity, select_parameters, unwrap_model)
+from .masks import (DEFAULT_INCLUDE, MOMENT_KEYS, SparsityMasks, check_growth,
+                    check_init, check_sparsity, select_parameters,
+                    unwrap_model)
 
 MODES = ('auto', 'dynamic', 'fixed')
 CHECKPOINT_KEY = 'sparsity'
+#: Settings a ``--resume`` must keep (stored in the checkpoint): the masks'
+#: coverage always, the schedule of a ``'dynamic'`` run too.
+RESUME_SETTINGS = dict(
+    fixed=('include', 'exclude'),
+    dynamic=('include', 'exclude', 'sparsity', 'update_interval', 'prune_rate',
+             'min_prune_rate', 'decay_steps', 'stop_step', 'growth'))
 
 
 def cosine_prune_rate(step: int, total_steps: int, initial: float,
@@ -28,6 +35,11 @@ def cosine_prune_rate(step: int, total_steps: int, initial: float,
     return final + 0.5 * (initial - final) * (1.0 + math.cos(math.pi * t))
 
 
+def _some(names: List[str]) -> str:
+    """The first 3 names, and '...' when there are more."""
+    return f'{names[:3]}{" ..." if len(names) > 3 else ""}'
+
+
 def zero_fraction(params) -> float:
     """Fraction of exact zeros over all entries of ``params`` (0 if none)."""
     params = list(params)
@@ -36,22 +48,34 @@ def zero_fraction(params) -> float:
     return zeros / total if total else 0.0
 
 
-def step_hooks_run(optimizer: torch.optim.Optimizer) -> bool:
-    """Whether ``type(optimizer).step`` still runs its step pre-hooks.
-
-    torch 2.1's Dynamo (``torch.compile``, ``torch._dynamo.explain``)
-    unwraps the hook-calling ``step`` of every optimizer class the first time
-    it runs in a process, so registered step hooks silently stop firing
-    there; torch 2.14 leaves them alone. Probed on a throwaway optimizer of
-    the same class and settings, one step on a zero gradient. An optimizer
-    whose constructor does not take its own ``defaults`` is not probed
-    (True).
-    """
-    param = torch.zeros(1, requires_grad=True)
-    param.grad = torch.zeros(1)
+def _probe(optimizer: torch.optim.Optimizer):
+    """A throwaway optimizer of ``optimizer``'s class and settings over one
+    zero parameter of shape ``(2, 2)`` with a zero gradient, or None when
+    the class cannot be built from its own ``defaults``."""
+    param = torch.zeros(2, 2, requires_grad=True)
+    param.grad = torch.zeros(2, 2)
     try:
-        probe = type(optimizer)([param], **optimizer.defaults)
+        return type(optimizer)([param], **optimizer.defaults)
     except (TypeError, ValueError, RuntimeError):
+        return None
+
+
+def step_hooks_run(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``type(optimizer).step`` runs its step pre-hooks.
+
+    Probed with one step of a throwaway optimizer of the same class and
+    settings (see ``docs/sparsity.md`` for the torch versions whose Dynamo
+    disables them).
+
+    Args:
+        optimizer (torch.optim.Optimizer): The optimizer to probe.
+
+    Returns:
+        bool: False when a registered step pre-hook did not fire; True when
+        it did, or when the class cannot be built from its ``defaults``.
+    """
+    probe = _probe(optimizer)
+    if probe is None:
         return True
     fired = []
     probe.register_step_pre_hook(lambda *args: fired.append(True))
@@ -59,99 +83,111 @@ def step_hooks_run(optimizer: torch.optim.Optimizer) -> bool:
     return bool(fired)
 
 
+def unknown_state_keys(optimizer: torch.optim.Optimizer) -> List[str]:
+    """The element-wise state of ``optimizer``'s class that the masks do not
+    reset: keys of state tensors shaped like the parameter, not in
+    :data:`MOMENT_KEYS`.
+
+    Probed with one step of a throwaway optimizer of the same class and
+    settings on a zero gradient.
+
+    Args:
+        optimizer (torch.optim.Optimizer): The optimizer to probe.
+
+    Returns:
+        list[str]: Sorted keys, e.g. ``['prev', 'step_size']`` for
+        ``Rprop``; empty for SGD, Adam, AdamW, ... and for a class that
+        cannot be built from its ``defaults`` or stepped without a closure.
+    """
+    probe = _probe(optimizer)
+    if probe is None:
+        return []
+    try:
+        probe.step()
+    except (TypeError, RuntimeError):  # e.g. LBFGS needs a closure
+        return []
+    param = probe.param_groups[0]['params'][0]
+    return sorted(key for key, value in probe.state.get(param, {}).items()
+                  if isinstance(value, Tensor) and value.shape == param.shape
+                  and key not in MOMENT_KEYS)
+
+
 @HOOKS.register_module()
 class DynamicSparsityHook(Hook):
     """Train with sparse weights: SLaK's dynamic sparsity, or fixed masks.
 
-    ``dynamic`` (pre-training from scratch): masks are initialised before the
-    first iteration (:meth:`SparsityMasks.init`), then every
-    ``update_interval`` optimizer steps a fraction of each layer's active
-    weights, following a cosine decay from ``prune_rate`` to
-    ``min_prune_rate`` over ``decay_steps``, is pruned by magnitude and as many
-    positions are regrown (:meth:`SparsityMasks.update`). ``fixed``
-    (fine-tuning a sparse pretrained model): mask = weight != 0 of the loaded
-    weights, kept unchanged; covered weights with fewer than
-    ``min_zero_fraction`` exact zeros are an error (nothing sparse to keep).
-    ``auto`` (the downstream configs) decides from the weights as loaded
-    (``init_cfg`` / ``Pretrained`` and ``load_from`` are applied before
-    ``before_train``): ``fixed`` when at least ``min_zero_fraction`` of the
-    covered weights are exact zeros (a sparse checkpoint: keep its pattern),
-    else ``dynamic`` at ``sparsity`` (training from scratch). The decision,
-    the measured zero fraction and the reason are logged, and the decision
-    is stored in the checkpoint, so ``--resume`` continues in the same mode
-    (the weights of a dynamic run are sparse by then).
+    Masks cover the 2-D / 4-D parameters of the (unwrapped) model whose names
+    match ``include`` and not ``exclude`` and that are trainable
+    (:func:`select_parameters`; parameters with ``requires_grad=False``, e.g.
+    PeLK's ``frozen_stages``, stay dense as loaded). Any model works, PeLK or
+    not; only the density log groups a PeLK's layers by kind.
 
-    In all modes pruned weights and their optimizer moments are zero at the
-    start (:meth:`SparsityMasks.apply`) and stay exactly zero: right before
-    every real optimizer step (a step pre-hook on
-    ``runner.optim_wrapper.optimizer``) the gradients of the pruned weights
-    are zeroed (:meth:`SparsityMasks.mask_grads`), and with zero weight,
-    gradient and moments the step leaves an entry at zero in every
-    element-wise optimizer (SGD with momentum, Adam, AdamW, ..., weight
-    decay included). The hook counts optimizer steps, not iterations, so
-    gradient accumulation (``accumulative_counts``) and loss-scaler skips
-    (``AmpOptimWrapper``: ``GradScaler`` does not call ``optimizer.step()``
-    on inf / NaN gradients, or, for fused optimizers, calls it with
-    ``optimizer.found_inf`` set) are followed exactly. Updates run in the
-    same pre-hook, on the gradients of that step before masking: the newly
-    pruned weights and their moments are zeroed, and a regrown weight starts
-    from zero weight AND zero moments, like a newly added parameter (RigL
-    does the same), and takes its first step at once; Adam's per-tensor bias
-    correction then makes that update about ``(1 - beta1) / sqrt(1 -
-    beta2)`` times ``lr`` (3.2 lr with the defaults). The per-step work is
-    one multiplication of each masked gradient by its 0 / 1 mask and no host
-    synchronisation: a fused optimizer's ``found_inf`` is summed on the
-    device and read only when an update may be due.
+    Before the first iteration (``before_train``, after ``init_cfg`` and
+    ``load_from`` have loaded the weights) the mode in use is decided:
+    ``'dynamic'`` and ``'fixed'`` as given; ``'auto'`` picks ``'fixed'`` when
+    at least ``min_zero_fraction`` of the covered weights are exact zeros,
+    else ``'dynamic'``. ``'dynamic'`` initialises masks of total density
+    ``1 - sparsity`` (``init``) and, every ``update_interval`` optimizer
+    steps until ``stop_step``, prunes in every layer the
+    ``ceil(r * active)`` active weights of smallest magnitude and regrows as
+    many (``growth``), with ``r`` the cosine decay from ``prune_rate`` to
+    ``min_prune_rate`` over ``decay_steps`` (:func:`cosine_prune_rate`).
+    ``'fixed'`` keeps ``mask = weight != 0`` of the loaded weights.
 
-    The density of every layer group (:func:`layer_group`: stem, downsample
-    layers, peripheral and pointwise weights per stage, head) is logged at
-    the start and after every update.
-
-    Parameters are found by name in ``model.named_parameters()`` after
-    unwrapping DDP / mmengine wrappers (:func:`select_parameters`): for an mm
-    model the defaults cover ``backbone.*`` and a classifier's ``head.*``; for
-    a bare backbone pass ``include=('',)``.
-
-    DDP: the mode decision, the initial masks and the generator seed are
-    broadcast from rank 0 once, in ``before_train``. Updates then use only
-    the synchronised weights and gradients and a generator in the same state
-    on every rank, so the masks stay identical without any further
-    communication.
-
-    Checkpoints: ``before_save_checkpoint`` stores
-    ``checkpoint['sparsity'] = dict(masks=..., step=..., generator=...,
-    mode=...)`` (bool masks on CPU, optimizer steps counted, random-growth
-    generator state, the mode in use). On ``resume`` all of it is restored
-    (``mode='auto'`` takes the stored mode; an explicit ``'dynamic'`` or
-    ``'fixed'`` wins), so masks and the next update are identical to an
-    uninterrupted run. On ``load_from`` (not resume), a ``dynamic`` run keeps
-    the checkpoint's masks (step counter and generator start afresh);
-    ``fixed`` always derives its masks from the loaded weights.
+    Contract, in every mode: after the masks are applied and after every
+    optimizer step, every pruned weight and its element-wise optimizer state
+    (:data:`MOMENT_KEYS`) are exactly zero; a regrown weight starts from zero
+    weight and zero state. Optimizer steps, not iterations, are counted
+    (gradient accumulation, steps skipped by a loss scaler). Under DDP the
+    masks are identical on every rank. ``before_save_checkpoint`` stores
+    ``checkpoint['sparsity'] = dict(masks, step, generator, mode,
+    settings)``; ``--resume`` restores it (an explicit ``mode`` wins over the
+    stored one) and continues bit for bit; ``load_from`` (no resume) keeps
+    the checkpoint's masks in ``'dynamic'`` mode with a fresh schedule. How
+    this is achieved: ``docs/sparsity.md``.
 
     Args:
-        mode: ``'auto'``, ``'dynamic'`` or ``'fixed'``.
-        sparsity: Fraction of the covered weights pruned (``dynamic``).
-        init: Mask initialisation (``dynamic``): ``'snip'`` (SLaK's default;
-            one batch of random training samples, see :meth:`_snip_grad_fn`),
-            ``'ERK'``, ``'uniform'`` or ``'from_weights'``.
-        include: Parameter-name patterns to mask (``re.match``).
-        exclude: Parameter-name patterns to leave dense.
-        update_interval: Optimizer steps between prune-and-regrow updates
-            (SLaK: 100; 2000 for PeLK-T).
-        prune_rate: Initial prune rate (SLaK: 0.3; 0.5 for PeLK-T).
-        min_prune_rate: Prune rate at the end of the cosine decay.
-        decay_steps: Optimizer steps of the decay; default: the whole run,
-            ``ceil(max_iters / accumulative_counts)``.
-        stop_step: Last optimizer step at which masks are updated; ``None``:
-            update until the end. Masks are still applied afterwards.
-        growth: ``'random'`` or ``'gradient'``.
-        seed: Seed of the growth / init generator; default: ``runner.seed``.
-        erk_power_scale: Exponent of the ERK raw score.
-        min_zero_fraction: Fraction of exact zeros over the covered weights
-            from which they count as sparse (``auto`` picks ``fixed``;
-            ``fixed`` needs it). Default 0.1: dense weights hold almost no
-            exact zeros (a float init draws one in ~10^7), every sparse
-            checkpoint of this project 40 %.
+        mode (str): ``'auto'``, ``'dynamic'`` or ``'fixed'``.
+            Defaults to ``'dynamic'``.
+        sparsity (float): Fraction of the covered weights pruned
+            (``'dynamic'``), in [0, 1). Defaults to 0.4.
+        init (str): Mask initialisation (``'dynamic'``): ``'snip'`` (SLaK's;
+            one batch of random training samples), ``'ERK'``, ``'uniform'``
+            or ``'from_weights'``. Defaults to ``'snip'``.
+        include (Sequence[str]): Parameter-name patterns to mask
+            (``re.match``). Defaults to ``backbone.`` and a classifier's
+            ``head.``; ``('',)`` for a bare backbone.
+        exclude (Sequence[str]): Parameter-name patterns to leave dense.
+            Defaults to none.
+        update_interval (int): Optimizer steps between prune-and-regrow
+            updates, >= 1 (SLaK: 100; 2000 for PeLK-T). Defaults to 100.
+        prune_rate (float): Initial prune rate, in [min_prune_rate, 1]
+            (SLaK: 0.3; 0.5 for PeLK-T). Defaults to 0.3.
+        min_prune_rate (float): Prune rate at the end of the cosine decay,
+            >= 0. Defaults to 0.005.
+        decay_steps (int, optional): Optimizer steps of the decay, >= 1;
+            None: ``ceil(max_iters / accumulative_counts)``.
+        stop_step (int, optional): Last optimizer step at which masks are
+            updated, >= 0; None: until the end. Masks still apply afterwards.
+        growth (str): ``'random'`` or ``'gradient'``. Defaults to
+            ``'random'``.
+        seed (int, optional): Seed of the growth / init generator;
+            None: ``runner.seed``.
+        erk_power_scale (float): Exponent of the ERK raw score.
+            Defaults to 1.0.
+        min_zero_fraction (float): Fraction of exact zeros over the covered
+            weights from which they count as sparse (``'auto'`` picks
+            ``'fixed'``; ``'fixed'`` needs it), in (0, 1). Defaults to 0.1.
+
+    Raises:
+        ValueError: at construction, an argument out of its range above;
+            before training, an ``OptimWrapperDict``, no parameter covered,
+            ``'fixed'`` on weights that are not sparse, an optimizer with
+            element-wise state the masks do not know
+            (:func:`unknown_state_keys`); on ``--resume``, a setting that
+            differs from the checkpoint's run (:data:`RESUME_SETTINGS`).
+        RuntimeError: the optimizer no longer runs step hooks
+            (:func:`step_hooks_run`).
     """
 
     def __init__(self,
@@ -243,6 +279,27 @@ class DynamicSparsityHook(Hook):
                 'got an OptimWrapperDict')
         model = unwrap_model(runner.model)
         optimizer = runner.optim_wrapper.optimizer
+        unknown = unknown_state_keys(optimizer)
+        if unknown:
+            raise ValueError(
+                f'DynamicSparsityHook keeps pruned weights and their '
+                f'element-wise optimizer state at zero, but '
+                f'{type(optimizer).__name__} keeps state {unknown} that it '
+                f'does not know how to reset (it resets {list(MOMENT_KEYS)}); '
+                'use an optimizer whose state is among those, e.g. SGD, '
+                'Adam, AdamW, Adagrad, RMSprop')
+        covered = select_parameters(model, self.include, self.exclude)
+        if not covered:
+            candidates = [
+                n for n, p in model.named_parameters() if p.dim() in (2, 4)
+            ]
+            raise ValueError(
+                'DynamicSparsityHook covers no parameter of '
+                f'{type(model).__name__}: no trainable 2-D / 4-D parameter '
+                f'matches include={self.include} and exclude={self.exclude} '
+                f'(its 2-D / 4-D parameters: {_some(candidates)}); set '
+                'include to patterns of the weights to sparsify, e.g. '
+                "include=('',) for all of them")
         self._runner = runner
         self._model = model
         self._total_steps = self.decay_steps or math.ceil(
@@ -252,7 +309,8 @@ class DynamicSparsityHook(Hook):
 
         if self._loaded is not None:
             self.active_mode = self._resumed_mode(self._loaded)
-            self.masks = SparsityMasks(self._loaded['masks'])
+            self.masks = self._loaded_as_covered(self._loaded['masks'],
+                                                 covered)
             self._step = int(self._loaded['step'])
             self.generator.set_state(self._loaded['generator'])
             how = (f'resumed at optimizer step {self._step} in '
@@ -265,7 +323,8 @@ class DynamicSparsityHook(Hook):
             self._step = 0
             if (self.active_mode == 'dynamic'
                     and self._loaded_masks is not None):
-                self.masks = SparsityMasks(self._loaded_masks)
+                self.masks = self._loaded_as_covered(self._loaded_masks,
+                                                     covered)
                 how += '; masks of the loaded checkpoint'
             else:
                 init = ('from_weights'
@@ -331,15 +390,48 @@ class DynamicSparsityHook(Hook):
     def _resumed_mode(self, state: dict) -> str:
         """The mode of a resumed run: an explicit mode wins, ``'auto'``
         takes the one stored in the checkpoint."""
-        if self.mode != 'auto':
-            return self.mode
-        if state.get('mode') not in ('dynamic', 'fixed'):
+        return state['mode'] if self.mode == 'auto' else self.mode
+
+    def _settings(self) -> dict:
+        """The values of :data:`RESUME_SETTINGS` of this hook."""
+        settings = {
+            key: getattr(self, key)
+            for key in RESUME_SETTINGS['dynamic']
+        }
+        settings.update(
+            include=tuple(self.include), exclude=tuple(self.exclude))
+        return settings
+
+    def _check_resumed_settings(self, state: dict) -> None:
+        """Refuse a resume whose settings differ from the saved run's."""
+        stored = state['settings']
+        now = self._settings()
+        for key in RESUME_SETTINGS[self._resumed_mode(state)]:
+            if stored[key] != now[key]:
+                raise ValueError(
+                    f'DynamicSparsityHook cannot resume this checkpoint: its '
+                    f'run used {key}={stored[key]!r}, this config has '
+                    f'{key}={now[key]!r}. A resume continues the saved run '
+                    f'exactly: set {key}={stored[key]!r} again, or start a '
+                    'new run from the checkpoint with load_from (without '
+                    'resume), which keeps its masks and starts the schedule '
+                    'afresh')
+
+    @staticmethod
+    def _loaded_as_covered(masks: dict, covered: dict) -> SparsityMasks:
+        """A checkpoint's masks, if they cover exactly the parameters this
+        hook covers in the model."""
+        missing = [n for n in covered if n not in masks]
+        extra = [n for n in masks if n not in covered]
+        if missing or extra:
             raise ValueError(
-                "DynamicSparsityHook(mode='auto') cannot resume from this "
-                f"checkpoint: its {CHECKPOINT_KEY!r} state does not record "
-                "the mode (written before mode='auto' existed); set "
-                "mode='dynamic' or mode='fixed' explicitly")
-        return state['mode']
+                'the masks of the loaded checkpoint do not cover the '
+                'parameters this DynamicSparsityHook covers in the model '
+                f'(no mask for {_some(missing)}; masks of parameters not '
+                f'covered: {_some(extra)}): the model (its arch, '
+                'frozen_stages) or include / exclude differ from the run that '
+                'saved it')
+        return SparsityMasks(masks)
 
     def _first_update(self, step: int) -> float:
         """The first optimizer step after ``step`` at which masks update
@@ -471,7 +563,8 @@ class DynamicSparsityHook(Hook):
                 masks=self.masks.state_dict(),
                 step=self.step,
                 generator=self.generator.get_state(),
-                mode=self.active_mode)
+                mode=self.active_mode,
+                settings=self._settings())
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         state = checkpoint.get(CHECKPOINT_KEY)
@@ -481,6 +574,7 @@ class DynamicSparsityHook(Hook):
                     'DynamicSparsityHook: resuming from a checkpoint without '
                     f'{CHECKPOINT_KEY!r} state; masks are initialised afresh')
         elif runner._resume:
+            self._check_resumed_settings(state)
             self._loaded = state
         else:
             self._loaded_masks = state['masks']

@@ -15,6 +15,7 @@ needs ``include=(r'',)``.
 import math
 import re
 from collections import OrderedDict
+from numbers import Real
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -27,10 +28,13 @@ from .selection import bottom_k
 
 INIT_MODES = ('ERK', 'uniform', 'snip', 'from_weights')
 GROWTH_MODES = ('random', 'gradient')
-# Element-wise optimizer buffers held at zero where a weight is pruned
-# (Adam / AdamW / AMSGrad / Lion moments, SGD momentum). Other state (e.g. the
-# step counter) is per tensor and left alone.
-MOMENT_KEYS = ('exp_avg', 'exp_avg_sq', 'max_exp_avg_sq', 'momentum_buffer')
+#: Element-wise optimizer state held at zero where a weight is pruned: the
+#: moments of Adam / AdamW / AMSGrad / RAdam / NAdam / Lion, SGD's momentum,
+#: Adamax's ``exp_inf``, Adagrad's ``sum``, RMSprop's ``square_avg`` and
+#: ``grad_avg``, Adadelta's ``acc_delta``. Other state (e.g. the step
+#: counter) is per tensor and left alone.
+MOMENT_KEYS = ('exp_avg', 'exp_avg_sq', 'max_exp_avg_sq', 'momentum_buffer',
+               'exp_inf', 'sum', 'square_avg', 'grad_avg', 'acc_delta')
 DEFAULT_INCLUDE = (r'backbone\.', r'head\.')
 
 
@@ -46,9 +50,10 @@ def select_parameters(
 ) -> Dict[str, nn.Parameter]:
     """The parameters a mask covers, in ``named_parameters()`` order.
 
-    A parameter is covered when it is 2-D (linear, 1x1 conv stored as linear)
-    or 4-D (convolution, PeLK's compact ``(C, 1, k', k')`` peripheral weight),
-    its name ``re.match``-es one ``include`` pattern and no ``exclude``
+    A parameter is covered when it is trainable (``requires_grad``: frozen
+    stages stay dense), 2-D (linear, 1x1 conv stored as linear) or 4-D
+    (convolution, PeLK's compact ``(C, 1, k', k')`` peripheral weight), its
+    name ``re.match``-es one ``include`` pattern and no ``exclude``
     pattern. 1-D parameters (biases, norms, layer scales) and the 3-D
     positional embeddings ``(C, K, K)`` are never covered. With the default
     ``include``, ``head.`` matches a classifier's ``head.fc.weight`` but not
@@ -62,12 +67,11 @@ def select_parameters(
     Returns:
         ``{name: parameter}``.
     """
-    return OrderedDict(
-        (name, p) for name, p in unwrap_model(model).named_parameters()
-        if p.dim() in (2, 4) and any(re.match(pat, name)
-                                     for pat in include) and not any(
-                                         re.match(pat, name)
-                                         for pat in exclude))
+    return OrderedDict((name, p)
+                       for name, p in unwrap_model(model).named_parameters()
+                       if p.requires_grad and p.dim() in (2, 4) and any(
+                           re.match(pat, name) for pat in include) and not any(
+                               re.match(pat, name) for pat in exclude))
 
 
 def check_init(init: str) -> str:
@@ -78,9 +82,11 @@ def check_init(init: str) -> str:
 
 
 def check_sparsity(sparsity: float) -> float:
-    """``sparsity`` if it is in [0, 1), else a ValueError."""
-    if not 0.0 <= sparsity < 1.0:
-        raise ValueError(f'sparsity must be in [0, 1), got {sparsity}')
+    """``sparsity`` if it is a number in [0, 1), else a ValueError."""
+    if (not isinstance(sparsity, Real) or isinstance(sparsity, bool)
+            or not 0.0 <= sparsity < 1.0):
+        raise ValueError(
+            f'sparsity must be a number in [0, 1), got {sparsity!r}')
     return sparsity
 
 
