@@ -150,17 +150,21 @@ def _weight_grad(x: Tensor, grad_out: Tensor, grid: Sequence[int]) -> Tensor:
         return torch.zeros(c, 1, bands, bands, dtype=wide, device=x.device)
     edges = torch.tensor(band_edges(grid), dtype=torch.int32, device=x.device)
     partial = torch.empty(
-        n, c, col_tiles * row_chunks, bands_p, bands_p, dtype=wide,
+        n,
+        c,
+        col_tiles * row_chunks,
+        bands_p,
+        bands_p,
+        dtype=torch.float64,
         device=x.device)
     mean = x.mean((-2, -1), dtype=wide)  # (N, C)
     _, weight_grad = _kernels(x.device.type != 'cuda')
     weight_grad[(n * c, col_tiles, row_chunks)](
         x, mean, grad_out, edges, partial, height, width, bands,
         kernel_size // 2, rows, block_w, halo_w, bands_p, wide == torch.float64)
-    centred = partial.to(torch.float64).sum((0, 2))[:, :bands, :bands]
+    centred = partial.sum((0, 2))[:, :bands, :bands]
     mean_term = constant_response_weight_grad(
-        (mean.to(torch.float64)[..., None, None] *
-         grad_out.to(torch.float64)).sum(0), grid)
+        (mean[..., None, None] * grad_out).sum(0, dtype=torch.float64), grid)
     return (centred.unsqueeze(1) + mean_term).to(wide)
 
 
@@ -191,7 +195,7 @@ def _launchers():
     return correlate, weight_grad
 
 
-_launch = functools.lru_cache(maxsize=None)(_launchers)
+_CORRELATE, _WEIGHT_GRAD = _launchers()
 
 
 class _TritonPeripheralConv(torch.autograd.Function):
@@ -201,20 +205,19 @@ class _TritonPeripheralConv(torch.autograd.Function):
                 out_dtype: torch.dtype) -> Tensor:
         ctx.grid = grid
         ctx.save_for_backward(x, weight)
-        return _launch()[0](x, weight, list(grid), out_dtype)
+        return _CORRELATE(x, weight, list(grid), out_dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: Tensor):
         x, weight = ctx.saved_tensors
-        correlate, weight_grad = _launch()
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
             flipped, grid = flip_kernel(weight, ctx.grid)
-            grad_x = correlate(grad_out, flipped, list(grid), x.dtype)
+            grad_x = _CORRELATE(grad_out, flipped, list(grid), x.dtype)
         if ctx.needs_input_grad[1]:
-            grad_w = weight_grad(x, grad_out,
-                                 list(ctx.grid)).to(weight.dtype)
+            grad_w = _WEIGHT_GRAD(x, grad_out,
+                                  list(ctx.grid)).to(weight.dtype)
         return grad_x, grad_w, None, None
 
 
@@ -243,5 +246,6 @@ def triton_peripheral_conv(x: Tensor, weight: Tensor,
                          f'tensors, got a tensor on {x.device.type!r}')
     out_dtype: Optional[torch.dtype] = autocast_dtype(x.device.type)
     if out_dtype is None or x.dtype == torch.float64:
-        out_dtype = x.dtype
-    return _TritonPeripheralConv.apply(x, weight, tuple(grid), out_dtype)
+        return _TritonPeripheralConv.apply(x, weight, tuple(grid), x.dtype)
+    with torch.autocast(x.device.type, enabled=False):  # inputs as they are
+        return _TritonPeripheralConv.apply(x, weight, tuple(grid), out_dtype)

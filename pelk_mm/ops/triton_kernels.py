@@ -33,7 +33,9 @@ def correlate_kernel(x_ptr, w_ptr, edges_ptr, out_ptr, scratch_ptr, channels,
        ``Z_b(t) = sum_a w(a, b) R_a(t)`` (``BANDS_P x HALO_W``);
     2. ``Z`` goes to the program's scratch slot (``BANDS_P x HALO_W``, stays
        in L1/L2), then ``out(i, j0 + s) = sum_b sum_{v in band b}
-       Z_b(s + v)`` (``K`` shifted reads of the slot).
+       Z_b(s + v)`` (``K`` shifted reads of the slot), rounded once to the
+       output dtype by the store (to nearest even on GPUs; Triton's
+       interpreter rounds bfloat16 towards zero).
     """
     plane = tl.program_id(0)
     tile = tl.program_id(1)
@@ -97,8 +99,9 @@ def weight_grad_kernel(x_ptr, mean_ptr, dy_ptr, edges_ptr, partial_ptr, height,
     Per output row ``i``: ``R_a(t)`` as in :func:`correlate_kernel` and the
     mirrored column-band sums of the tile's output gradient ``E_b(t) =
     sum_{v in band b} dy(i, j0 + t - v)`` (``0 <= t - v < BLOCK_W``), then
-    ``dw += R E^T`` (``tl.dot`` in full precision); the rows are added in
-    order.
+    ``dw += R E^T`` (``tl.dot`` in full precision, added to a float64
+    accumulator: ``BANDS_P^2`` float64 adds per row of ``BLOCK_W``
+    outputs); the rows are added in order.
     """
     plane = tl.program_id(0)
     tile = tl.program_id(1)
@@ -113,7 +116,7 @@ def weight_grad_kernel(x_ptr, mean_ptr, dy_ptr, edges_ptr, partial_ptr, height,
     program = (plane.to(tl.int64) * tl.num_programs(1) +
                tile) * tl.num_programs(2) + chunk
     mean = tl.load(mean_ptr + plane).to(acc)
-    grad_w = tl.full((BANDS_P, BANDS_P), 0.0, acc)
+    grad_w = tl.full((BANDS_P, BANDS_P), 0.0, tl.float64)
     for step in range(0, rows):
         i = chunk * rows + step
         row_sums = tl.full((BANDS_P, HALO_W), 0.0, acc)
@@ -140,7 +143,9 @@ def weight_grad_kernel(x_ptr, mean_ptr, dy_ptr, edges_ptr, partial_ptr, height,
                     mask=(s >= 0) & (s < BLOCK_W) & (j < width) & (i < height),
                     other=0.0).to(acc)
             col_sums += tl.where(band[:, None] == a, band_sum[None, :], 0.0)
-        grad_w += tl.dot(row_sums, tl.trans(col_sums), input_precision='ieee')
+        grad_w += tl.dot(
+            row_sums, tl.trans(col_sums),
+            input_precision='ieee').to(tl.float64)
     tl.store(
         partial_ptr + program * BANDS_P * BANDS_P + band[:, None] * BANDS_P +
         band[None, :], grad_w)
