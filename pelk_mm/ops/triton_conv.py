@@ -4,19 +4,20 @@ Contracts (the kernels are in :mod:`pelk_mm.ops.triton_kernels`):
 
 * **Availability.** The implementation is listed in
   :data:`pelk_mm.ops.PERIPHERAL_CONV_IMPLS` where Triton >= 3.0 is
-  installed (:func:`triton_installed` reads the package metadata; Triton
-  itself is imported at the first call, never by ``import pelk_mm.ops``).
-  CUDA tensors run compiled kernels; CPU tensors run the same kernels
-  through Triton's interpreter (exact, slow: for tests), so that
-  ``impl='triton'`` behaves the same on every device. ``impl='auto'``
-  considers it only on CUDA (:mod:`pelk_mm.ops.impl_tuning`).
+  installed and CUDA is available
+  (:func:`pelk_mm.ops.peripheral_conv.triton_listed`;
+  :func:`triton_installed` reads the package metadata; Triton itself is
+  imported at the first call, never by ``import pelk_mm.ops``). CUDA
+  tensors run compiled kernels; CPU tensors run the same kernels through
+  Triton's interpreter (exact, slow: for tests). ``impl='auto'`` considers
+  it only on CUDA (:mod:`pelk_mm.ops.impl_tuning`).
 * **Algorithm.** The kernel is piecewise constant on the ``k' x k'`` grid:
   per output row, ``K`` row loads give the ``k'`` row-band sums of the
   tile's input window, a ``k' x k'`` mix gives one row per column band, and
   ``K`` shifted reads give the outputs (:func:`~pelk_mm.ops.triton_kernels.
   correlate_kernel`). Every sum is direct (no summed-area table), so the
-  round-off is a direct convolution's for any map size or input mean; no
-  mean split is needed.
+  round-off is a direct convolution's for any map size or input mean: the
+  forward and the input gradient need no mean split.
 * **Tiles.** A program owns one map, :data:`BLOCK_W` (fewer on narrow maps:
   the next power of two >= ``W``, at least 16) output columns and up to
   :data:`ROWS` output rows; its scratch slot is ``k'`` (rounded up to a
@@ -32,11 +33,16 @@ Contracts (the kernels are in :mod:`pelk_mm.ops.triton_kernels`):
   extra read and write of it); the result is NCHW.
 * **Backward.** The input gradient is the same kernel on the output
   gradient with the 180-degree-rotated kernel
-  (:func:`~pelk_mm.ops.band_geometry.flip_kernel`). The weight gradient is
-  deterministic: every program writes its ``k' x k'`` partial sum to its own
-  slot of a buffer (no atomics), and the buffer is summed over the maps and
-  tiles by one ``torch.sum`` in float64 (fixed order, same result on every
-  run). Only ``x`` and the weight are saved for backward.
+  (:func:`~pelk_mm.ops.band_geometry.flip_kernel`). The weight gradient
+  splits off the per-map mean ``m`` (``sum dy box(x - m) + m sum dy
+  box(1)``, :mod:`pelk_mm.ops.band_geometry`): the kernel sums the centred
+  part, each program adding its rows' float32 products into a float64
+  accumulator, and the mean term is one float64 ``torch.sum`` over the
+  batch of ``m dy``. It is deterministic: every program writes its
+  ``k' x k'`` partial sum to its own slot of a float64 buffer (no
+  atomics), summed over the maps and tiles by one ``torch.sum`` (fixed
+  order, the same result on every run). Only ``x`` and the weight are
+  saved for backward.
 * **torch.compile.** Where torch has ``torch.library.custom_op`` (>= 2.4)
   the two launches are custom ops (``pelk_mm::triton_correlate``,
   ``pelk_mm::triton_weight_grad``) with shape-only fake implementations,
