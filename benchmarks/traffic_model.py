@@ -24,8 +24,9 @@ as one) it executes per output element, and the dtype it computes in:
   once from HBM and writes its output once (the halo re-reads and the
   scratch slot are counted as L1/L2 traffic, not HBM); its instruction
   count is the kernels' loops at their tiling (row sums ``K h``, band mix
-  ``k' P h``, column sums ``K``; weight gradient ``2 K h + 2 k' P h +
-  P^2 h`` with ``h = HALO_W / BLOCK_W``, ``P`` the padded band count),
+  ``k' P h``, column sums ``K``; weight gradient: band sums ``2 K h``,
+  scratch stores ``2 k' h`` and loads ``2 P h``, products ``P^2 h``; with
+  ``h = HALO_W / BLOCK_W``, ``P`` the padded band count),
   plus the per-map mean and the float64 mean term of the weight gradient.
 
 A step's time is ``max(bytes / bandwidth, 2 * FMAs / FLOP rate)``; an
@@ -175,7 +176,8 @@ def triton_ops(size: int, grid) -> Tuple[float, float]:
     block_w, halo_w, bands_p, *_ = _tiling(size, size, kernel_size, bands)
     h = halo_w / block_w
     forward = kernel_size * h + bands * bands_p * h + kernel_size
-    weight = 2 * kernel_size * h + 2 * bands * bands_p * h + bands_p**2 * h
+    weight = (2 * kernel_size * h + 2 * bands * h + 2 * bands_p * h +
+              bands_p**2 * h)
     return forward, weight
 
 

@@ -21,8 +21,8 @@ Contracts (the kernels are in :mod:`pelk_mm.ops.triton_kernels`):
 * **Tiles.** A program owns one map, :data:`BLOCK_W` (fewer on narrow maps:
   the next power of two >= ``W``, at least 16) output columns and up to
   :data:`ROWS` output rows; its scratch slot is ``k'`` (rounded up to a
-  power of two, at least 16) x ``BLOCK_W + K - 1`` (rounded up) values of
-  the accumulation dtype.
+  power of two, at least 16; twice that for the weight gradient) x
+  ``BLOCK_W + K - 1`` (rounded up) values of the accumulation dtype.
 * **Dtypes.** float32, bfloat16 and float16 inputs are read as they are and
   accumulated in float32; float64 in float64. Outside autocast the result
   has the input's dtype; under autocast (float32 / half inputs) it has the
@@ -163,10 +163,14 @@ def _weight_grad(x: Tensor, grad_out: Tensor, grid: Sequence[int]) -> Tensor:
         bands_p,
         dtype=torch.float64,
         device=x.device)
+    scratch = torch.empty(
+        partial.shape[:3].numel() * 2 * bands_p * halo_w,
+        dtype=wide,
+        device=x.device)
     mean = x.mean((-2, -1), dtype=wide)  # (N, C)
     _, weight_grad = _kernels(x.device.type != 'cuda')
     weight_grad[(n * c, col_tiles, row_chunks)](
-        x, mean, grad_out, edges, partial, height, width, bands,
+        x, mean, grad_out, edges, partial, scratch, height, width, bands,
         kernel_size // 2, rows, block_w, halo_w, bands_p, wide == torch.float64)
     centred = partial.sum((0, 2))[:, :bands, :bands]
     mean_term = constant_response_weight_grad(

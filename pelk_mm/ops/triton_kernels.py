@@ -85,11 +85,10 @@ def correlate_kernel(x_ptr, w_ptr, edges_ptr, out_ptr, scratch_ptr, channels,
             mask=(j < width) & (i < height))
 
 
-def weight_grad_kernel(x_ptr, mean_ptr, dy_ptr, edges_ptr, partial_ptr, height,
-                       width,
-                       bands, half, rows, BLOCK_W: tl.constexpr,
-                       HALO_W: tl.constexpr, BANDS_P: tl.constexpr,
-                       WIDE: tl.constexpr):
+def weight_grad_kernel(x_ptr, mean_ptr, dy_ptr, edges_ptr, partial_ptr,
+                       scratch_ptr, height, width, bands, half, rows,
+                       BLOCK_W: tl.constexpr, HALO_W: tl.constexpr,
+                       BANDS_P: tl.constexpr, WIDE: tl.constexpr):
     """This program's share of ``sum_ij dy(i, j) box_ab(x - m)(i, j)``
     (``BANDS_P x BANDS_P``, written to ``partial_ptr[program]``; no atomics),
     with ``m = mean_ptr[plane]`` subtracted inside the map only (the mean
@@ -98,10 +97,11 @@ def weight_grad_kernel(x_ptr, mean_ptr, dy_ptr, edges_ptr, partial_ptr, height,
 
     Per output row ``i``: ``R_a(t)`` as in :func:`correlate_kernel` and the
     mirrored column-band sums of the tile's output gradient ``E_b(t) =
-    sum_{v in band b} dy(i, j0 + t - v)`` (``0 <= t - v < BLOCK_W``), then
-    ``dw += R E^T`` (``tl.dot`` in full precision, added to a float64
-    accumulator: ``BANDS_P^2`` float64 adds per row of ``BLOCK_W``
-    outputs); the rows are added in order.
+    sum_{v in band b} dy(i, j0 + t - v)`` (``0 <= t - v < BLOCK_W``), one
+    row per band into the program's scratch slot (``2 BANDS_P x HALO_W``),
+    read back as two matrices, then ``dw += R E^T`` (``tl.dot`` in full
+    precision, added to a float64 accumulator: ``BANDS_P^2`` float64 adds
+    per row of ``BLOCK_W`` outputs); the rows are added in order.
     """
     plane = tl.program_id(0)
     tile = tl.program_id(1)
@@ -115,12 +115,13 @@ def weight_grad_kernel(x_ptr, mean_ptr, dy_ptr, edges_ptr, partial_ptr, height,
     base = plane.to(tl.int64) * height * width
     program = (plane.to(tl.int64) * tl.num_programs(1) +
                tile) * tl.num_programs(2) + chunk
+    slot = scratch_ptr + program * 2 * BANDS_P * HALO_W
+    matrix = band[:, None] * HALO_W + t[None, :]
+    used = (band < bands)[:, None]  # rows of padding bands read zero
     mean = tl.load(mean_ptr + plane).to(acc)
     grad_w = tl.full((BANDS_P, BANDS_P), 0.0, tl.float64)
     for step in range(0, rows):
         i = chunk * rows + step
-        row_sums = tl.full((BANDS_P, HALO_W), 0.0, acc)
-        col_sums = tl.full((BANDS_P, HALO_W), 0.0, acc)
         for a in range(0, bands):
             lo = tl.load(edges_ptr + a)
             hi = tl.load(edges_ptr + a + 1)
@@ -133,7 +134,7 @@ def weight_grad_kernel(x_ptr, mean_ptr, dy_ptr, edges_ptr, partial_ptr, height,
                     col_ok,
                     tl.load(x_ptr + base + r * width + cols, mask=col_ok,
                             other=0.0).to(acc) - mean, 0.0)
-            row_sums += tl.where(band[:, None] == a, band_sum[None, :], 0.0)
+            tl.store(slot + a * HALO_W + t, band_sum)
             band_sum = tl.full((HALO_W, ), 0.0, acc)
             for v in range(lo, hi):
                 s = t - v
@@ -142,7 +143,12 @@ def weight_grad_kernel(x_ptr, mean_ptr, dy_ptr, edges_ptr, partial_ptr, height,
                     dy_ptr + base + i * width + j,
                     mask=(s >= 0) & (s < BLOCK_W) & (j < width) & (i < height),
                     other=0.0).to(acc)
-            col_sums += tl.where(band[:, None] == a, band_sum[None, :], 0.0)
+            tl.store(slot + (BANDS_P + a) * HALO_W + t, band_sum)
+        tl.debug_barrier()  # the slot is written before it is read
+        row_sums = tl.load(slot + matrix, mask=used, other=0.0)
+        col_sums = tl.load(
+            slot + BANDS_P * HALO_W + matrix, mask=used, other=0.0)
+        tl.debug_barrier()  # and read before the next row overwrites it
         grad_w += tl.dot(
             row_sums, tl.trans(col_sums),
             input_precision='ieee').to(tl.float64)
