@@ -80,9 +80,10 @@ SITE = Path('/tmp/pelk_site')
 PELK_T_STAGES = ((46, 128, 51), (93, 64, 49), (187, 32, 47), (374, 16, 13))
 
 
-def stage_args(device, batch, shrink, reps, budget):
-    """``bench_peripheral_conv.py`` arguments per stage (``stage1``...);
-    ``shrink`` divides the channels and the map side (the smoke run)."""
+def stage_args(device, batch, shrink, reps, budget, only=(1, 2, 3, 4)):
+    """``bench_peripheral_conv.py`` arguments of the stages ``only``
+    (``stage1`` ...); ``shrink`` divides the channels and the map side (the
+    smoke run)."""
     return {
         f'stage{index}': [
             '--device', device, '--kernels',
@@ -96,6 +97,7 @@ def stage_args(device, batch, shrink, reps, budget):
         ]
         for index, (channels, size,
                     kernel_size) in enumerate(PELK_T_STAGES, start=1)
+        if index in only
     }
 
 
@@ -141,12 +143,7 @@ FULL = {
 }
 SMOKE = {
     # the first and the last stage (the others take the same path)
-    **{
-        name: args
-        for name, args in stage_args(
-            'cpu', batch=1, shrink=16, reps=1, budget=0.1).items()
-        if name in ('stage1', 'stage4')
-    },
+    **stage_args('cpu', batch=1, shrink=16, reps=1, budget=0.1, only=(1, 4)),
     'conv': [
         '--device', 'cpu', '--kernels', '13', '31', '--sizes', '12', '--batch',
         '2', '--channels', '4', '--precisions', 'fp32', 'bf16', '--reps', '1',
@@ -329,9 +326,8 @@ def torch_only_part(out, sweeps, env, limit, seconds):
     for name, script in TORCH_ONLY_STEPS:
         if name not in sweeps:  # a step the smoke run leaves out
             continue
-        seconds[name] = run(name, script,
-                            sweeps[name] + ['--save', str(out / name)], env,
-                            limit(name))
+        seconds[name] = run(name, script, sweeps[name] +
+                            ['--save', str(out / name)], env, limit(name))
         if (out / f'{name}.md').exists():
             print((out / f'{name}.md').read_text(), flush=True)
         if name == 'conv' and (out / 'conv.json').exists():

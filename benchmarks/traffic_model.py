@@ -135,8 +135,8 @@ def _band_sums(bands: int) -> List[Step]:
 
 def _blocksum_correlate(bands: int) -> List[Step]:
     d = WIDE
-    return [('mean', d, 1, 'fp64'), ('x - mean', 2 * d, 1, 'fp64')
-            ] + _band_sums(bands) + [
+    return [('mean', d, 1, 'fp64'),
+            ('x - mean', 2 * d, 1, 'fp64')] + _band_sums(bands) + [
                 ('column cumsum', 2 * d * bands, bands, 'fp64'),
                 ('column pad', 2 * d * bands, 0, 'fp64'),
                 ('band mix einsum', d * (2 * bands + 1), bands *
@@ -150,22 +150,20 @@ def _blocksum_correlate(bands: int) -> List[Step]:
 def _blocksum(grid, b: int, backward: bool) -> List[Step]:
     bands = len(grid)
     d = WIDE
-    steps = _casts(b) + [('to float64', 4 + d, 0, 'fp64')
-                         ] + _blocksum_correlate(bands) + [
-                             ('to float32', d + 4, 0, 'fp64')
-                         ]
+    steps = _casts(b) + [
+        ('to float64', 4 + d, 0, 'fp64')
+    ] + _blocksum_correlate(bands) + [('to float32', d + 4, 0, 'fp64')]
     if backward:
-        steps += _casts(b) + [('dy to float64', 4 + d, 0, 'fp64')
-                              ] + _blocksum_correlate(bands) + [
-                                  ('grad_x to float32', d + 4, 0, 'fp64'),
-                                  ('x to float64', 4 + d, 0, 'fp64'),
-                                  ('mean', d, 1, 'fp64'),
-                                  ('x - mean', 2 * d, 1, 'fp64')
-                              ] + _band_sums(bands) + _band_sums(bands) + [
-                                  ('contraction einsum', 2 * d * bands,
-                                   bands * bands, 'fp64'),
-                                  ('mean term', 4 + 3 * d + d, 1, 'fp64')
-                              ]
+        steps += _casts(b) + [
+            ('dy to float64', 4 + d, 0, 'fp64')
+        ] + _blocksum_correlate(bands) + [
+            ('grad_x to float32', d + 4, 0, 'fp64'),
+            ('x to float64', 4 + d, 0, 'fp64'), ('mean', d, 1, 'fp64'),
+            ('x - mean', 2 * d, 1, 'fp64')
+        ] + _band_sums(bands) + _band_sums(bands) + [
+            ('contraction einsum', 2 * d * bands, bands * bands, 'fp64'),
+            ('mean term', 4 + 3 * d + d, 1, 'fp64')
+        ]
     return steps
 
 
@@ -208,9 +206,8 @@ def steps(impl: str, size: int, grid, b: int, backward: bool) -> List[Step]:
 
 def seconds(step_list: List[Step], outputs: int, part: Dict) -> float:
     return sum(
-        max(nbytes * outputs / part['bandwidth'],
-            2 * fmas * outputs / part[rate])
-        for _, nbytes, fmas, rate in step_list)
+        max(nbytes * outputs / part['bandwidth'], 2 * fmas * outputs /
+            part[rate]) for _, nbytes, fmas, rate in step_list)
 
 
 def model() -> List[dict]:
@@ -228,8 +225,8 @@ def model() -> List[dict]:
             for mode, backward in (('fwd', False), ('fwd+bwd', True)):
                 for precision, b in (('fp32', 4), ('bf16', 2)):
                     step_list = steps(impl, size, grid, b, backward)
-                    row[f'{mode}|{precision}|bytes'] = sum(
-                        s[1] for s in step_list)
+                    row[f'{mode}|{precision}|bytes'] = sum(s[1]
+                                                           for s in step_list)
                     row[f'{mode}|fmas'] = sum(s[2] for s in step_list)
                     for part, figures in HARDWARE.items():
                         row[f'{mode}|{precision}|{part}|ms'] = 1e3 * seconds(
@@ -272,8 +269,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     rows = model()
     if args.json:
-        print(json.dumps(dict(batch=BATCH, hardware=HARDWARE, rows=rows),
-                         indent=1))
+        print(
+            json.dumps(
+                dict(batch=BATCH, hardware=HARDWARE, rows=rows), indent=1))
     else:
         print(markdown(rows), end='')
 

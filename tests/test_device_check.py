@@ -79,16 +79,17 @@ def check_stages(out):
     every registered implementation (the Triton kernels where they are
     listed) beside the 7x7, fwd and fwd+bwd, fp32 and bf16, at the stage's
     kernel size."""
-    stages = [(index, kernel_size) for index, (_, _, kernel_size) in
-              enumerate(device_check.PELK_T_STAGES, start=1)
+    stages = [(index, kernel_size) for index, (
+        _, _, kernel_size) in enumerate(device_check.PELK_T_STAGES, start=1)
               if f'stage{index}' in device_check.SMOKE]
     assert [index for index, _ in stages] == [1, 4]
     for index, kernel_size in stages:
         stage = json.loads((out / f'stage{index}.json').read_text())
         rows = stage['results']
-        assert {row['method'] for row in rows} == {
-            'dense', 'fft', 'blocksum', 'auto'
-        } | ({'triton'} if triton_listed() else set())
+        assert {row['method']
+                for row in rows
+                } == {'dense', 'fft', 'blocksum', 'auto'
+                      } | ({'triton'} if triton_listed() else set())
         assert {(row['mode'], row['precision'])
                 for row in rows} == {(mode, precision)
                                      for mode in ('fwd', 'fwd+bwd')

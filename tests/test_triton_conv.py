@@ -122,8 +122,7 @@ def test_half_inputs_accumulate_in_float32(dtype):
                           grad_out.double())
     torch.testing.assert_close(out, want[0].to(dtype), rtol=0, atol=0.02)
     torch.testing.assert_close(grad_x, want[1].to(dtype), rtol=0, atol=0.02)
-    torch.testing.assert_close(
-        grad_w, want[2].float(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad_w, want[2].float(), rtol=1e-5, atol=1e-5)
 
 
 def test_autocast_returns_autocast_dtype():
@@ -159,8 +158,8 @@ def test_compiles_without_graph_break():
     compiled = torch.compile(
         triton_peripheral_conv, backend='aot_eager', fullgraph=True)
     eager = conv_and_grads(triton_peripheral_conv, x, weight, grid, grad_out)
-    result = conv_and_grads(lambda a, b, g: compiled(a, b, g), x, weight,
-                            grid, grad_out)
+    result = conv_and_grads(lambda a, b, g: compiled(a, b, g), x, weight, grid,
+                            grad_out)
     for a, b in zip(result, eager):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 

@@ -3,7 +3,8 @@
 The exact implementations (``dense``, ``fft``, ``blocksum``, and on CUDA
 where Triton imports the fused ``triton`` kernels, :func:`candidates`) give
 the same result up to float round-off, so the choice among them only
-changes speed. The cost model never picks ``triton``; CPUs never time it. :func:`choose_impl` decides, in this order:
+changes speed. The cost model never picks ``triton``; CPUs never time it.
+:func:`choose_impl` decides, in this order:
 
 1. **Deterministic cost model** (:func:`pelk_mm.ops.impl_selection.
    select_impl`, a function of the shape alone) when the tuning mode is
@@ -109,6 +110,7 @@ def candidates(
     if device.type == 'cuda' and triton_imports():
         return {**CANDIDATES, **CUDA_CANDIDATES}
     return CANDIDATES
+
 
 _FILE_VERSION = 1
 

@@ -56,13 +56,12 @@ def triton_listed() -> bool:
 #: where :func:`triton_listed`), and ``'auto'``, the default of
 #: :func:`peripheral_conv2d`, which picks one of them
 #: (:mod:`pelk_mm.ops.impl_tuning`).
-PERIPHERAL_CONV_IMPLS: Dict[str, Callable[[Tensor, Tensor, Sequence[int]],
-                                          Tensor]] = {
-                                              **CANDIDATES,
-                                              **(CUDA_CANDIDATES
-                                                 if triton_listed() else {}),
-                                              'auto': auto_peripheral_conv,
-                                          }
+PERIPHERAL_CONV_IMPLS: Dict[str, Callable[
+    [Tensor, Tensor, Sequence[int]], Tensor]] = {
+        **CANDIDATES,
+        **(CUDA_CANDIDATES if triton_listed() else {}),
+        'auto': auto_peripheral_conv,
+    }
 
 #: Input dtypes the convolution accepts.
 INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)

@@ -136,10 +136,9 @@ def _correlate(x: Tensor, weight: Tensor, grid: Sequence[int],
         dtype=wide,
         device=x.device)
     correlate, _ = _kernels(x.device.type != 'cuda')
-    correlate[launch](
-        x, weight.to(wide).contiguous(), edges, out, scratch, c, height,
-        width, bands, kernel_size // 2, rows, block_w, halo_w, bands_p,
-        wide == torch.float64)
+    correlate[launch](x, weight.to(wide).contiguous(), edges, out, scratch, c,
+                      height, width, bands, kernel_size // 2, rows, block_w,
+                      halo_w, bands_p, wide == torch.float64)
     return out
 
 
@@ -169,9 +168,10 @@ def _weight_grad(x: Tensor, grad_out: Tensor, grid: Sequence[int]) -> Tensor:
         device=x.device)
     mean = x.mean((-2, -1), dtype=wide)  # (N, C)
     _, weight_grad = _kernels(x.device.type != 'cuda')
-    weight_grad[(n * c, col_tiles, row_chunks)](
-        x, mean, grad_out, edges, partial, scratch, height, width, bands,
-        kernel_size // 2, rows, block_w, halo_w, bands_p, wide == torch.float64)
+    weight_grad[(n * c, col_tiles,
+                 row_chunks)](x, mean, grad_out, edges, partial, scratch,
+                              height, width, bands, kernel_size // 2, rows,
+                              block_w, halo_w, bands_p, wide == torch.float64)
     centred = partial.sum((0, 2))[:, :bands, :bands]
     mean_term = constant_response_weight_grad(
         (mean[..., None, None] * grad_out).sum(0, dtype=torch.float64), grid)
@@ -226,8 +226,7 @@ class _TritonPeripheralConv(torch.autograd.Function):
             flipped, grid = flip_kernel(weight, ctx.grid)
             grad_x = _CORRELATE(grad_out, flipped, list(grid), x.dtype)
         if ctx.needs_input_grad[1]:
-            grad_w = _WEIGHT_GRAD(x, grad_out,
-                                  list(ctx.grid)).to(weight.dtype)
+            grad_w = _WEIGHT_GRAD(x, grad_out, list(ctx.grid)).to(weight.dtype)
         return grad_x, grad_w, None, None
 
 

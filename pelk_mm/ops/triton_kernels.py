@@ -22,9 +22,9 @@ import triton.language as tl
 
 
 def correlate_kernel(x_ptr, w_ptr, edges_ptr, out_ptr, scratch_ptr, channels,
-                     height, width, bands, half, rows,
-                     BLOCK_W: tl.constexpr, HALO_W: tl.constexpr,
-                     BANDS_P: tl.constexpr, WIDE: tl.constexpr):
+                     height, width, bands, half, rows, BLOCK_W: tl.constexpr,
+                     HALO_W: tl.constexpr, BANDS_P: tl.constexpr,
+                     WIDE: tl.constexpr):
     """``out(i, j) = sum_ab w(a, b) sum_{u in a, v in b} x(i + u - P,
     j + v - P)`` on one tile, output row by output row:
 
@@ -127,13 +127,15 @@ def weight_grad_kernel(x_ptr, mean_ptr, dy_ptr, edges_ptr, partial_ptr,
             hi = tl.load(edges_ptr + a + 1)
             band_sum = tl.full((HALO_W, ), 0.0, acc)
             for u in range(
-                    tl.maximum(lo, half - i), tl.minimum(hi,
-                                                         half - i + height)):
+                    tl.maximum(lo, half - i),
+                    tl.minimum(hi, half - i + height)):
                 r = i + u - half
                 band_sum += tl.where(
                     col_ok,
-                    tl.load(x_ptr + base + r * width + cols, mask=col_ok,
-                            other=0.0).to(acc) - mean, 0.0)
+                    tl.load(
+                        x_ptr + base + r * width + cols,
+                        mask=col_ok,
+                        other=0.0).to(acc) - mean, 0.0)
             tl.store(slot + a * HALO_W + t, band_sum)
             band_sum = tl.full((HALO_W, ), 0.0, acc)
             for v in range(lo, hi):
