@@ -178,3 +178,39 @@ def test_other_devices_rejected():
     x = torch.zeros(1, 1, 2, 2, device='meta')
     with pytest.raises(ValueError, match="impl='triton'"):
         triton_peripheral_conv(x, torch.zeros(1, 1, 3, 3), grid)
+
+
+def test_auto_leaves_out_a_kernel_that_fails(monkeypatch, caplog):
+    """A Triton kernel that raises while ``auto`` measures is timed as
+    infinite and named in a warning; a torch implementation that raises
+    still raises."""
+
+    def broken(x, weight, grid):
+        raise RuntimeError('no kernel image')
+
+    sig = impl_tuning.Signature(
+        device=torch.device('cpu'),
+        shape=(1, 2, 4, 4),
+        grid=(1, 1, 1),
+        dtype=torch.float32,
+        weight_dtype=torch.float32,
+        autocast_dtype=None,
+        backward=False,
+        channels_last=False)
+    tuner = impl_tuning.ImplTuner(warmup=0, repeats=1)
+    monkeypatch.setattr(
+        impl_tuning, 'candidates', lambda device: {
+            **impl_tuning.CANDIDATES, 'triton': broken
+        })
+    with caplog.at_level('WARNING', logger='pelk_mm.ops.impl_tuning'):
+        times = tuner.measure(sig)
+    assert times['triton'] == float('inf')
+    assert all(times[name] < float('inf') for name in impl_tuning.CANDIDATES)
+    assert "'triton' failed" in caplog.text
+    assert 'no kernel image' in caplog.text
+    monkeypatch.setattr(
+        impl_tuning, 'candidates', lambda device: {
+            **impl_tuning.CANDIDATES, 'dense': broken
+        })
+    with pytest.raises(RuntimeError, match='no kernel image'):
+        tuner.measure(sig)

@@ -245,7 +245,9 @@ class ImplTuner:
     def measure(self, sig: Signature) -> Dict[str, float]:
         """Milliseconds of one call of each candidate on random inputs of
         ``sig`` (drawn from a private generator: the global RNG is left
-        alone); infinite for a candidate that runs out of device memory."""
+        alone); infinite for a candidate that runs out of device memory, and
+        for a :data:`CUDA_CANDIDATES` kernel that raises (logged as a
+        warning)."""
         self.measured += 1
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(sig.shape, generator=gen).to(sig.device, sig.dtype)
@@ -262,6 +264,14 @@ class ImplTuner:
                 times[name] = self._time(fn, x, weight, sig) * 1e3
             except torch.cuda.OutOfMemoryError:  # this one cannot run here
                 torch.cuda.empty_cache()
+                times[name] = float('inf')
+            except Exception as error:  # noqa: B902
+                if name not in CUDA_CANDIDATES:
+                    raise
+                # a Triton kernel that fails to compile or launch on this
+                # GPU: 'auto' keeps the torch implementations, and says so
+                logger.warning('impl=auto: %r failed on %s and is left out: '
+                               '%r', name, sig.key(), error)
                 times[name] = float('inf')
         return times
 
