@@ -113,6 +113,13 @@ def _kernels(interpreted: bool):
             wrap(triton_kernels.weight_grad_kernel))
 
 
+@functools.lru_cache(maxsize=None)
+def _edges(grid: Tuple[int, ...], device: torch.device) -> Tensor:
+    """The band edges as an int32 tensor on ``device`` (made once: no
+    host-to-device copy per call)."""
+    return torch.tensor(band_edges(grid), dtype=torch.int32, device=device)
+
+
 def _accumulation(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
@@ -129,7 +136,7 @@ def _correlate(x: Tensor, weight: Tensor, grid: Sequence[int],
     out = torch.empty(x.shape, dtype=out_dtype, device=x.device)
     if out.numel() == 0:
         return out
-    edges = torch.tensor(band_edges(grid), dtype=torch.int32, device=x.device)
+    edges = _edges(tuple(grid), x.device)
     launch = (n * c, col_tiles, row_chunks)
     scratch = torch.empty(
         n * c * col_tiles * row_chunks * bands_p * halo_w,
@@ -153,7 +160,7 @@ def _weight_grad(x: Tensor, grad_out: Tensor, grid: Sequence[int]) -> Tensor:
     wide = _accumulation(x)
     if x.numel() == 0:
         return torch.zeros(c, 1, bands, bands, dtype=wide, device=x.device)
-    edges = torch.tensor(band_edges(grid), dtype=torch.int32, device=x.device)
+    edges = _edges(tuple(grid), x.device)
     partial = torch.empty(
         n,
         c,
