@@ -12,8 +12,9 @@ NCHW. One program owns one map ``(n, c)`` (axis 0), ``BLOCK_W`` output
 columns from ``j0`` (axis 1) and ``rows`` output rows from ``i0`` (axis 2),
 which it walks one at a time. Its input window is the columns
 ``j0 - P + t``, ``t < BLOCK_W + K - 1`` (tile and halo; ``HALO_W`` is that
-rounded up to a power of two); taps outside the map read zero (the "same"
-zero padding), so no band edge is ever clamped. Every sum is a direct sum
+rounded up to a power of two); taps outside the map count as zero (the
+"same" zero padding: masked loads, and the tap loops skip rows and columns
+that fall outside the map). Every sum is a direct sum
 of at most ``K`` terms in the accumulation dtype (float32, float64 for
 float64 inputs): no prefix sums, so the round-off is that of a direct
 convolution whatever the map size or the input's mean.
