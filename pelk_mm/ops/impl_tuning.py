@@ -270,8 +270,9 @@ class ImplTuner:
                     raise
                 # a Triton kernel that fails to compile or launch on this
                 # GPU: 'auto' keeps the torch implementations, and says so
-                logger.warning('impl=auto: %r failed on %s and is left out: '
-                               '%r', name, sig.key(), error)
+                logger.warning(
+                    'impl=auto: %r failed on %s and is left out: '
+                    '%r', name, sig.key(), error)
                 times[name] = float('inf')
         return times
 
