@@ -1,12 +1,12 @@
 """What ``impl='auto'``'s measure-once dispatch picks, and what it costs.
 
-For every layer shape of the preset, a ``PeripheralConv2d(impl='auto')``
-runs one step (forward, plus backward in ``train`` mode) with a fresh
-:class:`pelk_mm.ops.impl_tuning.ImplTuner`: that first step includes the
-timing of the three candidates. Then ``--steps`` steps of the same module
-are timed, interleaved with steps of a twin module fixed to the picked
-implementation (same weights): their ratio is the per-step cost of the
-dispatch (a signature and a dict lookup), which should be 1.00 within
+For every layer shape of the preset, a ``PeripheralConv2d(impl='auto')`` runs
+one step (forward, plus backward in ``train`` mode) with a fresh
+:class:`pelk_mm.ops.impl_tuning.ImplTuner`: that first step includes the timing
+of the candidates (``triton`` too on CUDA with Triton). Then ``--steps`` steps
+of the same module are timed, interleaved with steps of a twin module fixed to
+the picked implementation (same weights): their ratio is the per-step cost of
+the dispatch (a signature and a dict lookup), which should be 1.00 within
 noise; the first step against the steady one is the one-off cost.
 
 Reported per shape and mode: the pick, the candidates' measured times, the
@@ -155,7 +155,7 @@ def _dispatch_us(x, conv, calls=2000):
 
 def markdown(result):
     lines = [
-        '| shape (N, C, H, W) | K | mode | pick | dense / fft / blocksum ms '
+        '| shape (N, C, H, W) | K | mode | pick | candidates ms '
         '| model pick | first step s | auto / fixed step ms | ratio '
         '| dispatch us |', '|---|---|---|---|---|---|---|---|---|---|'
     ]
@@ -163,8 +163,9 @@ def markdown(result):
         ms = row['candidates_ms']
         lines.append(
             f'| {tuple(row["shape"])} | {row["kernel_size"]} | {row["mode"]} '
-            f'| {row["pick"]} | {ms["dense"]:.3g} / {ms["fft"]:.3g} / '
-            f'{ms["blocksum"]:.3g} | {row["cost_model_pick"]} | '
+            f'| {row["pick"]} | '
+            f'{", ".join(f"{k} {v:.3g}" for k, v in ms.items())} '
+            f'| {row["cost_model_pick"]} | '
             f'{row["first_step_s"]:.3g} | {row["auto_step_ms"]:.3g} / '
             f'{row["fixed_step_ms"]:.3g} | {row["auto_over_fixed"]:.2f} | '
             f'{row["dispatch_us"]:.1f} |')

@@ -11,8 +11,11 @@ benchmark that fails or runs out of time is reported and the others still
 run), the whole run within :data:`TOTAL_BUDGET_S` (8 minutes, installs
 included):
 
-1. **torch only** (no mm package needed): ``bench_peripheral_conv.py``
-   twice, ``fit_cost_model.py`` on its JSON, and ``bench_impl_tuning.py``;
+1. **torch only** (no mm package needed): the steps of
+   :data:`TORCH_ONLY_STEPS` in order (``bench_peripheral_conv.py`` on
+   PeLK-T's four stages and two sweeps, ``fit_cost_model.py`` on the first
+   sweep's JSON, ``bench_impl_tuning.py``); a new benchmark is one more
+   entry there, in :data:`FULL`, :data:`SMOKE` and :data:`TIME_LIMITS`;
 2. **the OpenMMLab part** (``bench_backbone.py``, UperNet needs mmseg and
    ``mmcv.ops``): if ``mmengine`` / ``mmseg`` / ``mmpretrain`` /
    ``mmcv.ops`` are not importable, it first installs the wheels of
@@ -26,6 +29,15 @@ included):
 
 It writes to OUT:
 
+- ``stage1.json`` ... ``stage4.json`` / ``.md``: ``bench_peripheral_conv.py``
+  on PeLK-T's four stage tensors at 512 x 512 crops, batch 16
+  (:data:`PELK_T_STAGES`: 46 / 93 / 187 / 374 convolved channels on
+  128 / 64 / 32 / 16 maps, K = 51 / 49 / 47 / 13), forward and forward +
+  backward, fp32 and bf16 autocast: every registered implementation (on
+  CUDA with Triton: ``triton`` beside ``dense``, ``fft``, ``blocksum`` and
+  ``auto``) and a cuDNN 7x7 depthwise convolution on the same tensor, with
+  each method's error against a float64 reference (the prediction to check
+  is ``benchmarks/traffic_model.py``, docs/performance.md);
 - ``conv.json`` / ``conv.md``: ``bench_peripheral_conv.py`` over K 13 / 31 /
   51 / 101 x maps 16-128 (batch 2, 96 channels, fp32 and bf16 autocast),
   and ``conv_shapes.json`` / ``.md``: K = 51 on 64 x 64 maps over batch
@@ -63,7 +75,47 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SITE = Path('/tmp/pelk_site')
 
+#: PeLK-T at 512 x 512 crops: (convolved channels, map side, kernel size)
+#: of its four stages (3/8 of int(1.3 * [96, 192, 384, 768]) channels).
+PELK_T_STAGES = ((46, 128, 51), (93, 64, 49), (187, 32, 47), (374, 16, 13))
+
+
+def stage_args(device, batch, shrink, reps, budget, only=(1, 2, 3, 4)):
+    """``bench_peripheral_conv.py`` arguments of the stages ``only``
+    (``stage1`` ...); ``shrink`` divides the channels and the map side (the
+    smoke run)."""
+    return {
+        f'stage{index}': [
+            '--device', device, '--kernels',
+            str(kernel_size), '--sizes',
+            str(max(size // shrink, 1)), '--batch',
+            str(batch), '--channels',
+            str(max(channels // shrink, 1)), '--precisions', 'fp32', 'bf16',
+            '--reps',
+            str(reps), '--budget',
+            str(budget)
+        ]
+        for index, (channels, size,
+                    kernel_size) in enumerate(PELK_T_STAGES, start=1)
+        if index in only
+    }
+
+
+#: The torch-only part: (result name, benchmark script), run in order with
+#: the arguments of :data:`FULL` (or :data:`SMOKE`, which may leave a step
+#: out); ``fit_cost_model.py`` runs on ``conv.json`` right after ``conv``.
+TORCH_ONLY_STEPS = [
+    ('stage1', 'bench_peripheral_conv.py'),
+    ('stage2', 'bench_peripheral_conv.py'),
+    ('stage3', 'bench_peripheral_conv.py'),
+    ('stage4', 'bench_peripheral_conv.py'),
+    ('conv', 'bench_peripheral_conv.py'),
+    ('conv_shapes', 'bench_peripheral_conv.py'),
+    ('tuning', 'bench_impl_tuning.py'),
+]
+
 FULL = {
+    **stage_args('cuda', batch=16, shrink=1, reps=10, budget=0.5),
     'conv': [
         '--device', 'cuda', '--kernels', '13', '31', '51', '101', '--sizes',
         '16', '32', '64', '128', '--batch', '2', '--channels', '96',
@@ -90,6 +142,8 @@ FULL = {
     ],
 }
 SMOKE = {
+    # the first and the last stage (the others take the same path)
+    **stage_args('cpu', batch=1, shrink=16, reps=1, budget=0.1, only=(1, 4)),
     'conv': [
         '--device', 'cpu', '--kernels', '13', '31', '--sizes', '12', '--batch',
         '2', '--channels', '4', '--precisions', 'fp32', 'bf16', '--reps', '1',
@@ -115,11 +169,15 @@ SMOKE = {
     'tuning': ['--device', 'cpu', '--preset', 'smoke', '--steps', '1'],
 }
 TIME_LIMITS = {
-    'conv': 150,
-    'conv_shapes': 60,
+    'stage1': 30,
+    'stage2': 25,
+    'stage3': 25,
+    'stage4': 20,
+    'conv': 110,
+    'conv_shapes': 45,
     'tuning': 45,
     'backbone': 140,
-    'hook': 60
+    'hook': 40
 }
 #: The whole run, installs included: 8 of the 10 minutes a device command
 #: may run.
@@ -264,28 +322,26 @@ def main(argv=None):
 
 
 def torch_only_part(out, sweeps, env, limit, seconds):
-    """The convolution sweeps, the cost-model fit and the tuned dispatch."""
-    for name in ('conv', 'conv_shapes'):
-        seconds[name] = run(name, 'bench_peripheral_conv.py', sweeps[name] +
+    """The steps of :data:`TORCH_ONLY_STEPS`, and the cost-model fit."""
+    for name, script in TORCH_ONLY_STEPS:
+        if name not in sweeps:  # a step the smoke run leaves out
+            continue
+        seconds[name] = run(name, script, sweeps[name] +
                             ['--save', str(out / name)], env, limit(name))
-    if (out / 'conv.json').exists():
-        fit = subprocess.run([
-            sys.executable,
-            str(ROOT / 'benchmarks' / 'fit_cost_model.py'),
-            str(out / 'conv.json')
-        ],
-                             env=env,
-                             capture_output=True,
-                             text=True,
-                             timeout=60)
-        (out / 'fit.md').write_text(fit.stdout + fit.stderr)
-        print(fit.stdout + fit.stderr, flush=True)
-    seconds['tuning'] = run('tuning', 'bench_impl_tuning.py',
-                            sweeps['tuning'] +
-                            ['--save', str(out / 'tuning')], env,
-                            limit('tuning'))
-    if (out / 'tuning.md').exists():
-        print((out / 'tuning.md').read_text(), flush=True)
+        if (out / f'{name}.md').exists():
+            print((out / f'{name}.md').read_text(), flush=True)
+        if name == 'conv' and (out / 'conv.json').exists():
+            fit = subprocess.run([
+                sys.executable,
+                str(ROOT / 'benchmarks' / 'fit_cost_model.py'),
+                str(out / 'conv.json')
+            ],
+                                 env=env,
+                                 capture_output=True,
+                                 text=True,
+                                 timeout=60)
+            (out / 'fit.md').write_text(fit.stdout + fit.stderr)
+            print(fit.stdout + fit.stderr, flush=True)
 
 
 def mm_part(out, sweeps, env, limit, seconds):

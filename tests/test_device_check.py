@@ -1,5 +1,6 @@
 """The prepared GPU check (benchmarks/device_check.py) in its --smoke mode:
-the same code path on the CPU with tiny sizes, so the script never rots;
+the same code path on the CPU with tiny sizes (PeLK-T's four stage shapes
+shrunk, the sweeps, the tuning, the backbones), so the script never rots;
 its torch-only part with every mm package hidden (the GPU machine has
 none); and the cost-model fit (benchmarks/fit_cost_model.py) on synthetic
 timings."""
@@ -14,9 +15,11 @@ import torch
 
 from pelk_mm.ops import sharing_grid
 from pelk_mm.ops.impl_selection import COST_COEFFICIENTS
+from pelk_mm.ops.peripheral_conv import triton_listed
 from helpers import ROOT
 
 sys.path.insert(0, osp.join(ROOT, 'benchmarks'))
+import device_check  # noqa: E402
 import fit_cost_model  # noqa: E402
 
 
@@ -66,8 +69,35 @@ def test_smoke_run_writes_every_result(tmp_path):
     assert cost['train_step'] > 0 and cost['update'] > 0
     assert cost['per_step_fraction'] == cost['per_step'] / cost['train_step']
     check_tuning(tmp_path)
+    check_stages(tmp_path)
     seconds = json.loads((tmp_path / 'seconds.json').read_text())
     assert seconds.pop('skipped') == {} and None not in seconds.values()
+
+
+def check_stages(out):
+    """The PeLK-T stage runs of the smoke (the first and the last stage):
+    every registered implementation (the Triton kernels where they are
+    listed) beside the 7x7, fwd and fwd+bwd, fp32 and bf16, at the stage's
+    kernel size."""
+    stages = [(index, kernel_size) for index, (
+        _, _, kernel_size) in enumerate(device_check.PELK_T_STAGES, start=1)
+              if f'stage{index}' in device_check.SMOKE]
+    assert [index for index, _ in stages] == [1, 4]
+    for index, kernel_size in stages:
+        stage = json.loads((out / f'stage{index}.json').read_text())
+        rows = stage['results']
+        assert {row['method']
+                for row in rows
+                } == {'dense', 'fft', 'blocksum', 'auto'
+                      } | ({'triton'} if triton_listed() else set())
+        assert {(row['mode'], row['precision'])
+                for row in rows} == {(mode, precision)
+                                     for mode in ('fwd', 'fwd+bwd')
+                                     for precision in ('fp32', 'bf16')}
+        for row in rows:
+            assert row['kernel_size'] == kernel_size
+            assert row['ms'] > 0 and row['dw7x7_ms'] > 0
+            assert row['max_abs_err']['out'] < 0.1
 
 
 def check_tuning(out):
@@ -102,6 +132,7 @@ def test_torch_only_part_needs_no_mm_package(tmp_path):
                    timeout=1800,
                    cwd=ROOT)
     check_tuning(tmp_path)
+    check_stages(tmp_path)
     assert (tmp_path / 'conv.json').exists() and (tmp_path / 'fit.md').exists()
     assert not (tmp_path / 'backbone.json').exists()
     seconds = json.loads((tmp_path / 'seconds.json').read_text())

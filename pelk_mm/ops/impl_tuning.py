@@ -1,8 +1,10 @@
 """How ``impl='auto'`` picks an implementation: cost model or measure once.
 
-The three exact implementations (``dense``, ``fft``, ``blocksum``) give the
-same result up to float round-off, so the choice among them only changes
-speed. :func:`choose_impl` decides, in this order:
+The exact implementations (``dense``, ``fft``, ``blocksum``, and on CUDA
+where Triton imports the fused ``triton`` kernels, :func:`candidates`) give
+the same result up to float round-off, so the choice among them only
+changes speed. The cost model never picks ``triton``; CPUs never time it.
+:func:`choose_impl` decides, in this order:
 
 1. **Deterministic cost model** (:func:`pelk_mm.ops.impl_selection.
    select_impl`, a function of the shape alone) when the tuning mode is
@@ -43,6 +45,7 @@ the graph if the signature is new) and bakes the name into the graph as a
 constant: no graph break, no timing in the compiled step.
 """
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -59,6 +62,7 @@ from .blocksum_conv import blocksum_peripheral_conv
 from .dense_conv import dense_peripheral_conv
 from .fft_conv import fft_peripheral_conv
 from .impl_selection import COST_COEFFICIENTS, select_impl
+from .triton_conv import triton_installed, triton_peripheral_conv
 
 logger = logging.getLogger(__name__)
 
@@ -69,12 +73,44 @@ TUNING_MODES = ('auto', 'measure', 'model')
 MODE_ENV = 'PELK_MM_IMPL_TUNING'
 CACHE_ENV = 'PELK_MM_IMPL_CACHE'
 
-#: The exact implementations that ``'auto'`` chooses among.
+#: The exact implementations that ``'auto'`` chooses among on every device.
 CANDIDATES: Dict[str, Callable[[Tensor, Tensor, Sequence[int]], Tensor]] = {
     'dense': dense_peripheral_conv,
     'fft': fft_peripheral_conv,
     'blocksum': blocksum_peripheral_conv,
 }
+
+#: Exact implementations that ``'auto'`` also times on CUDA devices where
+#: Triton imports (:func:`candidates`); never on other devices.
+CUDA_CANDIDATES: Dict[str, Callable[[Tensor, Tensor, Sequence[int]],
+                                    Tensor]] = {
+                                        'triton': triton_peripheral_conv,
+                                    }
+
+
+@functools.lru_cache(maxsize=None)
+def triton_imports() -> bool:
+    """Whether Triton >= 3.0 is installed and imports (imported here, at
+    the first measurement on CUDA, never with ``pelk_mm.ops``)."""
+    if not triton_installed():
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def candidates(
+    device: torch.device
+) -> Dict[str, Callable[[Tensor, Tensor, Sequence[int]], Tensor]]:
+    """The implementations ``'auto'`` times on ``device``:
+    :data:`CANDIDATES`, plus :data:`CUDA_CANDIDATES` on CUDA where Triton
+    imports."""
+    if device.type == 'cuda' and triton_imports():
+        return {**CANDIDATES, **CUDA_CANDIDATES}
+    return CANDIDATES
+
 
 _FILE_VERSION = 1
 
@@ -209,7 +245,9 @@ class ImplTuner:
     def measure(self, sig: Signature) -> Dict[str, float]:
         """Milliseconds of one call of each candidate on random inputs of
         ``sig`` (drawn from a private generator: the global RNG is left
-        alone); infinite for a candidate that runs out of device memory."""
+        alone); infinite for a candidate that runs out of device memory, and
+        for a :data:`CUDA_CANDIDATES` kernel that raises (logged as a
+        warning)."""
         self.measured += 1
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(sig.shape, generator=gen).to(sig.device, sig.dtype)
@@ -221,11 +259,20 @@ class ImplTuner:
         x.requires_grad_(sig.backward)
         weight.requires_grad_(sig.backward)
         times = {}
-        for name, fn in CANDIDATES.items():
+        for name, fn in candidates(sig.device).items():
             try:
                 times[name] = self._time(fn, x, weight, sig) * 1e3
             except torch.cuda.OutOfMemoryError:  # this one cannot run here
                 torch.cuda.empty_cache()
+                times[name] = float('inf')
+            except Exception as error:  # noqa: B902
+                if name not in CUDA_CANDIDATES:
+                    raise
+                # a Triton kernel that fails to compile or launch on this
+                # GPU: 'auto' keeps the torch implementations, and says so
+                logger.warning(
+                    'impl=auto: %r failed on %s and is left out: '
+                    '%r', name, sig.key(), error)
                 times[name] = float('inf')
         return times
 
@@ -276,10 +323,11 @@ class ImplTuner:
         """Add the choices of ``path`` (from :meth:`save`); returns their
         number (0 for a file of another torch version, with a warning)."""
         choices = _read(path)
+        known = {**CANDIDATES, **CUDA_CANDIDATES}
         for entry in choices.values():
-            if entry.get('impl') not in CANDIDATES:
+            if entry.get('impl') not in known:
                 raise ValueError(f'{path}: every choice must name one of '
-                                 f'{sorted(CANDIDATES)}, got {entry!r}')
+                                 f'{sorted(known)}, got {entry!r}')
         self.choices.update(choices)
         self._kept.clear()  # the file's choices win
         return len(choices)
@@ -341,7 +389,8 @@ def choose_impl(x: Tensor, weight: Tensor, grid: Sequence[int]) -> str:
         grid (Sequence[int]): Sharing grid.
 
     Returns:
-        str: ``'dense'``, ``'fft'`` or ``'blocksum'``.
+        str: ``'dense'``, ``'fft'``, ``'blocksum'`` or (measured on CUDA
+        only) ``'triton'``.
     """
     if (_mode == 'model' or torch.are_deterministic_algorithms_enabled()
             or _mode == 'auto' and x.device.type in COST_COEFFICIENTS):

@@ -10,7 +10,8 @@ from :data:`PERIPHERAL_CONV_IMPLS` (``fn(x, weight, grid) -> Tensor``, no bias
 and no positional embedding); the bias and the positional-embedding term are
 added outside it, so every implementation has them. ``'dense'`` materialises
 the kernel and calls ``F.conv2d``; ``'fft'`` and ``'blocksum'`` are exact
-fast algorithms, listed in :data:`pelk_mm.ops.impl_tuning.CANDIDATES`, and
+fast algorithms, listed in :data:`pelk_mm.ops.impl_tuning.CANDIDATES`;
+``'triton'`` runs fused Triton kernels (CUDA, where Triton is installed);
 ``'auto'`` chooses among them (:func:`pelk_mm.ops.impl_tuning.choose_impl`).
 
 Validation happens once: :func:`peripheral_conv2d` checks its arguments,
@@ -27,8 +28,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .band_geometry import band_edges
-from .impl_tuning import CANDIDATES, choose_impl
+from .impl_tuning import CANDIDATES, CUDA_CANDIDATES, choose_impl
 from .sharing_grid import check_grid, expand_weight, sharing_grid
+from .triton_conv import triton_installed
 
 
 def auto_peripheral_conv(x: Tensor, weight: Tensor,
@@ -39,17 +41,27 @@ def auto_peripheral_conv(x: Tensor, weight: Tensor,
     return PERIPHERAL_CONV_IMPLS[impl](x, weight, grid)
 
 
+def triton_listed() -> bool:
+    """Whether ``'triton'`` is in :data:`PERIPHERAL_CONV_IMPLS`: Triton
+    >= 3.0 installed (package metadata, no import) and CUDA available. It
+    then also runs CPU tensors, through Triton's interpreter (slow)."""
+    return triton_installed() and torch.cuda.is_available()
+
+
 #: Implementations of the bare convolution, by name: ``fn(x, weight, grid)``.
 #: ``'dense'`` (expand + ``F.conv2d``, :mod:`pelk_mm.ops.dense_conv`), the
 #: exact fast algorithms ``'fft'`` and ``'blocksum'``
-#: (:mod:`pelk_mm.ops.fft_conv`, :mod:`pelk_mm.ops.blocksum_conv`), and
-#: ``'auto'``, the default of :func:`peripheral_conv2d`, which picks one of
-#: the three (:mod:`pelk_mm.ops.impl_tuning`).
-PERIPHERAL_CONV_IMPLS: Dict[str, Callable[[Tensor, Tensor, Sequence[int]],
-                                          Tensor]] = {
-                                              **CANDIDATES,
-                                              'auto': auto_peripheral_conv,
-                                          }
+#: (:mod:`pelk_mm.ops.fft_conv`, :mod:`pelk_mm.ops.blocksum_conv`), the
+#: fused Triton kernels ``'triton'`` (:mod:`pelk_mm.ops.triton_conv`, listed
+#: where :func:`triton_listed`), and ``'auto'``, the default of
+#: :func:`peripheral_conv2d`, which picks one of them
+#: (:mod:`pelk_mm.ops.impl_tuning`).
+PERIPHERAL_CONV_IMPLS: Dict[str, Callable[
+    [Tensor, Tensor, Sequence[int]], Tensor]] = {
+        **CANDIDATES,
+        **(CUDA_CANDIDATES if triton_listed() else {}),
+        'auto': auto_peripheral_conv,
+    }
 
 #: Input dtypes the convolution accepts.
 INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
