@@ -136,7 +136,7 @@ def parse_args(argv=None):
     parser.add_argument(
         '--parts',
         nargs='+',
-        default=['complexity', 'torch_infer', 'torch_train', 'memory', 'ort'],
+        default=['ort', 'torch_infer', 'torch_train', 'complexity', 'memory'],
         choices=['complexity', 'torch_infer', 'torch_train', 'memory', 'ort'])
     parser.add_argument(
         '--quick',
@@ -219,7 +219,8 @@ def build(name, quick=False):
     _randomise_bn_statistics(model, torch.Generator().manual_seed(1))
     model.eval()
     deploy = copy.deepcopy(model)
-    deploy.switch_to_deploy()
+    if name != 'convnext':  # ConvNeXt-T has nothing to fold
+        deploy.switch_to_deploy()
     deploy.eval()
     return model, deploy
 
@@ -420,13 +421,14 @@ def ratios_to_convnext(medians):
     return out
 
 
-def torch_parts(trains, deploys, args, device):
-    """PyTorch inference (deploy forms, PeLK's training form too) and the
-    training step (training forms), interleaved; per ``--amp`` on a GPU."""
+def torch_parts(trains, deploys, args, device, part):
+    """``part`` ``'torch_infer'``: PyTorch inference of the deploy forms (and
+    PeLK's training form) per ``--amp``; ``'torch_train'``: the training
+    step of the training forms; interleaved."""
     clock = Clock(device)
     result = {}
     amps = args.amp
-    if 'torch_infer' in args.parts:
+    if part == 'torch_infer':
         for amp in amps:
             calls = {}
             for name, model in deploys.items():
@@ -446,7 +448,7 @@ def torch_parts(trains, deploys, args, device):
             result[f'torch_infer_{amp}'] = timed
             for model in list(deploys.values()) + list(trains.values()):
                 model.cpu()
-    if 'torch_train' in args.parts:
+    if part == 'torch_train':
         amp = args.train_amp
         calls = {
             name: train_step(
@@ -552,27 +554,10 @@ def main(argv=None):
                 _outputs(deploys[name], x), _outputs(trains[name], x))
             for name in args.models
         }
-    if 'complexity' in args.parts:
-        results['complexity'] = {
-            name: complexity(trains[name], deploys[name], name,
-                             args.flops_sizes)
-            for name in args.models
-        }
-    results.update(torch_parts(trains, deploys, args, device))
-    if 'memory' in args.parts:
-        results['memory'] = train_memory(args.models, args)
-    if 'ort' in args.parts:
-        results['ort'] = ort_part(deploys, args)
-        results['ort']['ratios'] = ratios_to_convnext(
-            results['ort']['median_s'])
     import mmengine
     run = dict(
         utc=started.isoformat(timespec='seconds'),
-        seconds=round(
-            (datetime.datetime.now(datetime.timezone.utc) -
-             started).total_seconds()),
         load_average_before=load_before,
-        load_average_after=os.getloadavg(),
         cpu=platform.processor() or platform.machine(),
         cpus=os.cpu_count(),
         device=(torch.cuda.get_device_name(device)
@@ -580,6 +565,7 @@ def main(argv=None):
         threads=args.threads,
         iters=args.iters,
         quick=args.quick,
+        parts=args.parts,
         infer=dict(size=args.infer_size, batch=args.infer_batch,
                    amp=args.amp),
         train=dict(size=args.train_size, batch=args.train_batch,
@@ -596,14 +582,37 @@ def main(argv=None):
         models=list(args.models),
         paper_table8_a100_fp32_224_img_s=PAPER_TABLE8_IMG_S,
         results=results)
-    print(markdown(result))
+    path = None
     if args.save:
         os.makedirs(args.save, exist_ok=True)
         path = osp.join(
             args.save, f'peers_{device.type}_'
             f'{started.strftime("%Y-%m-%dT%H%M")}.json')
-        with open(path, 'w') as out:
-            json.dump(result, out, indent=1)
+    for part in args.parts:  # in the order given; saved after each
+        if part == 'complexity':
+            results['complexity'] = {
+                name: complexity(trains[name], deploys[name], name,
+                                 args.flops_sizes)
+                for name in args.models
+            }
+        elif part in ('torch_infer', 'torch_train'):
+            results.update(
+                torch_parts(trains, deploys, args, device, part))
+        elif part == 'memory':
+            results['memory'] = train_memory(args.models, args)
+        elif part == 'ort':
+            results['ort'] = ort_part(deploys, args)
+            results['ort']['ratios'] = ratios_to_convnext(
+                results['ort']['median_s'])
+        run['seconds'] = round(
+            (datetime.datetime.now(datetime.timezone.utc) -
+             started).total_seconds())
+        run['load_average_after'] = os.getloadavg()
+        if path:
+            with open(path, 'w') as out:
+                json.dump(result, out, indent=1)
+    print(markdown(result))
+    if path:
         print(f'saved {path}')
     return result
 

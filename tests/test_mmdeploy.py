@@ -24,6 +24,7 @@ mmdeploy = pytest.importorskip(
     'mmdeploy', reason='mmdeploy is not installed (requirements/latest.txt '
     'installs it with --no-deps, tools/setup_env.sh)')
 ort = pytest.importorskip('onnxruntime')
+pytestmark = pytest.mark.slow  # exports ONNX
 
 MODEL = """
 _base_ = ['{root}/configs/demo/upernet_pelk_demo_ade20k.py']
