@@ -145,8 +145,7 @@ def parse_args(argv=None):
     parser.add_argument(
         '--save', metavar='DIR', help='write DIR/peers_<device>_<date>.json')
     parser.add_argument(
-        '--memory-of',
-        choices=MODELS,
+        '--memory-of', choices=MODELS,
         help=argparse.SUPPRESS)  # the fresh interpreter of one memory figure
     args = parser.parse_args(argv)
     if args.quick:
@@ -178,7 +177,8 @@ def _randomise_bn_statistics(model, generator):
     for module in model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             shape = module.running_mean.shape
-            module.running_mean.copy_(0.1 * torch.randn(shape, generator=generator))
+            module.running_mean.copy_(0.1 *
+                                      torch.randn(shape, generator=generator))
             module.running_var.copy_(
                 torch.rand(shape, generator=generator) + 0.5)
 
@@ -288,8 +288,10 @@ def interleaved(calls, iters, clock):
         for name in names[shift:] + names[:shift]:
             times[name].append(clock(calls[name]))
     return dict(
-        median_s={n: statistics.median(t)
-                  for n, t in times.items()},
+        median_s={
+            n: statistics.median(t)
+            for n, t in times.items()
+        },
         times_s=times)
 
 
@@ -351,15 +353,16 @@ def memory_of(args):
                 rss_before_mib=before,
                 peak_mib=_status_mib('VmHWM'),
                 peak_above_mib=_status_mib('VmHWM') - before,
-                ru_maxrss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-                / 1024)))
+                ru_maxrss_mib=resource.getrusage(
+                    resource.RUSAGE_SELF).ru_maxrss / 1024)))
 
 
 def train_memory(names, args):
     """``memory_of`` for every model, each in a fresh interpreter."""
     rows = {}
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep +
-               os.environ.get('PYTHONPATH', ''))
+    env = dict(
+        os.environ,
+        PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
     for name in names:
         command = [
             sys.executable, __file__, '--memory-of', name, '--threads',
@@ -386,7 +389,9 @@ def ort_part(deploys, args):
     sessions, errors = {}, {}
     with tempfile.TemporaryDirectory() as workdir, torch.no_grad():
         for name, model in deploys.items():
-            reference = [o.numpy() for o in _outputs(model, torch.from_numpy(x))]
+            reference = [
+                o.numpy() for o in _outputs(model, torch.from_numpy(x))
+            ]
             for dynamic in (True, False):
                 key = f'{name}/{"dynamic" if dynamic else "static"}'
                 path = osp.join(workdir, key.replace('/', '_') + '.onnx')
@@ -436,9 +441,10 @@ def torch_parts(trains, deploys, args, device, part):
                                                      args.infer_size, device,
                                                      AMP[amp])
             if 'pelk' in trains:
-                calls['pelk/train-form'] = infer_call(
-                    trains['pelk'], args.infer_batch, args.infer_size, device,
-                    AMP[amp])
+                calls['pelk/train-form'] = infer_call(trains['pelk'],
+                                                      args.infer_batch,
+                                                      args.infer_size, device,
+                                                      AMP[amp])
             timed = interleaved(calls, args.iters, clock)
             timed['img_s'] = {
                 k: args.infer_batch / v
@@ -451,7 +457,8 @@ def torch_parts(trains, deploys, args, device, part):
     if part == 'torch_train':
         amp = args.train_amp
         calls = {
-            name: train_step(
+            name:
+            train_step(
                 copy.deepcopy(model), args.train_batch, args.train_size,
                 device, AMP[amp])
             for name, model in trains.items()
@@ -478,10 +485,10 @@ def markdown(result):
     names = result['models']
     rows = result['results']
     cx = rows.get('complexity', {})
-    infer = next((v for k, v in rows.items()
-                  if k.startswith('torch_infer')), None)
-    train = next((v for k, v in rows.items()
-                  if k.startswith('torch_train')), None)
+    infer = next((v for k, v in rows.items() if k.startswith('torch_infer')),
+                 None)
+    train = next((v for k, v in rows.items() if k.startswith('torch_train')),
+                 None)
     mem = rows.get('memory', {})
     ort = rows.get('ort')
     sizes = result['run']['flops_sizes']
@@ -502,8 +509,7 @@ def markdown(result):
     for name in names:
         c = cx.get(name, {})
         cells = [
-            LABELS[name],
-            f'{c.get("params_M", float("nan")):.1f} '
+            LABELS[name], f'{c.get("params_M", float("nan")):.1f} '
             f'({c.get("params_deploy_M", float("nan")):.1f})'
         ] + [
             f'{c.get(f"flops_G_{s}", float("nan")):.2f} '
@@ -538,19 +544,24 @@ def main(argv=None):
     device = torch.device(args.device)
     import pelk_mm  # noqa: F401  (registers PeLK)
     if device.type != 'cpu':
-        args.parts = [p for p in args.parts if p in ('torch_infer',
-                                                     'torch_train')]
+        args.parts = [
+            p for p in args.parts if p in ('torch_infer', 'torch_train')
+        ]
     load_before = os.getloadavg()
     started = datetime.datetime.now(datetime.timezone.utc)
     trains, deploys, results = {}, {}, {}
     for name in args.models:
         trains[name], deploys[name] = build(name, args.quick)
     x = torch.randn(
-        1, 3, args.infer_size, args.infer_size,
+        1,
+        3,
+        args.infer_size,
+        args.infer_size,
         generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         results['deploy_vs_train_rel_error'] = {
-            name: relative_error(
+            name:
+            relative_error(
                 _outputs(deploys[name], x), _outputs(trains[name], x))
             for name in args.models
         }
@@ -566,10 +577,9 @@ def main(argv=None):
         iters=args.iters,
         quick=args.quick,
         parts=args.parts,
-        infer=dict(size=args.infer_size, batch=args.infer_batch,
-                   amp=args.amp),
-        train=dict(size=args.train_size, batch=args.train_batch,
-                   amp=args.train_amp),
+        infer=dict(size=args.infer_size, batch=args.infer_batch, amp=args.amp),
+        train=dict(
+            size=args.train_size, batch=args.train_batch, amp=args.train_amp),
         ort_size=args.ort_size,
         flops_sizes=args.flops_sizes,
         torch=torch.__version__,
@@ -591,22 +601,20 @@ def main(argv=None):
     for part in args.parts:  # in the order given; saved after each
         if part == 'complexity':
             results['complexity'] = {
-                name: complexity(trains[name], deploys[name], name,
-                                 args.flops_sizes)
+                name:
+                complexity(trains[name], deploys[name], name, args.flops_sizes)
                 for name in args.models
             }
         elif part in ('torch_infer', 'torch_train'):
-            results.update(
-                torch_parts(trains, deploys, args, device, part))
+            results.update(torch_parts(trains, deploys, args, device, part))
         elif part == 'memory':
             results['memory'] = train_memory(args.models, args)
         elif part == 'ort':
             results['ort'] = ort_part(deploys, args)
             results['ort']['ratios'] = ratios_to_convnext(
                 results['ort']['median_s'])
-        run['seconds'] = round(
-            (datetime.datetime.now(datetime.timezone.utc) -
-             started).total_seconds())
+        run['seconds'] = round((datetime.datetime.now(datetime.timezone.utc) -
+                                started).total_seconds())
         run['load_average_after'] = os.getloadavg()
         if path:
             with open(path, 'w') as out:
@@ -649,8 +657,9 @@ def device_comparison(out, env, smoke=False, time_limit=120):
     Returns:
         float | None: Its wall seconds, None if it failed or timed out.
     """
-    command = [sys.executable, __file__] + (
-        SMOKE_DEVICE_ARGS if smoke else DEVICE_ARGS) + ['--save', str(out)]
+    command = [sys.executable, __file__
+               ] + (SMOKE_DEVICE_ARGS
+                    if smoke else DEVICE_ARGS) + ['--save', str(out)]
     print('$', ' '.join(command), flush=True)
     start = time.perf_counter()
     try:
@@ -661,8 +670,7 @@ def device_comparison(out, env, smoke=False, time_limit=120):
             check=True,
             capture_output=True,
             text=True)
-    except (subprocess.CalledProcessError,
-            subprocess.TimeoutExpired) as error:
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as error:
         print(f'peers: FAILED ({error})', flush=True)
         return None
     print(done.stdout, flush=True)

@@ -37,8 +37,8 @@ def test_slak_merged_equals_branches():
     merged = copy.deepcopy(model)
     merged.switch_to_deploy()
     convs = [
-        m for m in merged.modules() if isinstance(m, torch.nn.Conv2d)
-        and m.groups > 1
+        m for m in merged.modules()
+        if isinstance(m, torch.nn.Conv2d) and m.groups > 1
     ]
     assert [c.kernel_size for c in convs] == [(13, 13), (11, 11), (9, 9),
                                               (5, 5)]
@@ -86,8 +86,8 @@ def test_quick_run_writes_every_figure(tmp_path):
             assert rows['ort']['ort_vs_torch_rel_error'][
                 f'{name}/{kind}'] < 1e-4
     # the merged SLaK kernel is dense K x K: more FLOPs than its stripes
-    assert (rows['complexity']['slak']['flops_deploy_G_64'] >
-            rows['complexity']['slak']['flops_G_64'])
+    assert (rows['complexity']['slak']['flops_deploy_G_64']
+            > rows['complexity']['slak']['flops_G_64'])
     infer, train = rows['torch_infer_fp32'], rows['torch_train_fp32']
     assert set(infer['median_s']) == {f'{n}/deploy'
                                       for n in MODELS} | {'pelk/train-form'}

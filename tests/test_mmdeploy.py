@@ -21,7 +21,8 @@ import torch
 from helpers import ROOT, load_tool
 
 mmdeploy = pytest.importorskip(
-    'mmdeploy', reason='mmdeploy is not installed (requirements/latest.txt '
+    'mmdeploy',
+    reason='mmdeploy is not installed (requirements/latest.txt '
     'installs it with --no-deps, tools/setup_env.sh)')
 ort = pytest.importorskip('onnxruntime')
 pytestmark = pytest.mark.slow  # exports ONNX
@@ -77,14 +78,14 @@ def exported(tmp_path_factory):
 
 def test_torch2onnx_matches_pytorch(exported):
     trained, path = exported
-    x = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(
+        2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        reference = trained.encode_decode(
-            x, [dict(img_shape=(SIZE, SIZE))] * 2).numpy()
+        reference = trained.encode_decode(x, [dict(img_shape=(SIZE, SIZE))] *
+                                          2).numpy()
     session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
     outputs = [
-        session.run(None, {'input': x[i:i + 1].numpy()})[0]
-        for i in range(2)
+        session.run(None, {'input': x[i:i + 1].numpy()})[0] for i in range(2)
     ]
     logits = np.concatenate(outputs)
     assert logits.shape == reference.shape == (2, 5, SIZE, SIZE)
