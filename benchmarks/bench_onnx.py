@@ -110,8 +110,9 @@ def build_backbones(names):
     return {name: models[name] for name in names}
 
 
-def export(model, size, path, tool):
-    """Export a backbone as ``pytorch2onnx.py`` does: opset, exporter."""
+def export(model, size, path, tool, dynamic=True):
+    """Export a backbone as ``pytorch2onnx.py`` does (opset, exporter),
+    with a dynamic batch axis or, ``dynamic=False``, all shapes static."""
     dummy = torch.randn(1, 3, *size)
     names = [f'feat{i}' for i in range(4)]
     with torch.no_grad():
@@ -123,7 +124,7 @@ def export(model, size, path, tool):
             dynamic_axes={n: {
                 0: 'batch'
             }
-                          for n in ['input', *names]},
+                          for n in ['input', *names]} if dynamic else None,
             opset_version=tool.OPSET,
             **tool.exporter_kwargs())
 

@@ -10,7 +10,9 @@
 # Both: mmcv 2.1.0 built from its sdist with its ops, mmengine 0.10.7,
 # mmsegmentation 1.2.2, mmdet 3.3.0, mmpretrain 1.2.0, onnx / onnxruntime /
 # onnxscript, matplotlib, pelk_mm (editable): what `pip install -e .[all]`
-# declares, pinned per stack in requirements/<stack>.txt. PYTHON=... overrides
+# declares, pinned per stack in requirements/<stack>.txt; latest only: mmdeploy
+# 1.3.1 with --no-deps (its protobuf pin conflicts with onnx's; the packages it
+# imports are in requirements/latest.txt). PYTHON=... overrides
 # the interpreter the venv is created with.
 #
 # Idempotent: a second run only checks the venv's stamp and returns in about a
@@ -52,12 +54,17 @@ select_stack() {
             TORCH_VERSION=2.14.1
             TORCHVISION_VERSION=0.29.1
             MMCV_CXX20=1  # torch 2.14 headers require C++20
+            # mmdeploy pins protobuf<=3.20.2, which current onnx refuses: it
+            # is installed without its dependencies; the few it imports are
+            # pinned in requirements/latest.txt (tests/test_mmdeploy.py)
+            MMDEPLOY_VERSION=1.3.1
             ;;
         canonical)
             VENV="$ROOT/.venv-canonical"
             PYTHON=${PYTHON:-$(python310)}
             TORCH_VERSION=2.1.2
             TORCHVISION_VERSION=0.16.2
+            MMDEPLOY_VERSION=  # not installed: untested on torch 2.1
             MMCV_CXX20=0  # mmcv 2.1.0 builds as released against torch 2.1
             ;;
         *)
@@ -187,6 +194,10 @@ main() {
 
     "${PIP[@]}" install -q -r "$REQUIREMENTS" "mmcv==$MMCV_VERSION" \
         "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" 'setuptools<81'
+    if [ -n "${MMDEPLOY_VERSION:-}" ]; then
+        "${PIP[@]}" install -q --no-deps "mmdeploy==$MMDEPLOY_VERSION"
+        "$PY" -c "import mmdeploy.apis" || { log "mmdeploy does not import"; exit 1; }
+    fi
     "${PIP[@]}" install -q --no-deps -e "$ROOT"
     "$PY" -c "import mmcv.ops, mmseg, mmdet, mmpretrain, onnxruntime, onnxscript, matplotlib, pelk_mm" \
         || { log "the installed stack does not import"; exit 1; }
