@@ -345,7 +345,8 @@ def torch_only_part(out, sweeps, env, limit, seconds):
 
 
 def mm_part(out, sweeps, env, limit, seconds):
-    """UperNet + PeLK-T against ConvNeXt-T, and the sparsity hook's cost."""
+    """UperNet + PeLK-T against ConvNeXt-T, the sparsity hook's cost and PeLK-T
+    against its peers."""
     seconds['backbone'] = run(
         'backbone', 'bench_backbone.py',
         sweeps['backbone'] + ['--save', str(out / 'backbone')], env,
@@ -357,17 +358,15 @@ def mm_part(out, sweeps, env, limit, seconds):
                           limit('hook'))
     if (out / 'backbone_hook.json').exists():
         print((out / 'backbone_hook.json').read_text(), flush=True)
-    # --- peers (issue 24, owned by bench_peers.py): begin ----------------
-    # PeLK-T vs ConvNeXt-T / RepLKNet-31B / SLaK-T on the GPU (224, fp32 and
-    # bf16 inference, bf16 train step): OUT/peers_cuda_<date>.json; the
-    # backbone's time limit.
+    # PeLK-T against ConvNeXt-T / RepLKNet-31B / SLaK-T on the GPU (224, fp32
+    # and bf16 inference, bf16 train step): OUT/peers_cuda_<date>.json, under
+    # the backbone step's time limit.
     spec = importlib.util.spec_from_file_location(
         'bench_peers', ROOT / 'benchmarks' / 'bench_peers.py')
     peers = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(peers)
     seconds['peers'] = peers.device_comparison(
         out, env, smoke=sweeps is SMOKE, time_limit=limit('backbone'))
-    # --- peers (issue 24): end --------------------------------------------
 
 
 if __name__ == '__main__':
