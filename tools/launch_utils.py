@@ -1,11 +1,13 @@
 """What tools/train.py and tools/test.py share: the common arguments, config
-loading, the checkpoint checks, distributed runs on hosts without CUDA and the
-Runner building.
+loading, the checkpoint checks, distributed runs on hosts without CUDA, the
+Runner building, the checkpoints that let a killed training run resume exactly
+and the clean end of a distributed run.
 
 A tool is ``parser = make_parser(...)``, its own arguments,
 ``args = parse_args(parser)``, ``cfg = load_config(args)``, its own changes to
-``cfg``, ``check_checkpoints(cfg)`` (training; tools/test.py checks its
-CHECKPOINT argument), then ``build_runner(cfg)``.
+``cfg``, ``check_checkpoints(cfg)`` and ``use_resumable_checkpoints(cfg)`` (training;
+tools/test.py checks its CHECKPOINT argument), then ``build_runner(cfg)``,
+the run, and ``destroy_process_group()``.
 """
 import argparse
 import importlib
@@ -18,6 +20,7 @@ from typing import Iterator, List, Tuple
 import torch
 import torch.distributed as dist
 from mmengine.config import Config, DictAction
+from mmengine.hooks import CheckpointHook
 from mmengine.runner import Runner
 
 LIBRARIES = ('mmseg', 'mmdet', 'mmpretrain')
@@ -241,3 +244,30 @@ def build_runner(cfg: Config) -> Runner:
         registry = importlib.import_module(f'{library}.registry')
         return registry.RUNNERS.build(cfg)
     return Runner.from_cfg(cfg)
+
+
+def use_resumable_checkpoints(cfg: Config) -> None:
+    """Make a training run killed at any moment resume exactly: mmengine's
+    ``CheckpointHook`` in ``default_hooks.checkpoint`` becomes
+    :class:`~pelk_mm.engine.ResumableCheckpointHook` (same arguments:
+    atomic writes, random states saved and restored). See
+    docs/fault_tolerance.md."""
+    checkpoint = cfg.get('default_hooks', {}).get('checkpoint')
+    if checkpoint is not None and checkpoint.get('type') in (
+            'CheckpointHook', 'mmengine.CheckpointHook', CheckpointHook):
+        checkpoint['type'] = 'ResumableCheckpointHook'
+
+
+def destroy_process_group() -> None:
+    """Destroy the default process group, if there is one, before the
+    interpreter exits.
+
+    A gloo process group left to the interpreter's shutdown is torn down
+    while its C++ threads may still be running; that can end a run whose
+    work is done with ``terminate called without an active exception``
+    (SIGABRT) and a failed torchrun. A barrier first, so that no rank
+    destroys its group while another still uses it.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
