@@ -96,16 +96,14 @@ def _runner(work_dir, max_iters, resume=False, hooks=(), **checkpoint):
         optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1)),
         default_hooks=dict(
             checkpoint=dict(
-                type='ResumableCheckpointHook', by_epoch=False,
-                **checkpoint)),
+                type='ResumableCheckpointHook', by_epoch=False, **checkpoint)),
         custom_hooks=list(hooks),
         randomness=dict(seed=0),
         default_scope='mmengine',
         resume=resume)
 
 
-def test_saves_keep_a_complete_checkpoint(
-        tmp_path, monkeypatch):
+def test_saves_keep_a_complete_checkpoint(tmp_path, monkeypatch):
     """The new checkpoint and ``last_checkpoint`` are renamed into place
     before the outdated checkpoint is deleted."""
     assert issubclass(ResumableCheckpointHook, CheckpointHook)
@@ -136,7 +134,10 @@ class _Record(Hook):
     def __init__(self):
         self.draws = []
 
-    def after_train_iter(self, runner, batch_idx, data_batch=None,
+    def after_train_iter(self,
+                         runner,
+                         batch_idx,
+                         data_batch=None,
                          outputs=None):
         self.draws.append(data_batch['inputs'].clone())
 

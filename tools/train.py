@@ -18,8 +18,7 @@ from copy import deepcopy
 
 from launch_utils import (build_runner, check_checkpoints,
                           destroy_process_group, library_of, load_config,
-                          make_parser, parse_args,
-                          use_resumable_checkpoints)
+                          make_parser, parse_args, use_resumable_checkpoints)
 from mmengine.config import ConfigDict
 from mmengine.logging import print_log
 

@@ -44,6 +44,7 @@ import torch
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEMO_CFG = osp.join(ROOT, 'configs', 'demo', 'upernet_pelk_demo_ade20k.py')
+TRAIN_TOOL = osp.join(ROOT, 'tools', 'train.py')
 SAVE_KILL_BYTES = 1 << 16  # bytes of the checkpoint written before the kill
 
 
@@ -66,11 +67,10 @@ class Training:
     """``tools/train.py`` as a subprocess whose output is collected."""
 
     def __init__(self, work_dir: str, options: List[str], resume: bool):
+        resume_flag = ['--resume'] if resume else []
         command = [
-            sys.executable,
-            osp.join(ROOT, 'tools', 'train.py'), DEMO_CFG, '--work-dir',
-            work_dir, *(['--resume'] if resume else []), '--cfg-options',
-            *options
+            sys.executable, TRAIN_TOOL, DEMO_CFG, '--work-dir', work_dir,
+            *resume_flag, '--cfg-options', *options
         ]
         self.proc = subprocess.Popen(
             command,
@@ -130,8 +130,7 @@ def kill_after_iter(work_dir: str, options: List[str], resume: bool,
                     iteration: int) -> str:
     """SIGKILL the run as soon as it has logged ``iteration``."""
     run = Training(work_dir, options, resume)
-    logged = run.wait_for_line(
-        rf'Iter\(train\) \[ *{iteration}/', timeout=600)
+    logged = run.wait_for_line(rf'Iter\(train\) \[ *{iteration}/', timeout=600)
     run.kill()
     code, log = run.finish()
     if not logged or code != -signal.SIGKILL:
@@ -189,10 +188,10 @@ def differences(expected, actual, where: str = 'checkpoint') -> List[str]:
     """Where ``actual`` differs from ``expected``: tensors bitwise (values
     and dtype), containers recursively, everything else by ``==``."""
     if isinstance(expected, torch.Tensor):
-        same = (isinstance(actual, torch.Tensor)
-                and expected.dtype == actual.dtype
-                and expected.shape == actual.shape
-                and torch.equal(expected, actual))
+        same = (
+            isinstance(actual, torch.Tensor) and expected.dtype == actual.dtype
+            and expected.shape == actual.shape
+            and torch.equal(expected, actual))
         return [] if same else [where]
     if isinstance(expected, dict):
         if not isinstance(actual, dict) or expected.keys() != actual.keys():
@@ -230,9 +229,8 @@ def compare(expected_path: str, actual_path: str) -> List[str]:
     return found
 
 
-def repeat(reference: str, work_dir: str, options: List[str],
-           max_iters: int, interval: int,
-           rng: random.Random) -> Tuple[str, List[str]]:
+def repeat(reference: str, work_dir: str, options: List[str], max_iters: int,
+           interval: int, rng: random.Random) -> Tuple[str, List[str]]:
     """One repeat (steps 1-3 of the module docstring): ``(what was done,
     differences from the reference checkpoint)``."""
     save_step = rng.randrange(interval, max_iters, interval)
@@ -243,8 +241,8 @@ def repeat(reference: str, work_dir: str, options: List[str],
     train(work_dir, options, resume=True)
     what = (f'killed while saving iter_{save_step}.pth, resumed, killed '
             f'after iteration {kill_iter}, resumed')
-    return what, compare(reference,
-                         osp.join(work_dir, f'iter_{max_iters}.pth'))
+    return what, compare(reference, osp.join(work_dir,
+                                             f'iter_{max_iters}.pth'))
 
 
 def check(repeats: int,
