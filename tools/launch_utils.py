@@ -10,6 +10,7 @@ tools/test.py checks its CHECKPOINT argument), then ``build_runner(cfg)``,
 the run, and ``destroy_process_group()``.
 """
 import argparse
+import gc
 import importlib
 import os
 import os.path as osp
@@ -259,15 +260,20 @@ def use_resumable_checkpoints(cfg: Config) -> None:
 
 
 def destroy_process_group() -> None:
-    """Destroy the default process group, if there is one, before the
-    interpreter exits.
+    """End a distributed run cleanly: destroy the default process group, if
+    there is one, while the interpreter is still fully alive.
 
-    A gloo process group left to the interpreter's shutdown is torn down
-    while its C++ threads may still be running; that can end a run whose
-    work is done with ``terminate called without an active exception``
-    (SIGABRT) and a failed torchrun. A barrier first, so that no rank
-    destroys its group while another still uses it.
+    A gloo group left to the interpreter's shutdown is torn down while its
+    C++ worker threads may still hold work with Python references; that can
+    end a run whose work is done with ``terminate called without an active
+    exception`` (SIGABRT) and a failed torchrun (pytorch/pytorch#190489).
+    A barrier first, so that no rank tears its group down while another
+    still uses it; then the finished Runner's reference cycles are collected
+    (its DDP wrapper holds the group: torch 2.1's ``destroy_process_group``
+    only drops the registry's reference, newer ones also shut the backend
+    down).
     """
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+        gc.collect()
         dist.destroy_process_group()

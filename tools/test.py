@@ -104,6 +104,7 @@ def main():
     if args.out is not None and library != 'mmseg':
         add_dump_metric(runner, args.out, library)
     runner.test()
+    del runner
     destroy_process_group()
 
 
