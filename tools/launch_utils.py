@@ -5,9 +5,9 @@ and the clean end of a distributed run.
 
 A tool is ``parser = make_parser(...)``, its own arguments,
 ``args = parse_args(parser)``, ``cfg = load_config(args)``, its own changes to
-``cfg``, ``check_checkpoints(cfg)`` and ``use_resumable_checkpoints(cfg)`` (training;
-tools/test.py checks its CHECKPOINT argument), then ``build_runner(cfg)``,
-the run, and ``destroy_process_group()``.
+``cfg``, ``check_checkpoints(cfg)`` and ``use_resumable_checkpoints(cfg)``
+(training; tools/test.py checks its CHECKPOINT argument), then
+``build_runner(cfg)``, the run, and ``destroy_process_group()``.
 """
 import argparse
 import gc
