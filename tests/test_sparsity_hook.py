@@ -260,6 +260,7 @@ def test_bad_arguments_name_the_parameter():
 
 
 DDP_SCRIPT = '''
+import gc
 import sys
 import torch
 import torch.distributed as dist
@@ -281,6 +282,12 @@ assert hook.step == 12 and not [l for r in checker.records for l in r['leaks']]
 weights = {{n: p.detach() for n, p in runner.model.module.named_parameters()}}
 torch.save(dict(masks=hook.masks.state_dict(), weights=weights),
            {work_dir!r} + f'/rank{{rank}}.pt')
+# as tools/launch_utils.destroy_process_group: no gloo group left to the
+# interpreter's shutdown (SIGABRT at exit, docs/fault_tolerance.md)
+del runner, hook, checker
+dist.barrier()
+gc.collect()
+dist.destroy_process_group()
 '''
 
 

@@ -1,14 +1,16 @@
 """What tools/train.py and tools/test.py share: the common arguments, config
-loading, the checkpoint checks, distributed runs on hosts without CUDA and the
-Runner building.
+loading, the checkpoint checks, distributed runs on hosts without CUDA, the
+Runner building, the checkpoints that let a killed training run resume exactly
+and the clean end of a distributed run.
 
 A tool is ``parser = make_parser(...)``, its own arguments,
 ``args = parse_args(parser)``, ``cfg = config_from_args(args)``, its own
-changes to
-``cfg``, ``check_checkpoints(cfg)`` (training; tools/test.py checks its
-CHECKPOINT argument), then ``build_runner(cfg)``.
+changes to ``cfg``, ``check_checkpoints(cfg)`` and ``use_resumable_checkpoints(cfg)``
+(training; tools/test.py checks its CHECKPOINT argument), then
+``build_runner(cfg)``, the run, and ``destroy_process_group()``.
 """
 import argparse
+import gc
 import importlib
 import os
 import os.path as osp
@@ -19,6 +21,7 @@ from typing import Iterator, List, Tuple
 import torch
 import torch.distributed as dist
 from mmengine.config import Config, DictAction
+from mmengine.hooks import CheckpointHook
 from mmengine.runner import Runner
 
 from pelk_mm.mm.builder import load_config
@@ -242,3 +245,35 @@ def build_runner(cfg: Config) -> Runner:
         registry = importlib.import_module(f'{library}.registry')
         return registry.RUNNERS.build(cfg)
     return Runner.from_cfg(cfg)
+
+
+def use_resumable_checkpoints(cfg: Config) -> None:
+    """Make a training run killed at any moment resume exactly: mmengine's
+    ``CheckpointHook`` in ``default_hooks.checkpoint`` becomes
+    :class:`~pelk_mm.engine.ResumableCheckpointHook` (same arguments:
+    atomic writes, random states saved and restored). See
+    docs/fault_tolerance.md."""
+    checkpoint = cfg.get('default_hooks', {}).get('checkpoint')
+    if checkpoint is not None and checkpoint.get('type') in (
+            'CheckpointHook', 'mmengine.CheckpointHook', CheckpointHook):
+        checkpoint['type'] = 'ResumableCheckpointHook'
+
+
+def destroy_process_group() -> None:
+    """End a distributed run cleanly: destroy the default process group, if
+    there is one, while the interpreter is still fully alive.
+
+    A gloo group left to the interpreter's shutdown is torn down while its
+    C++ worker threads may still hold work with Python references; that can
+    end a run whose work is done with ``terminate called without an active
+    exception`` (SIGABRT) and a failed torchrun (pytorch/pytorch#190489).
+    A barrier first, so that no rank tears its group down while another
+    still uses it; then the finished Runner's reference cycles are collected
+    (its DDP wrapper holds the group: torch 2.1's ``destroy_process_group``
+    only drops the registry's reference, newer ones also shut the backend
+    down).
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        gc.collect()
+        dist.destroy_process_group()

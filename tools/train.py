@@ -7,14 +7,18 @@ One script for mmseg, mmdet and mmpretrain configs: the config's
 ``default_scope`` picks the library, whose registries build everything, exactly
 as that library's own ``tools/train.py`` (this file follows their structure and
 accepts the union of their common options). ``--resume`` without a path resumes
-from the latest checkpoint in the work dir. Importing ``pelk_mm`` registers the
-PeLK modules and the checkpoint-loading fixes for recent torch.
+from the latest checkpoint in the work dir; checkpoints are written atomically
+and carry the random states, so a run killed at any moment resumes to the
+same weights as an uninterrupted one (docs/fault_tolerance.md). Importing
+``pelk_mm`` registers the PeLK modules and the checkpoint-loading fixes for
+recent torch.
 """
 import logging
 from copy import deepcopy
 
 from launch_utils import (build_runner, check_checkpoints, config_from_args,
-                          library_of, make_parser, parse_args)
+                          destroy_process_group, library_of, make_parser,
+                          parse_args, use_resumable_checkpoints)
 from mmengine.config import ConfigDict
 from mmengine.logging import print_log
 
@@ -84,7 +88,9 @@ def main():
     args = get_args()
     cfg = merge_args(config_from_args(args), args)
     check_checkpoints(cfg)
+    use_resumable_checkpoints(cfg)
     build_runner(cfg).train()
+    destroy_process_group()
 
 
 if __name__ == '__main__':

@@ -4,6 +4,7 @@ from .checkpoint_errors import (UnreadableCheckpoint,
 from .compat import check_pkg_resources, patch_mmengine_checkpoint_loaders
 from .lr_decay_optimizer_constructor import \
     PeLKLearningRateDecayOptimizerConstructor
+from .resumable_checkpoint_hook import ResumableCheckpointHook
 
 patch_mmengine_checkpoint_loaders()
 patch_checkpoint_read_errors()
@@ -11,5 +12,5 @@ check_pkg_resources()
 
 __all__ = [
     'PeLKLearningRateDecayOptimizerConstructor', 'PeLKArchMetaHook',
-    'UnreadableCheckpoint'
+    'UnreadableCheckpoint', 'ResumableCheckpointHook'
 ]
