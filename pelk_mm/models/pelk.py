@@ -22,11 +22,11 @@ from mmengine.registry import MODELS
 from mmpretrain.models.utils import build_norm_layer
 from torch import Tensor
 
+from ..checkpoint.arch_record import ArchRecordMixin
+from ..checkpoint.loading import is_pretrained, load_pretrained
 from ..ops import PeripheralConv2d
 from ..ops.peripheral_conv import check_pos_embed_mode
 from .arch import ARCH_SETTINGS, parse_arch
-from .checkpoint_loading import is_pretrained, load_pretrained
-from .checkpoint_meta import ArchRecordMixin
 from .folding import check_deploy_mode, deployed_conv, fold_peripheral_conv
 from .param_groups import ParamGroupsMixin
 
@@ -259,8 +259,8 @@ class PeLK(ArchRecordMixin, ParamGroupsMixin, BaseModule):
 
     Checkpoints: every state dict of a PeLK records :meth:`arch_record` in
     its metadata, and loading one that does not fit raises
-    :class:`~pelk_mm.models.checkpoint_meta.PeLKCheckpointMismatch` (see
-    :mod:`pelk_mm.models.checkpoint_meta`). Parameter names map to stages
+    :class:`~pelk_mm.checkpoint.PeLKCheckpointMismatch` (see
+    :mod:`pelk_mm.checkpoint.arch_record`). Parameter names map to stages
     and blocks through :meth:`locate` (see
     :mod:`pelk_mm.models.param_groups`).
     """
@@ -407,37 +407,6 @@ class PeLK(ArchRecordMixin, ParamGroupsMixin, BaseModule):
             parsed.append(index % self.num_stages)
         return parsed
 
-    def arch_record(self) -> dict:
-        """Describe the architecture as plain data (ints, lists, str, bool).
-
-        It holds everything the state dict's keys and shapes depend on (plus
-        ``pos_embed_mode``, which changes what the embedding computes). Every
-        state dict of a PeLK carries it in its metadata and tools copy it to
-        ``checkpoint['meta']['pelk_arch']`` (see
-        :mod:`pelk_mm.models.checkpoint_meta`), so that a checkpoint says
-        which arch it is for.
-
-        Returns:
-            dict: ``depths``, ``channels``, ``kernel_sizes``, ``grids``,
-            ``conv_ratio``, ``conv_channels``, ``in_channels``,
-            ``stem_patch_size``, ``pos_embed``, ``pos_embed_mode``, ``deploy``
-            and ``deploy_mode`` (the deployed form, None until deployed).
-        """
-        stem = self.downsample_layers[0][0]
-        return dict(
-            depths=[int(d) for d in self.depths],
-            channels=[int(c) for c in self.channels],
-            kernel_sizes=[int(k) for k in self.kernel_sizes],
-            grids=[[int(b) for b in grid] for grid in self.grids],
-            conv_ratio=float(self.conv_ratio),
-            conv_channels=[int(g) for g in self.conv_channels],
-            in_channels=int(stem.in_channels),
-            stem_patch_size=int(stem.kernel_size[0]),
-            pos_embed=bool(self.with_pos_embed),
-            pos_embed_mode=str(self.pos_embed_mode),
-            deploy=bool(self.deploy),
-            deploy_mode=str(self.deploy_mode) if self.deploy else None)
-
     def init_weights(self) -> None:
         """Initialise the backbone: every initial value comes from here.
 
@@ -451,11 +420,11 @@ class PeLK(ArchRecordMixin, ParamGroupsMixin, BaseModule):
         2. the positional embeddings: trunc-normal std 0.02;
         3. a ``Pretrained`` entry (``checkpoint``, optional ``prefix`` and
            ``map_location``), loaded strictly by
-           :func:`~pelk_mm.models.checkpoint_loading.load_backbone`: the
+           :func:`~pelk_mm.checkpoint.load_backbone`: the
            keys under ``prefix`` are loaded with the checkpoint's arch
            record, keys outside it are ignored, and one that does not fit
            raises
-           :class:`~pelk_mm.models.checkpoint_meta.PeLKCheckpointMismatch`
+           :class:`~pelk_mm.checkpoint.PeLKCheckpointMismatch`
            before any weight is copied. Its positional embeddings replace
            the drawn ones.
 

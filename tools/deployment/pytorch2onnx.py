@@ -58,13 +58,12 @@ import torch
 import torch.nn as nn
 from mmengine.config import DictAction
 
-import pelk_mm  # noqa: F401  (registers PeLK and the checkpoint loaders)
+import pelk_mm  # noqa: F401  (registers PeLK)
 from pelk_mm import PeLK
-from pelk_mm.models import load_backbone
+from pelk_mm.checkpoint import load_backbone, load_strictly
 from pelk_mm.models.builder import build_model
 from pelk_mm.models.deploy import (check_deploy_form, compare_outputs,
-                                   deploy_modes, is_detector, load_strictly,
-                                   tensor_outputs)
+                                   deploy_modes, is_detector, tensor_outputs)
 
 OPSET = 17
 

@@ -35,12 +35,12 @@ import sys
 import torch
 from mmengine.config import DictAction
 
-import pelk_mm  # noqa: F401  (registers PeLK and the checkpoint loaders)
+import pelk_mm  # noqa: F401  (registers PeLK)
+from pelk_mm.checkpoint import add_arch_meta, load_strictly
 from pelk_mm.models.builder import build_model
-from pelk_mm.models.checkpoint_meta import add_arch_meta
 from pelk_mm.models.deploy import (compare_outputs, deploy_modes,
-                                   load_strictly, peripheral_convs,
-                                   switch_to_deploy, tensor_outputs)
+                                   peripheral_convs, switch_to_deploy,
+                                   tensor_outputs)
 
 
 def parse_args(argv=None):
