@@ -28,6 +28,7 @@ import os
 import os.path as osp
 import pickle
 import re
+import types
 import zipfile
 from typing import Any, Optional
 from urllib.parse import urlparse
@@ -122,15 +123,10 @@ def _restricted_pickle_module():
                     f'{_REFUSED_OBJECT} GLOBAL {module}.{name}: not a '
                     'tensor, container or mmengine checkpoint object') from None
 
-    class Module:
-        __name__ = 'pelk_mm_weights_only'
-        Unpickler = Unpickler
-
-        @staticmethod
-        def load(file, **kwargs):
-            return Unpickler(file, **kwargs).load()
-
-    return Module
+    module = types.ModuleType('pelk_mm_weights_only')
+    module.Unpickler = Unpickler
+    module.load = lambda file, **kwargs: Unpickler(file, **kwargs).load()
+    return module
 
 
 def _torch_load_weights_only(file, map_location=None) -> Any:
