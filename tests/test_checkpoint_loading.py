@@ -488,7 +488,6 @@ def test_another_archs_checkpoint_refused_naming_it(tmp_path):
     model = PeLK(
         ARCH31,
         init_cfg=dict(type='Pretrained', checkpoint=path, prefix='backbone.'))
-    before = states(model)
     with pytest.raises(PeLKCheckpointMismatch) as error:
         model.init_weights()
     message = str(error.value)
@@ -496,7 +495,6 @@ def test_another_archs_checkpoint_refused_naming_it(tmp_path):
         in message
     assert ('Build the backbone the checkpoint was made for (arch=dict('
             'depths=[1, 1, 1, 1], channels=[16, 24, 32, 40], grids=') in message
-    assert_unchanged(model, before)
 
 
 def foreign_state_dict(network):
@@ -536,7 +534,6 @@ def test_slak_or_convnext_checkpoint_refused_as_not_pelk(network, tmp_path):
     path = str(tmp_path / f'{network}.pth')
     torch.save(sd, path)
     model = PeLK(ARCH31, init_cfg=dict(type='Pretrained', checkpoint=path))
-    before = states(model)
     with pytest.raises(PeLKCheckpointMismatch) as error:
         model.init_weights()
     message = str(error.value)
@@ -545,7 +542,6 @@ def test_slak_or_convnext_checkpoint_refused_as_not_pelk(network, tmp_path):
         in message
     assert f'(first: stages.0.0.{mixer}.' in message
     assert 'PeLK loads PeLK weights only' in message
-    assert_unchanged(model, before)
     # the converter refuses SLaK's {'model': ...} layout the same way
     torch.save({'model': sd, 'epoch': 299}, path)
     with pytest.raises(ValueError, match='not a PeLK checkpoint'):
@@ -633,9 +629,7 @@ def test_checkpoint_that_is_not_a_dict(content, tmp_path):
 
 def test_whole_model_checkpoint_without_prefix_names_the_prefix(ckpt21):
     model = PeLK(ARCH21, init_cfg=dict(type='Pretrained', checkpoint=ckpt21))
-    before = states(model)
     with pytest.raises(PeLKCheckpointMismatch) as error:
         model.init_weights()
     assert "Its backbone keys are under 'backbone.': set prefix='backbone.'" \
         in str(error.value)
-    assert_unchanged(model, before)

@@ -163,7 +163,9 @@ def test_weights_only_still_refuses_foreign_objects(tmp_path):
 
 def test_read_checkpoint_reads_mmengine_checkpoints_weights_only(tmp_path):
     """On every torch (a restricted unpickler before torch 2.5)."""
-    make_runner(tmp_path / 'run', max_iters=2).train()
+    make_runner(
+        tmp_path / 'run', max_iters=2,
+        experiment_name='read_weights_only').train()  # its own MessageHub
     ckpt = read_checkpoint(str(tmp_path / 'run' / 'iter_2.pth'))
     assert ckpt['meta']['iter'] == 2
     assert len(ckpt['message_hub']['log_scalars']['train/loss'].data[0]) == 2

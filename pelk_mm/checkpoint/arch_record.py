@@ -338,7 +338,7 @@ def _foreign_blocks(model: nn.Module, state_dict: Mapping) -> List[str]:
             model.locate(k).rest.startswith(_TOKEN_MIXER + '.')
             for k in blocks):
         return []
-    return [k for k in blocks if not model.locate(k).name.startswith(
+    return [k for k in blocks if not model.locate(k).rest.startswith(
         _TOKEN_MIXER + '.')]
 
 
