@@ -23,11 +23,11 @@ from torch.utils.data import Dataset
 
 import pelk_mm  # noqa: F401  (registers PeLK, the hook, checkpoint compat)
 from pelk_mm import PeLK
-from pelk_mm.engine import PeLKArchMetaHook
-from pelk_mm.models.builder import build_model, load_config
 from pelk_mm.checkpoint import (ARCH_META_KEY, PeLKCheckpointMismatch,
                                 add_arch_meta)
 from pelk_mm.checkpoint.arch_record import infer_arch
+from pelk_mm.engine import PeLKArchMetaHook
+from pelk_mm.models.builder import build_model, load_config
 from helpers import ARCH21, ROOT, build_runner, load_tool
 
 ARCH31 = dict(ARCH21, kernel_sizes=[31, 13, 13, 7])
@@ -493,8 +493,9 @@ def test_another_archs_checkpoint_refused_naming_it(tmp_path):
     message = str(error.value)
     assert 'channels: checkpoint [16, 24, 32, 40], config [16, 32, 64, 128]' \
         in message
-    assert ('Build the backbone the checkpoint was made for (arch=dict('
-            'depths=[1, 1, 1, 1], channels=[16, 24, 32, 40], grids=') in message
+    assert (
+        'Build the backbone the checkpoint was made for (arch=dict('
+        'depths=[1, 1, 1, 1], channels=[16, 24, 32, 40], grids=') in message
 
 
 def foreign_state_dict(network):
@@ -579,11 +580,12 @@ def test_sparse_checkpoint_into_dense_run_keeps_its_zeros_at_load(tmp_path):
     source = classifier(ARCH31, seed=1)
     state = source.state_dict()
     weight = 'backbone.stages.0.0.peripheral_conv.weight'
-    mask = torch.rand(state[weight].shape,
-                      generator=torch.Generator().manual_seed(0)) < 0.5
+    mask = torch.rand(
+        state[weight].shape, generator=torch.Generator().manual_seed(0)) < 0.5
     state[weight] = state[weight] * mask
-    torch.save(dict(state_dict=state, sparsity=dict(masks={weight: mask})),
-               tmp_path / 'sparse.pth')
+    torch.save(
+        dict(state_dict=state, sparsity=dict(masks={weight: mask})),
+        tmp_path / 'sparse.pth')
     model = PeLK(
         ARCH31,
         init_cfg=dict(
@@ -596,8 +598,7 @@ def test_sparse_checkpoint_into_dense_run_keeps_its_zeros_at_load(tmp_path):
     assert (loaded[~mask] == 0).all() and (loaded[mask] != 0).any()
 
 
-def test_other_kernel_same_shapes_without_record_loads_with_warning(
-        tmp_path):
+def test_other_kernel_same_shapes_without_record_loads_with_warning(tmp_path):
     """The "loads silently and scores 0%" trap: without positional
     embeddings and without the arch record, K = 21 and K = 31 (5x5 centre)
     have the same 11x11 compact weights. pelk-mm's checkpoints carry the
@@ -619,12 +620,13 @@ def test_other_kernel_same_shapes_without_record_loads_with_warning(
 @pytest.mark.parametrize('content', ['tensor', 'list'])
 def test_checkpoint_that_is_not_a_dict(content, tmp_path):
     path = str(tmp_path / 'x.pth')
-    torch.save(torch.zeros(3) if content == 'tensor' else [torch.zeros(3)],
-               path)
+    torch.save(
+        torch.zeros(3) if content == 'tensor' else [torch.zeros(3)], path)
     kind = 'Tensor' if content == 'tensor' else 'list'
     with pytest.raises(TypeError, match=f'holds a {kind}, not a checkpoint'):
-        PeLK(ARCH31, init_cfg=dict(type='Pretrained',
-                                   checkpoint=path)).init_weights()
+        PeLK(
+            ARCH31, init_cfg=dict(type='Pretrained',
+                                  checkpoint=path)).init_weights()
 
 
 def test_whole_model_checkpoint_without_prefix_names_the_prefix(ckpt21):

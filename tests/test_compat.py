@@ -31,8 +31,9 @@ import pytest
 import torch
 import torch.nn as nn
 from mmengine.model import BaseModel
-from mmengine.runner import CheckpointLoader, load_checkpoint
+from mmengine.runner import CheckpointLoader
 from mmengine.runner import checkpoint as mmengine_checkpoint
+from mmengine.runner import load_checkpoint
 from torch.utils.data import Dataset
 
 import pelk_mm  # noqa: F401  (mmengine's loaders on torch >= 2.6)
@@ -204,8 +205,8 @@ def test_import_replaces_only_the_loaders_the_rule_names():
     assert proc.returncode == 0, proc.stderr
     count, changed = json.loads(proc.stdout.splitlines()[-1])
     assert count == 11  # mmengine 0.10.7's schemes
-    assert changed == (sorted(PATCHED_SCHEMES)
-                       if TORCH_LOAD_WEIGHTS_ONLY_BY_DEFAULT else [])
+    assert changed == (
+        sorted(PATCHED_SCHEMES) if TORCH_LOAD_WEIGHTS_ONLY_BY_DEFAULT else [])
 
 
 class QuietHandler(SimpleHTTPRequestHandler):
@@ -220,9 +221,8 @@ def served(tmp_path, monkeypatch):
     an empty torch hub cache."""
     root = tmp_path / 'served'
     root.mkdir()
-    httpd = ThreadingHTTPServer(('127.0.0.1', 0),
-                                functools.partial(
-                                    QuietHandler, directory=str(root)))
+    httpd = ThreadingHTTPServer(
+        ('127.0.0.1', 0), functools.partial(QuietHandler, directory=str(root)))
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
@@ -294,9 +294,10 @@ def test_pelk_pretrained_by_url_is_hash_checked(served):
     unhashed = save_named(root, 'pelk', weights, hashed=False)
     hashed = save_named(root, 'pelk', weights, hashed=True)
     with pytest.raises(RuntimeError, match='invalid hash value'):
-        PeLK(TINY_ARCH,
-             init_cfg=dict(type='Pretrained',
-                           checkpoint=f'{url}/{unhashed}')).init_weights()
+        PeLK(
+            TINY_ARCH,
+            init_cfg=dict(type='Pretrained',
+                          checkpoint=f'{url}/{unhashed}')).init_weights()
     model = PeLK(
         TINY_ARCH,
         init_cfg=dict(type='Pretrained', checkpoint=f'{url}/{hashed}'))

@@ -10,11 +10,10 @@ import pytest
 import torch
 
 from pelk_mm import PeLK, PeripheralConv2d
-from pelk_mm.models.builder import build_model
 from pelk_mm.checkpoint import (ARCH_META_KEY, PeLKCheckpointMismatch,
                                 load_strictly)
-from pelk_mm.models.deploy import (compare_outputs,
-                                   tensor_outputs)
+from pelk_mm.models.builder import build_model
+from pelk_mm.models.deploy import compare_outputs, tensor_outputs
 from pelk_mm.models.pelk import PeLKBlock
 from pelk_mm.ops.boxsum_conv import BoxSumPeripheralConv2d
 from helpers import ROOT, SMALL_ARCH, load_tool

@@ -21,8 +21,7 @@ from .arch_record import (ARCH_FIELDS, ARCH_META_KEY, ArchRecordMixin,
                           check_state_dict, find_arch_record)
 from .conversion import to_backbone_checkpoint
 from .loading import load_backbone, load_strictly
-from .reading import (UnreadableCheckpoint, read_checkpoint,
-                      use_safe_url_loader)
+from .reading import UnreadableCheckpoint, read_checkpoint, use_safe_url_loader
 
 __all__ = [
     'ARCH_FIELDS', 'ARCH_META_KEY', 'ArchRecordMixin',

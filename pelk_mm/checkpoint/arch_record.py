@@ -67,16 +67,16 @@ ARCH_FIELDS = (
               'arch'),
     ArchField('kernel_sizes', lambda m: [int(k) for k in m.kernel_sizes],
               False, 'arch'),
-    ArchField('grids', lambda m: [[int(b) for b in g] for g in m.grids],
-              True, 'arch'),
+    ArchField('grids', lambda m: [[int(b) for b in g] for g in m.grids], True,
+              'arch'),
     ArchField('conv_ratio', lambda m: float(m.conv_ratio), False,
               'conv_ratio'),
     ArchField('conv_channels', lambda m: [int(c) for c in m.conv_channels],
               True, 'conv_ratio'),
     ArchField('in_channels', lambda m: int(_stem(m).in_channels), True,
               'in_channels'),
-    ArchField('stem_patch_size', lambda m: int(_stem(m).kernel_size[0]),
-              True, 'stem_patch_size'),
+    ArchField('stem_patch_size', lambda m: int(_stem(m).kernel_size[0]), True,
+              'stem_patch_size'),
     ArchField('pos_embed', lambda m: bool(m.with_pos_embed), True,
               'pos_embed'),
     ArchField('pos_embed_mode', lambda m: str(m.pos_embed_mode), False,
@@ -290,8 +290,8 @@ def infer_arch(state_dict: Mapping, backbone: nn.Module) -> dict:
 
 
 # the record's fields, then the one only an inferred arch has
-_SUMMARY_FIELDS = tuple(f.name for f in ARCH_FIELDS) + (
-    'peripheral_weight_sizes', )
+_SUMMARY_FIELDS = tuple(f.name
+                        for f in ARCH_FIELDS) + ('peripheral_weight_sizes', )
 
 
 def _summary(record: dict) -> str:
@@ -338,8 +338,10 @@ def _foreign_blocks(model: nn.Module, state_dict: Mapping) -> List[str]:
             model.locate(k).rest.startswith(_TOKEN_MIXER + '.')
             for k in blocks):
         return []
-    return [k for k in blocks if not model.locate(k).rest.startswith(
-        _TOKEN_MIXER + '.')]
+    return [
+        k for k in blocks
+        if not model.locate(k).rest.startswith(_TOKEN_MIXER + '.')
+    ]
 
 
 def check_state_dict(model: nn.Module,

@@ -121,7 +121,8 @@ def _restricted_pickle_module():
             except KeyError:
                 raise pickle.UnpicklingError(
                     f'{_REFUSED_OBJECT} GLOBAL {module}.{name}: not a '
-                    'tensor, container or mmengine checkpoint object') from None
+                    'tensor, container or mmengine checkpoint object'
+                ) from None
 
     module = types.ModuleType('pelk_mm_weights_only')
     module.Unpickler = Unpickler
@@ -292,4 +293,3 @@ def use_safe_url_loader() -> None:
     """
     CheckpointLoader.register_scheme(
         URL_SCHEMES, load_from_url_safely, force=True)
-

@@ -6,6 +6,4 @@ from .lr_decay_optimizer_constructor import \
 patch_mmengine_loaders()
 check_pkg_resources()
 
-__all__ = [
-    'PeLKLearningRateDecayOptimizerConstructor', 'PeLKArchMetaHook'
-]
+__all__ = ['PeLKLearningRateDecayOptimizerConstructor', 'PeLKArchMetaHook']

@@ -92,8 +92,7 @@ def patch_mmengine_loaders() -> None:
         return
     for prefix, name in PATCHED_SCHEMES.items():
         loader = CheckpointLoader._schemes.get(prefix)
-        if loader is not None and loader is getattr(mmengine_checkpoint,
-                                                    name):
+        if loader is not None and loader is getattr(mmengine_checkpoint, name):
             CheckpointLoader.register_scheme(
                 prefix, _weights_only_compatible(loader), force=True)
 

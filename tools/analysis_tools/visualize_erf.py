@@ -71,10 +71,10 @@ from mmengine.logging import MMLogger  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import pelk_mm  # noqa: E402,F401  (registers PeLK and the checkpoint shim)
+from pelk_mm.checkpoint import load_backbone  # noqa: E402
 # The project's demo image generator (the only import of it in this tool).
 from pelk_mm.demo import make_ade20k_demo  # noqa: E402
 from pelk_mm.models.builder import build_model, load_config  # noqa: E402
-from pelk_mm.checkpoint import load_backbone  # noqa: E402
 
 # Fractions of the total contribution whose area ratios are reported.
 THRESHOLDS = (0.2, 0.3, 0.5, 0.99)
