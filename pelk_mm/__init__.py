@@ -11,11 +11,11 @@ offers in mmengine's root registries, which the mmseg, mmdet and mmpretrain
 registries reach as their parent: the ``PeLK`` backbone
 (:class:`pelk_mm.mm.PeLK`, which ``pelk_mm.PeLK`` names), the hooks
 ``DynamicSparsityHook`` and ``PeLKArchMetaHook`` and the optimizer wrapper
-constructor ``PeLKLearningRateDecayOptimizerConstructor``. It also makes
-mmengine 0.10.7 load its own checkpoints on torch >= 2.6 (see
-:mod:`pelk_mm.engine.compat`) and names the path of a checkpoint file that
-is truncated or not a checkpoint (see
-:mod:`pelk_mm.engine.checkpoint_errors`). That side needs mmcv and
+constructor ``PeLKLearningRateDecayOptimizerConstructor``. On torch >= 2.6
+only, it also makes mmengine 0.10.7 load its own checkpoints; that is all it
+changes in mmengine's checkpoint loaders (the rule and its reasons:
+:mod:`pelk_mm.engine.compat`). The checkpoint code is in
+:mod:`pelk_mm.checkpoint`. That side needs mmcv and
 mmpretrain too: if mmengine is there and they are not, the import fails with
 their ``ImportError``. The demo data generators (:mod:`pelk_mm.demo`) are
 imported only on demand.
@@ -26,6 +26,7 @@ from .ops import *  # noqa: F401,F403
 from .version import __version__  # noqa: F401
 
 if importlib.util.find_spec('mmengine') is not None:
+    from .checkpoint import *  # noqa: F401,F403
     from .engine import *  # noqa: F401,F403
     from .mm import *  # noqa: F401,F403
     from .models.pelk import PeLKBlock  # noqa: F401

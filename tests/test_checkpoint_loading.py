@@ -23,11 +23,11 @@ from torch.utils.data import Dataset
 
 import pelk_mm  # noqa: F401  (registers PeLK, the hook, checkpoint compat)
 from pelk_mm import PeLK
+from pelk_mm.checkpoint import (ARCH_META_KEY, PeLKCheckpointMismatch,
+                                add_arch_meta)
+from pelk_mm.checkpoint.arch_record import infer_arch
 from pelk_mm.engine import PeLKArchMetaHook
 from pelk_mm.mm.builder import build_model, load_config
-from pelk_mm.models.checkpoint_meta import (ARCH_META_KEY,
-                                            PeLKCheckpointMismatch,
-                                            add_arch_meta, infer_arch)
 from helpers import ARCH21, ROOT, build_runner, load_tool
 
 ARCH31 = dict(ARCH21, kernel_sizes=[31, 13, 13, 7])
@@ -468,7 +468,7 @@ def test_copy_keeps_hook():
 
 
 def test_named_arch_suggested_by_name():
-    from pelk_mm.models.checkpoint_meta import check_state_dict
+    from pelk_mm.checkpoint import check_state_dict
     with torch.device('meta'):
         tiny = PeLK('tiny').arch_record()
     model = PeLK(ARCH31)
@@ -479,3 +479,159 @@ def test_named_arch_suggested_by_name():
         'arch' in message
     assert "Build the backbone the checkpoint was made for (arch='tiny')" \
         in message
+
+
+# --------------------------------------------- bad inputs (docs/bad_inputs)
+def test_another_archs_checkpoint_refused_naming_it(tmp_path):
+    other = dict(ARCH31, channels=[16, 24, 32, 40])
+    path = save(classifier(other), tmp_path / 'other.pth')
+    model = PeLK(
+        ARCH31,
+        init_cfg=dict(type='Pretrained', checkpoint=path, prefix='backbone.'))
+    with pytest.raises(PeLKCheckpointMismatch) as error:
+        model.init_weights()
+    message = str(error.value)
+    assert 'channels: checkpoint [16, 24, 32, 40], config [16, 32, 64, 128]' \
+        in message
+    assert (
+        'Build the backbone the checkpoint was made for (arch=dict('
+        'depths=[1, 1, 1, 1], channels=[16, 24, 32, 40], grids=') in message
+
+
+def foreign_state_dict(network):
+    """A tiny state dict with the key names of another network's
+    checkpoints: SLaK (official repo), ConvNeXt (official repo, as timm's
+    and SLaK's scripts save it) or mmpretrain's ConvNeXt."""
+    torch.manual_seed(0)
+    channels, sd = [16, 32, 64, 128], {}
+    sd['downsample_layers.0.0.weight'] = torch.randn(16, 3, 4, 4)
+    sd['downsample_layers.0.0.bias'] = torch.randn(16)
+    for i, c in enumerate(channels):
+        block = f'stages.{i}.0'
+        if network == 'slak':
+            for branch, k in (('LoRA1', (51, 5)), ('LoRA2', (5, 51)),
+                              ('small_conv', (5, 5))):
+                sd[f'{block}.dwconv.{branch}.conv.weight'] = torch.randn(
+                    c, 1, *k)
+                sd[f'{block}.dwconv.{branch}.bn.weight'] = torch.ones(c)
+        elif network == 'convnext':
+            sd[f'{block}.dwconv.weight'] = torch.randn(c, 1, 7, 7)
+        else:
+            sd[f'{block}.depthwise_conv.weight'] = torch.randn(c, 1, 7, 7)
+        fc1, fc2 = (('pwconv1', 'pwconv2') if network != 'mmpretrain' else
+                    ('pointwise_conv1', 'pointwise_conv2'))
+        sd[f'{block}.norm.weight'] = torch.ones(c)
+        sd[f'{block}.{fc1}.weight'] = torch.randn(4 * c, c)
+        sd[f'{block}.{fc2}.weight'] = torch.randn(c, 4 * c)
+        sd[f'{block}.gamma'] = torch.ones(c)
+    sd['norm.weight'] = torch.ones(128)
+    sd['head.weight'] = torch.randn(1000, 128)
+    return sd
+
+
+@pytest.mark.parametrize('network', ['slak', 'convnext', 'mmpretrain'])
+def test_slak_or_convnext_checkpoint_refused_as_not_pelk(network, tmp_path):
+    sd = foreign_state_dict(network)
+    path = str(tmp_path / f'{network}.pth')
+    torch.save(sd, path)
+    model = PeLK(ARCH31, init_cfg=dict(type='Pretrained', checkpoint=path))
+    with pytest.raises(PeLKCheckpointMismatch) as error:
+        model.init_weights()
+    message = str(error.value)
+    mixer = 'depthwise_conv' if network == 'mmpretrain' else 'dwconv'
+    assert 'The checkpoint is not a PeLK checkpoint; nothing was loaded' \
+        in message
+    assert f'(first: stages.0.0.{mixer}.' in message
+    assert 'PeLK loads PeLK weights only' in message
+    # the converter refuses SLaK's {'model': ...} layout the same way
+    torch.save({'model': sd, 'epoch': 299}, path)
+    with pytest.raises(ValueError, match='not a PeLK checkpoint'):
+        load_tool('model_converters/cls2backbone.py').convert(
+            path, str(tmp_path / 'out.pth'),
+            PeLK(ARCH31, out_indices=(0, 1, 2, 3)))
+    assert not osp.exists(tmp_path / 'out.pth')
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_half_precision_checkpoint_loads_cast_to_float32(dtype, tmp_path):
+    """Decided: it loads, each tensor cast to the model's float32 (exact)."""
+    source = classifier(ARCH31, seed=1)
+    state = {k: v.to(dtype) for k, v in source.state_dict().items()}
+    path = str(tmp_path / 'half.pth')
+    torch.save({'state_dict': state}, path)
+    model = classifier(ARCH31)
+    load_checkpoint(model, path)  # load_from, tools/test.py
+    backbone = PeLK(
+        ARCH31,
+        init_cfg=dict(type='Pretrained', checkpoint=path, prefix='backbone.'))
+    backbone.init_weights()
+    for key, value in state.items():
+        assert model.state_dict()[key].dtype == torch.float32
+        assert torch.equal(model.state_dict()[key], value.float()), key
+        if key.startswith('backbone.'):
+            assert torch.equal(backbone.state_dict()[key[len('backbone.'):]],
+                               value.float()), key
+
+
+def test_sparse_checkpoint_into_dense_run_keeps_its_zeros_at_load(tmp_path):
+    """A sparse (DynamicSparsityHook) checkpoint into a run without the hook:
+    the weights, zeros included, load exactly; the masks it carries are the
+    hook's business (without it, training may fill the zeros)."""
+    source = classifier(ARCH31, seed=1)
+    state = source.state_dict()
+    weight = 'backbone.stages.0.0.peripheral_conv.weight'
+    mask = torch.rand(
+        state[weight].shape, generator=torch.Generator().manual_seed(0)) < 0.5
+    state[weight] = state[weight] * mask
+    torch.save(
+        dict(state_dict=state, sparsity=dict(masks={weight: mask})),
+        tmp_path / 'sparse.pth')
+    model = PeLK(
+        ARCH31,
+        init_cfg=dict(
+            type='Pretrained',
+            checkpoint=str(tmp_path / 'sparse.pth'),
+            prefix='backbone.'))
+    model.init_weights()
+    loaded = model.stages[0][0].peripheral_conv.weight
+    assert torch.equal(loaded, state[weight])
+    assert (loaded[~mask] == 0).all() and (loaded[mask] != 0).any()
+
+
+def test_other_kernel_same_shapes_without_record_loads_with_warning(tmp_path):
+    """The "loads silently and scores 0%" trap: without positional
+    embeddings and without the arch record, K = 21 and K = 31 (5x5 centre)
+    have the same 11x11 compact weights. pelk-mm's checkpoints carry the
+    record (refused: test_same_shapes_other_grid_refused_by_the_record); one
+    without it loads with a warning naming the risk."""
+    source = classifier(ARCH21, pos_embed=False).backbone
+    plain = {k: v.clone() for k, v in source.state_dict().items()}
+    torch.save(plain, tmp_path / 'plain21.pth')  # no _metadata: no record
+    model = PeLK(
+        ARCH31,
+        pos_embed=False,
+        init_cfg=dict(
+            type='Pretrained', checkpoint=str(tmp_path / 'plain21.pth')))
+    with pytest.warns(UserWarning, match='has no PeLK arch record') as record:
+        model.init_weights()
+    assert 'K = 21 and K = 31' in str(record[0].message)
+
+
+@pytest.mark.parametrize('content', ['tensor', 'list'])
+def test_checkpoint_that_is_not_a_dict(content, tmp_path):
+    path = str(tmp_path / 'x.pth')
+    torch.save(
+        torch.zeros(3) if content == 'tensor' else [torch.zeros(3)], path)
+    kind = 'Tensor' if content == 'tensor' else 'list'
+    with pytest.raises(TypeError, match=f'holds a {kind}, not a checkpoint'):
+        PeLK(
+            ARCH31, init_cfg=dict(type='Pretrained',
+                                  checkpoint=path)).init_weights()
+
+
+def test_whole_model_checkpoint_without_prefix_names_the_prefix(ckpt21):
+    model = PeLK(ARCH21, init_cfg=dict(type='Pretrained', checkpoint=ckpt21))
+    with pytest.raises(PeLKCheckpointMismatch) as error:
+        model.init_weights()
+    assert "Its backbone keys are under 'backbone.': set prefix='backbone.'" \
+        in str(error.value)

@@ -10,10 +10,9 @@ import pytest
 import torch
 
 from pelk_mm import PeLK, PeripheralConv2d
+from pelk_mm.checkpoint import (ARCH_META_KEY, PeLKCheckpointMismatch,
+                                load_strictly)
 from pelk_mm.mm.builder import build_model
-from pelk_mm.models.checkpoint_meta import (ARCH_META_KEY,
-                                            PeLKCheckpointMismatch)
-from pelk_mm.models.deploy import load_strictly
 from pelk_mm.models.pelk import PeLKBlock
 from pelk_mm.ops.boxsum_conv import BoxSumPeripheralConv2d
 from helpers import ROOT, SMALL_ARCH, load_tool
@@ -132,20 +131,6 @@ def test_deploy_forms_do_not_cross_load(arch, saved, loaded):
         for k, v in before.items())  # nothing copied
     same = PeLK(arch=arch, deploy=True, deploy_mode=saved)
     same.load_state_dict(state_dict)  # the right form loads
-
-
-def test_checkpoint_without_deploy_mode_is_dense():
-    """Records written before the structured form existed lack deploy_mode;
-    their deployed checkpoints are dense."""
-    source = trained_like(arch=ONES, deploy_mode='dense')
-    source.switch_to_deploy()
-    state_dict = source.state_dict()
-    del state_dict._metadata[''][ARCH_META_KEY]['deploy_mode']
-    PeLK(
-        arch=ONES, deploy=True,
-        deploy_mode='dense').load_state_dict(state_dict)
-    with pytest.raises(PeLKCheckpointMismatch, match='deploy_mode'):
-        PeLK(arch=ONES, deploy=True).load_state_dict(state_dict)
 
 
 def test_deploy_frozen_stages_and_train_mode():

@@ -301,29 +301,11 @@ def test_classifier_trains_sparse(classifier_checkpoint):
     assert zeros / total == pytest.approx(0.4, abs=0.01)
 
 
-# torch < 2.5 has no safe_globals to allow mmengine's HistoryBuffer (a
-# training checkpoint's message_hub) for weights_only=True: there the
-# converter reads mmengine's own checkpoints only with --trust-pickle.
-TRUST = [] if hasattr(torch.serialization,
-                      'safe_globals') else ['--trust-pickle']
-
-
 def test_converter_round_trip(classifier_checkpoint, tmp_path):
     src, _ = classifier_checkpoint
     dst = str(tmp_path / 'pelk_t_in1k_backbone.pth')
-    if TRUST:
-        proc = subprocess.run([
-            PY, 'tools/model_converters/cls2backbone.py', src, dst, '--arch',
-            'tiny'
-        ],
-                              cwd=ROOT,
-                              capture_output=True,
-                              text=True)
-        assert proc.returncode == 1 and not osp.exists(dst)
-        assert 'HistoryBuffer' in proc.stderr, proc.stderr
-        assert '--trust-pickle' in proc.stderr
     log = run(PY, 'tools/model_converters/cls2backbone.py', src, dst, '--arch',
-              'tiny', *TRUST)
+              'tiny')
     assert 'Missing keys (6;' in log  # norm0-norm2: a classifier has norm3
     assert 'head.fc.weight' in log  # reported as unexpected, dropped
 
@@ -345,7 +327,7 @@ def test_converter_round_trip(classifier_checkpoint, tmp_path):
     bad = str(tmp_path / 'bad.pth')
     proc = subprocess.run([
         PY, 'tools/model_converters/cls2backbone.py', src, bad, '--arch',
-        'tiny-101', *TRUST
+        'tiny-101'
     ],
                           cwd=ROOT,
                           capture_output=True,

@@ -50,7 +50,7 @@ def exported(tmp_path_factory):
     import mmcv
     from mmengine.config import Config
 
-    from pelk_mm.models.builder import build_model
+    from pelk_mm.mm.builder import build_model
     tool = load_tool('deployment/mmdeploy_export.py')
     work = tmp_path_factory.mktemp('mmdeploy')
     (work / 'model.py').write_text(MODEL.format(root=ROOT))

@@ -27,9 +27,10 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
-from mmengine.runner import CheckpointLoader, Runner
+from mmengine.runner import Runner
 
 from pelk_mm import PeLK
+from pelk_mm.checkpoint import read_checkpoint
 from pelk_mm.demo import make_ade20k_demo
 from pelk_mm.mm.builder import load_config
 from helpers import ROOT, load_tool
@@ -156,7 +157,7 @@ def test_publish_keeps_weights_meta_and_masks(published):
 
     # plain weights-only torch.load: no mmengine objects left in the file
     ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    source = CheckpointLoader.load_checkpoint(published['source'])
+    source = read_checkpoint(published['source'])
     assert {'optimizer', 'param_schedulers', 'message_hub'} <= set(source)
     assert set(ckpt) == {'state_dict', 'meta', 'sparsity'}
     assert ckpt['state_dict'].keys() == source['state_dict'].keys()
@@ -200,8 +201,7 @@ def test_tampered_file_fails_the_hash_check(published, server, torch_home):
     with open(osp.join(tampered_dir, name), 'wb') as f:
         f.write(data)
     with pytest.raises(RuntimeError, match='invalid hash value'):
-        CheckpointLoader.load_checkpoint(
-            f'{server["url"]}/tampered/{name}', map_location='cpu')
+        read_checkpoint(f'{server["url"]}/tampered/{name}')
     cache = osp.join(torch_home['TORCH_HOME'], 'hub', 'checkpoints')
     assert not osp.exists(osp.join(cache, name))  # nothing left behind
 
@@ -209,7 +209,7 @@ def test_tampered_file_fails_the_hash_check(published, server, torch_home):
     wrong = re.sub(r'-[0-9a-f]{8}\.pth$', '-00000000.pth', name)
     shutil.copy(path, osp.join(osp.dirname(path), wrong))
     with pytest.raises(RuntimeError, match='invalid hash value'):
-        CheckpointLoader.load_checkpoint(f'{server["url"]}/{wrong}')
+        read_checkpoint(f'{server["url"]}/{wrong}')
 
 
 class NotAllowed:
@@ -225,7 +225,7 @@ def test_url_checkpoint_is_loaded_weights_only(published, server, torch_home):
         name = f'foreign-{hashlib.sha256(f.read()).hexdigest()[:8]}.pth'
     os.replace(tmp_file, osp.join(served, name))
     with pytest.raises(pickle.UnpicklingError, match='NotAllowed'):
-        CheckpointLoader.load_checkpoint(f'{server["url"]}/{name}')
+        read_checkpoint(f'{server["url"]}/{name}')
 
 
 def test_pretrained_init_cfg_by_url(published, server, torch_home):

@@ -10,10 +10,11 @@ import torch.nn as nn
 from mmengine.config import Config
 
 import pelk_mm  # noqa: F401
-from pelk_mm import PeLK, PeLKCheckpointMismatch, load_backbone
+from pelk_mm import PeLK
+from pelk_mm.checkpoint import (ARCH_META_KEY, PeLKCheckpointMismatch,
+                                load_backbone)
 from pelk_mm.mm.builder import (build_model, load_config,
                                 save_initial_checkpoint)
-from pelk_mm.models.checkpoint_meta import ARCH_META_KEY
 from pelk_mm.sparsity.masks import SparsityMasks, layer_group
 from helpers import ROOT
 
@@ -76,7 +77,7 @@ def test_no_import_cycle_in_pelk_mm():
             for t in targets if not m.startswith(t + '.')}
         for m, targets in graph.items()
     }
-    assert 'pelk_mm.models.pelk' not in graph['pelk_mm.models.checkpoint_meta']
+    assert 'pelk_mm.models.pelk' not in graph['pelk_mm.checkpoint.arch_record']
     state = {}
 
     def visit(module, stack):

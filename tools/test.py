@@ -17,6 +17,7 @@ from launch_utils import (build_runner, config_from_args, destroy_process_group,
 from mmengine.config import ConfigDict
 
 import pelk_mm  # noqa: F401  (registers PeLK and the torch>=2.6 load fixes)
+from pelk_mm.checkpoint import use_safe_url_loader
 
 
 def get_args():
@@ -98,6 +99,7 @@ def add_dump_metric(runner, out, library):
 
 def main():
     args = get_args()
+    use_safe_url_loader()  # checkpoints by URL: hash-checked, weights only
     cfg = merge_args(config_from_args(args), args)
     library = library_of(cfg)
     runner = build_runner(cfg)

@@ -23,6 +23,7 @@ from mmengine.config import ConfigDict
 from mmengine.logging import print_log
 
 import pelk_mm  # noqa: F401  (registers PeLK and the torch>=2.6 load fixes)
+from pelk_mm.checkpoint import use_safe_url_loader
 
 
 def get_args():
@@ -86,6 +87,7 @@ def merge_args(cfg, args):
 
 def main():
     args = get_args()
+    use_safe_url_loader()  # checkpoints by URL: hash-checked, weights only
     cfg = merge_args(config_from_args(args), args)
     check_checkpoints(cfg)
     use_resumable_checkpoints(cfg)

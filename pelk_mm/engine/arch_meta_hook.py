@@ -2,7 +2,7 @@
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
-from ..models.checkpoint_meta import add_arch_meta
+from ..checkpoint import add_arch_meta
 
 
 @HOOKS.register_module()

@@ -4,12 +4,9 @@
 :class:`pelk_mm.models.PeLK` with mmengine's ``init_cfg``, the checkpoint
 checks and an error naming keys a base config's backbone left behind;
 :mod:`.builder` loads configs and builds their models for the tools, tests
-and benchmarks. The checkpoint helpers ``load_backbone``,
-``PeLKCheckpointMismatch`` and ``add_arch_meta`` are exported here too.
+and benchmarks. The checkpoint policy itself is :mod:`pelk_mm.checkpoint`.
 Needs mmengine, mmcv and mmpretrain.
 """
-from ..models.checkpoint_loading import load_backbone
-from ..models.checkpoint_meta import PeLKCheckpointMismatch, add_arch_meta
 from .backbone import PeLK
 
-__all__ = ['PeLK', 'PeLKCheckpointMismatch', 'add_arch_meta', 'load_backbone']
+__all__ = ['PeLK']

@@ -12,8 +12,8 @@ from mmengine.registry import MODELS
 from mmpretrain.models.utils import build_norm_layer
 
 from ..models import pelk as core
-from ..models.checkpoint_loading import is_pretrained, load_pretrained
-from ..models.checkpoint_meta import ArchRecordMixin
+from ..checkpoint.arch_record import ArchRecordMixin
+from ..checkpoint.loading import is_pretrained, load_pretrained
 
 #: The default ``init_cfg``: what :meth:`pelk_mm.models.PeLK.init_weights`
 #: draws, as mmengine initialisers.
@@ -75,10 +75,10 @@ class PeLK(ArchRecordMixin, core.PeLK, BaseModule):
     - ``norm_cfg`` / ``act_cfg`` instead of ``norm_layer`` / ``act_layer``;
     - ``init_cfg`` and :meth:`init_weights` (mmengine's ``BaseModule``);
     - the checkpoint policy of
-      :class:`~pelk_mm.models.checkpoint_meta.ArchRecordMixin`: every state
+      :class:`~pelk_mm.checkpoint.ArchRecordMixin`: every state
       dict records :meth:`arch_record` in its metadata, and loading one that
       does not fit raises
-      :class:`~pelk_mm.models.checkpoint_meta.PeLKCheckpointMismatch`
+      :class:`~pelk_mm.checkpoint.PeLKCheckpointMismatch`
       before any weight is copied;
     - :meth:`get_layer_depth` / :meth:`get_stage_depth` for
       :class:`~pelk_mm.PeLKLearningRateDecayOptimizerConstructor`.
@@ -134,11 +134,11 @@ class PeLK(ArchRecordMixin, core.PeLK, BaseModule):
         2. the positional embeddings: trunc-normal std 0.02;
         3. a ``Pretrained`` entry (``checkpoint``, optional ``prefix`` and
            ``map_location``), loaded strictly by
-           :func:`~pelk_mm.models.checkpoint_loading.load_backbone`: the
+           :func:`~pelk_mm.checkpoint.load_backbone`: the
            keys under ``prefix`` are loaded with the checkpoint's arch
            record, keys outside it are ignored, and one that does not fit
            raises
-           :class:`~pelk_mm.models.checkpoint_meta.PeLKCheckpointMismatch`
+           :class:`~pelk_mm.checkpoint.PeLKCheckpointMismatch`
            before any weight is copied. Its positional embeddings replace
            the drawn ones.
 

@@ -13,24 +13,9 @@ depthwise ``nn.Conv2d`` (``'dense'``).
 from typing import List, Set
 
 import torch.nn as nn
-from mmengine.runner import CheckpointLoader, load_state_dict
 
 from ..ops import PeripheralConv2d
 from .pelk import PeLK
-
-
-def load_strictly(model: nn.Module, checkpoint: str) -> dict:
-    """Load ``checkpoint`` (path or URL) into ``model``, every key and shape.
-
-    Returns:
-        dict: The whole checkpoint (``state_dict``, ``meta``, ...).
-
-    Raises:
-        RuntimeError: missing or unexpected keys, or a shape mismatch.
-    """
-    ckpt = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
-    load_state_dict(model, ckpt.get('state_dict', ckpt), strict=True)
-    return ckpt
 
 
 def peripheral_convs(model: nn.Module) -> List[str]:

@@ -3,7 +3,7 @@
 :class:`ParamGroupsMixin` is part of :class:`~pelk_mm.PeLK`. Its
 :meth:`~ParamGroupsMixin.locate` is the one place that reads the backbone's
 parameter / state-dict names (stage and block indices); the checkpoint
-checks (:mod:`pelk_mm.models.checkpoint_meta`), the sparsity masks' layer
+checks (:mod:`pelk_mm.checkpoint.arch_record`), the sparsity masks' layer
 groups (:func:`pelk_mm.sparsity.masks.layer_group`) and the optimizer
 constructor's lr decay (:meth:`~ParamGroupsMixin.get_layer_depth`,
 :meth:`~ParamGroupsMixin.get_stage_depth`,

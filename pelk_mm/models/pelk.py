@@ -250,7 +250,7 @@ class PeLK(ParamGroupsMixin, nn.Module):
             (:class:`~pelk_mm.ops.boxsum_conv.BoxSumPeripheralConv2d`: what
             onnxruntime and TensorRT run fast); ``'dense'`` expands them to
             depthwise ``K x K`` ``nn.Conv2d`` kernels (for runtimes that
-            need a single conv). Recorded in :meth:`arch_record`: a
+            need a single conv). Recorded in the checkpoint's arch record: a
             checkpoint of one form does not load into the other.
             Defaults to ``'structured'``.
 
@@ -420,37 +420,6 @@ class PeLK(ParamGroupsMixin, nn.Module):
                 f'stages {parsed}; give each stage in [0, '
                 f'{self.num_stages - 1}] at most once')
         return parsed
-
-    def arch_record(self) -> dict:
-        """Describe the architecture as plain data (ints, lists, str, bool).
-
-        It holds everything the state dict's keys and shapes depend on (plus
-        ``pos_embed_mode``, which changes what the embedding computes). Every
-        state dict of a PeLK carries it in its metadata and tools copy it to
-        ``checkpoint['meta']['pelk_arch']`` (see
-        :mod:`pelk_mm.models.checkpoint_meta`), so that a checkpoint says
-        which arch it is for.
-
-        Returns:
-            dict: ``depths``, ``channels``, ``kernel_sizes``, ``grids``,
-            ``conv_ratio``, ``conv_channels``, ``in_channels``,
-            ``stem_patch_size``, ``pos_embed``, ``pos_embed_mode``, ``deploy``
-            and ``deploy_mode`` (the deployed form, None until deployed).
-        """
-        stem = self.downsample_layers[0][0]
-        return dict(
-            depths=[int(d) for d in self.depths],
-            channels=[int(c) for c in self.channels],
-            kernel_sizes=[int(k) for k in self.kernel_sizes],
-            grids=[[int(b) for b in grid] for grid in self.grids],
-            conv_ratio=float(self.conv_ratio),
-            conv_channels=[int(g) for g in self.conv_channels],
-            in_channels=int(stem.in_channels),
-            stem_patch_size=int(stem.kernel_size[0]),
-            pos_embed=bool(self.with_pos_embed),
-            pos_embed_mode=str(self.pos_embed_mode),
-            deploy=bool(self.deploy),
-            deploy_mode=str(self.deploy_mode) if self.deploy else None)
 
     def init_weights(self) -> None:
         """Draw the initial weights of the paper (ConvNeXt's and SLaK's).

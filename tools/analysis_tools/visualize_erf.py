@@ -71,10 +71,10 @@ from mmengine.logging import MMLogger  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import pelk_mm  # noqa: E402,F401  (registers PeLK and the checkpoint shim)
+from pelk_mm.checkpoint import load_backbone  # noqa: E402
 # The project's demo image generator (the only import of it in this tool).
 from pelk_mm.demo import make_ade20k_demo  # noqa: E402
 from pelk_mm.mm.builder import build_model, load_config  # noqa: E402
-from pelk_mm.models.checkpoint_loading import load_backbone  # noqa: E402
 
 # Fractions of the total contribution whose area ratios are reported.
 THRESHOLDS = (0.2, 0.3, 0.5, 0.99)
@@ -278,7 +278,7 @@ def build_backbone(cfg: Config,
     """``cfg.model.backbone`` from the registry, in eval mode, float32.
 
     With ``checkpoint`` its weights are loaded strictly by
-    :func:`pelk_mm.load_backbone` (``backbone.*`` keys of a
+    :func:`pelk_mm.checkpoint.load_backbone` (``backbone.*`` keys of a
     whole-model checkpoint, else every key); without it the backbone is
     initialised by ``init_weights()`` after seeding with ``seed``, a
     ``Pretrained`` ``init_cfg`` being dropped (the class default applies).

@@ -58,11 +58,11 @@ import torch
 import torch.nn as nn
 from mmengine.config import DictAction
 
-import pelk_mm  # noqa: F401  (registers PeLK and the checkpoint loaders)
-from pelk_mm import PeLK, load_backbone
+import pelk_mm  # noqa: F401  (registers PeLK)
+from pelk_mm import PeLK
+from pelk_mm.checkpoint import load_backbone, load_strictly
 from pelk_mm.mm.builder import build_model
-from pelk_mm.models.deploy import (check_deploy_form, deploy_modes,
-                                   load_strictly)
+from pelk_mm.models.deploy import check_deploy_form, deploy_modes
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 import output_comparison  # noqa: E402

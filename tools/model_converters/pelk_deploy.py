@@ -36,11 +36,11 @@ import sys
 import torch
 from mmengine.config import DictAction
 
-import pelk_mm  # noqa: F401  (registers PeLK and the checkpoint loaders)
+import pelk_mm  # noqa: F401  (registers PeLK)
+from pelk_mm.checkpoint import add_arch_meta, load_strictly
 from pelk_mm.mm.builder import build_model
-from pelk_mm.models.checkpoint_meta import add_arch_meta
-from pelk_mm.models.deploy import (deploy_modes, load_strictly,
-                                   peripheral_convs, switch_to_deploy)
+from pelk_mm.models.deploy import (deploy_modes, peripheral_convs,
+                                   switch_to_deploy)
 
 sys.path.insert(
     0, osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'deployment'))

@@ -12,9 +12,11 @@ Keeps what evaluating and fine-tuning need and drops the training state:
   else.
 
 The file is written as ``<OUT without .pth>_YYYYMMDD-<sha256[:8]>.pth``: the
-hash prefix after the last ``-`` is what ``torch.hub`` (and so
-``tools/test.py CONFIG https://...`` and ``init_cfg=dict(type='Pretrained',
-checkpoint='https://...')`` with pelk_mm imported) checks on download.
+hash prefix after the last ``-`` is what
+:func:`pelk_mm.checkpoint.read_checkpoint` (``init_cfg=dict(type='Pretrained',
+checkpoint='https://...')`` of a PeLK, the tools) and mmengine with
+:func:`pelk_mm.checkpoint.use_safe_url_loader` (``tools/test.py CONFIG
+https://...``) check on download.
 """
 import argparse
 import datetime
@@ -22,9 +24,8 @@ import hashlib
 import os
 
 import torch
-from mmengine.runner import CheckpointLoader
 
-import pelk_mm  # noqa: F401  (mmengine checkpoints load on torch >= 2.6)
+from pelk_mm.checkpoint import read_checkpoint
 
 KEEP = ('state_dict', 'meta', 'sparsity')
 
@@ -48,7 +49,7 @@ def sha256sum(path: str) -> str:
 
 def process_checkpoint(in_file: str, out_file: str) -> str:
     """Write the release checkpoint; return its final path."""
-    checkpoint = CheckpointLoader.load_checkpoint(in_file, map_location='cpu')
+    checkpoint = read_checkpoint(in_file)
     if 'state_dict' not in checkpoint:
         raise ValueError(f'{in_file} has no state_dict (keys: '
                          f'{sorted(checkpoint)})')

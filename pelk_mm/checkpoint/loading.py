@@ -1,14 +1,13 @@
-"""Loading a backbone's weights from a backbone or whole-model checkpoint.
+"""Loading weights into a model: a backbone's from any checkpoint, a whole
+model's strictly.
 
-:func:`load_backbone` is the one way this project loads backbone weights:
-``init_cfg=dict(type='Pretrained')`` (through
-:meth:`pelk_mm.PeLK.init_weights`) and the tools (``visualize_erf.py``,
-``pytorch2onnx.py --backbone``, ``cls2backbone.py`` through
-:func:`backbone_state_dict`) use it. Unlike
-stripping the ``backbone.`` prefix by hand, it keeps the checkpoint's arch
-record (:mod:`pelk_mm.models.checkpoint_meta`), so that a PeLK refusing the
-weights names the arch they were made for. It works for any backbone; only a
-PeLK reads the record.
+Both read with :func:`~pelk_mm.checkpoint.reading.read_checkpoint` (weights
+only, hash-checked URLs) and load with mmengine's ``load_state_dict``, which
+calls PeLK's own check first
+(:func:`~pelk_mm.checkpoint.arch_record.check_state_dict`). Unlike stripping
+the ``backbone.`` prefix by hand, :func:`backbone_state_dict` keeps the
+checkpoint's arch record, so that a PeLK refusing the weights names the arch
+they were made for. Any backbone can be loaded; only a PeLK reads the record.
 """
 from collections import OrderedDict
 from typing import Mapping, Optional, Tuple
@@ -16,15 +15,34 @@ from typing import Mapping, Optional, Tuple
 import torch.nn as nn
 from mmengine.logging import print_log
 from mmengine.model import PretrainedInit
-from mmengine.runner import CheckpointLoader, load_state_dict
+from mmengine.runner import load_state_dict
 
-from .checkpoint_meta import (ARCH_META_KEY, PeLKCheckpointMismatch,
-                              find_arch_record, sub_state_dict)
+from .arch_record import (ARCH_META_KEY, PeLKCheckpointMismatch,
+                          find_arch_record, sub_state_dict)
+from .reading import read_checkpoint
 
 #: Where a backbone's keys sit in a whole-model checkpoint (mm models,
 #: optionally saved from a DDP wrapper), tried in this order when no
 #: prefix is given.
 BACKBONE_PREFIXES = ('backbone.', 'module.backbone.')
+
+
+def state_dict_of(checkpoint, name: str = 'the checkpoint') -> Mapping:
+    """The state dict of a loaded checkpoint (its ``state_dict`` or itself).
+
+    Raises:
+        TypeError: ``checkpoint`` is not a dict (e.g. a pickled tensor or
+            model), or its ``state_dict`` is not.
+    """
+    state_dict = checkpoint.get('state_dict', checkpoint) if isinstance(
+        checkpoint, Mapping) else checkpoint
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(
+            f'{name} holds a {type(state_dict).__name__}, not a checkpoint: '
+            'expected a dict of tensors (a state dict) or a dict with one '
+            "under 'state_dict', as torch.save(model.state_dict()) and "
+            "mmengine's checkpoints hold.")
+    return state_dict
 
 
 def _prefix_of(state_dict: Mapping, prefix: Optional[str]) -> str:
@@ -64,9 +82,10 @@ def backbone_state_dict(
         the prefix they were under.
 
     Raises:
+        TypeError: ``checkpoint`` is not a dict.
         PeLKCheckpointMismatch: no key starts with ``prefix``.
     """
-    state_dict = checkpoint.get('state_dict', checkpoint)
+    state_dict = state_dict_of(checkpoint, name)
     prefix = _prefix_of(state_dict, prefix)
     own = sub_state_dict(state_dict, prefix)
     if not own:
@@ -79,6 +98,23 @@ def backbone_state_dict(
     return own, prefix
 
 
+def _check_some_key_fits(backbone: nn.Module, own: Mapping, whole: Mapping,
+                         prefix: str, name: str) -> None:
+    """Refuse weights of which no key is the backbone's, naming the prefix
+    under which its keys are when there is one."""
+    keys = backbone.state_dict().keys()
+    if any(k in keys for k in own):
+        return
+    hint = next((p for p in BACKBONE_PREFIXES if p != prefix and any(
+        k.startswith(p) and k[len(p):] in keys for k in whole)), None)
+    raise PeLKCheckpointMismatch(
+        f'No key of {name} under prefix {prefix!r} is a key of this '
+        f'{type(backbone).__name__} (first keys: {list(own)[:3]}); nothing '
+        'was loaded.' +
+        (f' Its backbone keys are under {hint!r}: set prefix={hint!r}.'
+         if hint else ''))
+
+
 def load_backbone(backbone: nn.Module,
                   checkpoint: str,
                   prefix: Optional[str] = None,
@@ -87,15 +123,9 @@ def load_backbone(backbone: nn.Module,
                   context: str = 'Checkpoint') -> dict:
     """Load a backbone from a backbone or whole-model checkpoint.
 
-    The checkpoint is read with mmengine's ``CheckpointLoader`` (paths and
-    URLs; ``weights_only`` with :mod:`pelk_mm` imported) and its backbone
-    weights taken by :func:`backbone_state_dict`, arch record included.
-    A PeLK checks them before copying anything
-    (:func:`~pelk_mm.models.checkpoint_meta.check_state_dict`).
-
     Args:
         backbone (nn.Module): The backbone to load into.
-        checkpoint (str): Path or URL.
+        checkpoint (str): Path or URL (:func:`read_checkpoint`).
         prefix (str, optional): See :func:`backbone_state_dict`.
         strict (bool): Refuse missing and unexpected keys too (mmengine's
             ``load_state_dict``); with False they are logged. Defaults to
@@ -108,20 +138,40 @@ def load_backbone(backbone: nn.Module,
         dict: The whole checkpoint as read.
 
     Raises:
-        PeLKCheckpointMismatch: no key under ``prefix``, or the weights do
-            not fit a PeLK (the message names the keys without the prefix).
+        PeLKCheckpointMismatch: no key under ``prefix`` or none of the
+            backbone's (the message names the prefix to set when the
+            backbone's keys are under another one), or the weights do not
+            fit a PeLK (the message names the keys without the prefix).
         RuntimeError: with ``strict``, missing or unexpected keys.
+        TypeError, ValueError, OSError: see :func:`read_checkpoint` and
+            :func:`state_dict_of`.
     """
     print_log(f'load model from: {checkpoint}', logger='current')
-    loaded = CheckpointLoader.load_checkpoint(
-        checkpoint, map_location=map_location)
+    loaded = read_checkpoint(checkpoint, map_location)
     own, prefix = backbone_state_dict(loaded, prefix, name=checkpoint)
+    _check_some_key_fits(backbone, own, state_dict_of(loaded), prefix,
+                         checkpoint)
     try:
         load_state_dict(backbone, own, strict=strict, logger='current')
     except PeLKCheckpointMismatch as e:
         raise PeLKCheckpointMismatch(
             f'{context} {checkpoint}, keys under prefix {prefix!r} '
             f'(listed without it):\n{e}') from None
+    return loaded
+
+
+def load_strictly(model: nn.Module, checkpoint: str) -> dict:
+    """Load ``checkpoint`` (path or URL) into ``model``, every key and shape.
+
+    Returns:
+        dict: The whole checkpoint (``state_dict``, ``meta``, ...).
+
+    Raises:
+        RuntimeError: missing or unexpected keys, or a shape mismatch.
+        PeLKCheckpointMismatch: the weights do not fit a PeLK of ``model``.
+    """
+    loaded = read_checkpoint(checkpoint)
+    load_state_dict(model, state_dict_of(loaded, checkpoint), strict=True)
     return loaded
 
 

@@ -1,54 +1,96 @@
-"""Architecture records in checkpoints, and strict loading into PeLK.
+"""The arch record of a PeLK and the strict check of incoming weights.
 
 Every state dict of a model that holds a :class:`~pelk_mm.PeLK` carries the
-backbone's :meth:`~pelk_mm.PeLK.arch_record` in the per-module metadata that
+backbone's :meth:`ArchRecordMixin.arch_record` in the per-module metadata that
 PyTorch keeps next to the tensors, ``state_dict._metadata[<module path>]
 ['pelk_arch']`` (``'backbone'`` in a classifier / segmentor / detector,
 ``''`` for a bare backbone). A state-dict hook writes it, so the checkpoints of
 every runner and tool have it (``torch.save`` keeps ``_metadata``, and
 ``torch.load(weights_only=True)`` restores it). Tools that write checkpoints
 also mirror it into ``checkpoint['meta']['pelk_arch'] = {<module path>:
-record}`` with :func:`add_arch_meta`, where people and other tools look.
+record}`` with :func:`add_arch_meta`.
 
-Loading into PeLK (``init_cfg=dict(type='Pretrained', ...)`` with or without
-``prefix``, ``load_from``, ``--resume``, ``tools/test.py CONFIG CKPT``) goes
-through :meth:`PeLK._load_from_state_dict`, which calls
+Every load into PeLK (torch's and mmengine's ``load_state_dict``, hence
+``Pretrained``, ``load_from``, ``--resume``, ``tools/test.py CONFIG CKPT``)
+goes through :meth:`ArchRecordMixin._load_from_state_dict`, which calls
 :func:`check_state_dict` and raises :class:`PeLKCheckpointMismatch` before any
 weight is copied when a backbone tensor has another shape, a backbone key is
-missing, the checkpoint has blocks / stages / positional embeddings the
-model does not have, or its record names another arch even though every shape
-fits (the compact weights of K = 21 and K = 31 with a 5x5 centre are both
-11 x 11; without a record, such checkpoints cannot be told apart). The only
-keys allowed to be missing are the output norms ``norm{i}``, which depend on
-``out_indices`` rather than on the arch (a classifier has ``norm3`` only; a
-downstream backbone adds ``norm0``-``norm2`` with their default
-initialisation). Keys outside the backbone (heads) are not
-the backbone's business.
+missing, the checkpoint's blocks are another network's (SLaK, ConvNeXt), it
+has blocks / stages / positional embeddings the model does not have, or its
+record names another arch even though every shape fits (the compact weights
+of K = 21 and K = 31 with a 5x5 centre are both 11 x 11). The only keys
+allowed to be missing are the output norms ``norm{i}``, which depend on
+``out_indices`` rather than on the arch. Keys outside the backbone (heads)
+are not the backbone's business. Tensors of another floating dtype load,
+cast to the model's dtype by ``Tensor.copy_`` (exact from float16 / bfloat16
+into float32).
 """
+import warnings
 from collections import OrderedDict
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional
 
 import torch.nn as nn
-from mmengine.model import is_model_wrapper
-
-from .arch import arch_name
 
 #: Key of the architecture record in the state dict's per-module metadata and
 #: in ``checkpoint['meta']``.
 ARCH_META_KEY = 'pelk_arch'
 
+
+class ArchField(NamedTuple):
+    """One field of the arch record.
+
+    Attributes:
+        name (str): The record's key.
+        value (callable): Its value (plain data) from a PeLK.
+        checked (bool): A checkpoint recording another value is refused even
+            when every shape fits. Fields that follow from checked ones
+            (``kernel_sizes`` from ``grids``, ``conv_ratio`` from
+            ``conv_channels``) and ``pos_embed_mode`` (the same weights,
+            another embedding sum) are not.
+        argument (str): The ``PeLK`` argument that sets it.
+    """
+    name: str
+    value: Callable[[Any], Any]
+    checked: bool
+    argument: str
+
+
+def _stem(pelk):
+    return pelk.downsample_layers[0][0]
+
+
+#: The arch record's fields, in order: everything the state dict's keys and
+#: shapes depend on, plus ``pos_embed_mode`` (what the embedding computes).
+ARCH_FIELDS = (
+    ArchField('depths', lambda m: [int(d) for d in m.depths], True, 'arch'),
+    ArchField('channels', lambda m: [int(c) for c in m.channels], True,
+              'arch'),
+    ArchField('kernel_sizes', lambda m: [int(k) for k in m.kernel_sizes],
+              False, 'arch'),
+    ArchField('grids', lambda m: [[int(b) for b in g] for g in m.grids], True,
+              'arch'),
+    ArchField('conv_ratio', lambda m: float(m.conv_ratio), False,
+              'conv_ratio'),
+    ArchField('conv_channels', lambda m: [int(c) for c in m.conv_channels],
+              True, 'conv_ratio'),
+    ArchField('in_channels', lambda m: int(_stem(m).in_channels), True,
+              'in_channels'),
+    ArchField('stem_patch_size', lambda m: int(_stem(m).kernel_size[0]), True,
+              'stem_patch_size'),
+    ArchField('pos_embed', lambda m: bool(m.with_pos_embed), True,
+              'pos_embed'),
+    ArchField('pos_embed_mode', lambda m: str(m.pos_embed_mode), False,
+              'pos_embed_mode'),
+    ArchField('deploy', lambda m: bool(m.deploy), True, 'deploy'),
+    ArchField('deploy_mode', lambda m: str(m.deploy_mode)
+              if m.deploy else None, True, 'deploy_mode'),
+)
+
 # The parts whose presence depends on the arch (depths, number of stages,
 # pos_embed, deploy), as the backbone's ``locate`` names them.
 _UNIT_PARTS = ('stem', 'downsample', 'block', 'pos_embed')
-# fields of a record that must agree: the compact weights of one grid have
-# the shapes of those of another (e.g. K = 21 and K = 31, both with k' = 11)
-_ARCH_FIELDS = ('depths', 'channels', 'grids', 'conv_channels', 'in_channels',
-                'stem_patch_size', 'pos_embed', 'deploy', 'deploy_mode')
-# fields shown when a checkpoint's record is summarised, in this order
-_SUMMARY_FIELDS = ('depths', 'channels', 'kernel_sizes', 'grids',
-                   'conv_channels', 'peripheral_weight_sizes', 'pos_embed',
-                   'pos_embed_mode', 'deploy', 'deploy_mode', 'in_channels',
-                   'stem_patch_size')
+# the token mixer of a PeLK block, the part other networks do not have
+_TOKEN_MIXER = 'peripheral_conv'
 
 
 class PeLKCheckpointMismatch(ValueError):
@@ -57,23 +99,31 @@ class PeLKCheckpointMismatch(ValueError):
 
 def save_arch_record(module: nn.Module, state_dict: dict, prefix: str,
                      local_metadata: dict) -> None:
-    """State-dict hook of :class:`PeLK`: store its arch record.
+    """State-dict hook of :class:`ArchRecordMixin`: store its arch record.
 
-    Registered with ``module._register_state_dict_hook``; PyTorch's
-    ``state_dict()`` and mmengine's ``get_state_dict`` both call it with the
-    module's own metadata entry.
+    PyTorch's ``state_dict()`` and mmengine's ``get_state_dict`` both call it
+    with the module's own metadata entry.
     """
     local_metadata[ARCH_META_KEY] = module.arch_record()
 
 
 class ArchRecordMixin:
-    """Checkpoint policy of a backbone with an ``arch_record()`` method.
+    """Checkpoint policy of :class:`~pelk_mm.PeLK`.
 
-    Part of :class:`~pelk_mm.PeLK`: every state dict records the arch (call
-    :meth:`_record_arch` once in ``__init__``) and every load refuses
-    weights that do not fit, before any is copied (:func:`check_state_dict`
-    against the record the weights came with).
+    Every state dict records the arch (call :meth:`_record_arch` once in
+    ``__init__``) and every load refuses weights that do not fit, before any
+    is copied (:func:`check_state_dict` against the record the weights came
+    with).
     """
+
+    def arch_record(self) -> dict:
+        """The architecture as plain data (ints, lists, str, bool, None).
+
+        Returns:
+            dict: One entry per field of :data:`ARCH_FIELDS`, in order
+            (``deploy_mode`` is None until deployed).
+        """
+        return {field.name: field.value(self) for field in ARCH_FIELDS}
 
     def _record_arch(self) -> None:
         """Register :func:`save_arch_record` as a state-dict hook."""
@@ -84,9 +134,8 @@ class ArchRecordMixin:
                               error_msgs) -> None:
         """Refuse weights that do not fit, before any is copied.
 
-        Every loader (torch's and mmengine's ``load_state_dict``, hence
-        ``Pretrained``, ``load_from``, resume and ``tools/test.py``) calls
-        this first for the backbone; see :func:`check_state_dict`.
+        Every loader calls this first for the backbone; see
+        :func:`check_state_dict`.
         """
         check_state_dict(
             self, {
@@ -99,12 +148,15 @@ class ArchRecordMixin:
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if is_model_wrapper(model) else model
+    """The model inside a wrapper (DDP, mmengine's wrappers: ``.module``)."""
+    inner = getattr(model, 'module', None)
+    return inner if isinstance(inner, nn.Module) else model
 
 
 def arch_records(model: nn.Module) -> Dict[str, dict]:
-    """``{module path: arch record}`` of every module of ``model`` with an
-    ``arch_record()`` method (every :class:`~pelk_mm.PeLK`)."""
+    """``{module path: arch record}`` of every module of ``model`` (unwrapped
+    from DDP-style wrappers) with an ``arch_record()`` method (every
+    :class:`~pelk_mm.PeLK`)."""
     return {
         name: module.arch_record()
         for name, module in _unwrap(model).named_modules()
@@ -118,14 +170,14 @@ def add_arch_meta(checkpoint: dict,
     """Record the arch of every PeLK in ``model`` in ``checkpoint['meta']``.
 
     Sets ``checkpoint['meta']['pelk_arch'] = {module path: record}`` (e.g.
-    ``{'backbone': {...}}``), creating ``meta`` if needed. Call it on every
-    checkpoint a tool writes, with the model whose weights it holds (after
-    ``switch_to_deploy()`` for a deployed one). The state dict itself
-    carries the same record in its metadata already.
+    ``{'backbone': {...}}``), creating ``meta`` if needed. The state dict
+    itself carries the same record in its metadata already.
 
     Args:
         checkpoint (dict): The checkpoint to write; changed in place.
-        model (nn.Module): The model (model wrappers are unwrapped).
+        model (nn.Module): The model whose weights it holds (after
+            ``switch_to_deploy()`` for a deployed one; wrappers are
+            unwrapped).
         prefix (str): Where ``model``'s keys sit in the checkpoint's state
             dict, e.g. ``'backbone.'`` for a bare PeLK saved as a backbone.
             Defaults to ''.
@@ -151,6 +203,9 @@ def find_arch_record(checkpoint: Mapping, module_path: str) -> Optional[dict]:
         checkpoint (Mapping): A loaded checkpoint (with ``state_dict``) or a
             bare state dict.
         module_path (str): E.g. ``'backbone'``, or ``''`` for a bare backbone.
+
+    Returns:
+        dict | None: The record, None when the checkpoint has none.
     """
     state_dict = checkpoint.get('state_dict', checkpoint)
     metadata = getattr(state_dict, '_metadata', None) or {}
@@ -172,6 +227,9 @@ def sub_state_dict(state_dict: Mapping, prefix: str) -> 'OrderedDict':
     Args:
         state_dict (Mapping): A state dict (with or without ``_metadata``).
         prefix (str): E.g. ``'backbone.'``; ``''`` keeps everything.
+
+    Returns:
+        OrderedDict: The entries, with ``_metadata``.
     """
     out = OrderedDict((k[len(prefix):], v) for k, v in state_dict.items()
                       if k.startswith(prefix))
@@ -200,8 +258,7 @@ def infer_arch(state_dict: Mapping, backbone: nn.Module) -> dict:
         dict: ``depths`` (from the block keys), ``channels`` (block norms),
         ``conv_channels`` and ``peripheral_weight_sizes`` (the side of the
         peripheral conv weights: ``k'`` when compact, ``K`` once deployed
-        dense),
-        ``pos_embed`` and, when positional embeddings are present,
+        dense), ``pos_embed`` and, when positional embeddings are present,
         ``kernel_sizes``. Fields the keys do not show are left out.
     """
     blocks: Dict[int, int] = {}
@@ -232,6 +289,11 @@ def infer_arch(state_dict: Mapping, backbone: nn.Module) -> dict:
     return record
 
 
+# the record's fields, then the one only an inferred arch has
+_SUMMARY_FIELDS = tuple(f.name
+                        for f in ARCH_FIELDS) + ('peripheral_weight_sizes', )
+
+
 def _summary(record: dict) -> str:
     return ', '.join(f'{k}={record[k]!r}' for k in _SUMMARY_FIELDS
                      if k in record)
@@ -240,15 +302,16 @@ def _summary(record: dict) -> str:
 def _advice(ckpt: dict, model: dict) -> str:
     """What to set so that the config builds the checkpoint's arch."""
     if 'grids' in ckpt:  # a full record, from the checkpoint's metadata
+        # imported here: pelk_mm.models imports this module
+        from pelk_mm.models.arch import arch_name
         name = arch_name(ckpt)
         arch = repr(name) if name else (
             f'dict(depths={ckpt["depths"]}, channels={ckpt["channels"]}, '
             f'grids={ckpt["grids"]})')
         extra = [
-            f'{k}={ckpt[k]!r}'
-            for k in ('conv_ratio', 'pos_embed', 'pos_embed_mode', 'deploy',
-                      'deploy_mode', 'in_channels', 'stem_patch_size')
-            if k in ckpt and ckpt[k] != model.get(k)
+            f'{f.name}={ckpt[f.name]!r}' for f in ARCH_FIELDS
+            if f.name == f.argument and f.name in ckpt
+            and ckpt[f.name] != model.get(f.name)
         ]
         setting = ', '.join([f'arch={arch}'] + extra)
     else:
@@ -265,12 +328,20 @@ def _advice(ckpt: dict, model: dict) -> str:
             f'use a checkpoint made for this arch.')
 
 
-def _with_deploy_mode(record: Optional[dict]) -> Optional[dict]:
-    """A record written before the structured deploy form existed has no
-    ``deploy_mode``: a deployed one was dense."""
-    if record is None or 'deploy_mode' in record:
-        return record
-    return dict(record, deploy_mode='dense' if record.get('deploy') else None)
+def _foreign_blocks(model: nn.Module, state_dict: Mapping) -> List[str]:
+    """The checkpoint's block keys that are not PeLK's, when none of its
+    block keys is a key of PeLK's token mixer (``peripheral_conv``): its
+    blocks are another network's (SLaK's and ConvNeXt's ``dwconv``,
+    mmpretrain ConvNeXt's ``depthwise_conv``)."""
+    blocks = [k for k in state_dict if model.locate(k).part == 'block']
+    if any(
+            model.locate(k).rest.startswith(_TOKEN_MIXER + '.')
+            for k in blocks):
+        return []
+    return [
+        k for k in blocks
+        if not model.locate(k).rest.startswith(_TOKEN_MIXER + '.')
+    ]
 
 
 def check_state_dict(model: nn.Module,
@@ -284,7 +355,9 @@ def check_state_dict(model: nn.Module,
         state_dict (Mapping): Its incoming weights, keys without ``prefix``.
         checkpoint_record (dict, optional): The checkpoint's arch record
             (:func:`find_arch_record`); without it, the checkpoint's arch is
-            inferred from its shapes (:func:`infer_arch`).
+            inferred from its shapes (:func:`infer_arch`) and a warning says
+            that a checkpoint of another kernel size whose compact weights
+            have the same shapes cannot be told apart.
         prefix (str): Where the backbone sits in the model being loaded;
             the message names the keys with it (e.g. ``'backbone.'``).
 
@@ -293,19 +366,30 @@ def check_state_dict(model: nn.Module,
         keep their initialisation).
 
     Raises:
-        PeLKCheckpointMismatch: A shape mismatch, a missing key other than an
-            output norm, blocks / stages / positional embeddings that the
-            model does not have, or a ``checkpoint_record`` of another arch
-            (``depths``, ``channels``, ``grids``, ``conv_channels``, stem,
-            ``pos_embed``, ``deploy`` or ``deploy_mode`` differ) even if
-            every shape fits.
-            The message lists every such key (with both shapes), both
+        PeLKCheckpointMismatch: Block keys none of which is a PeLK key
+            (another network's checkpoint), a shape mismatch, a missing key
+            other than an output norm, blocks / stages / positional
+            embeddings that the model does not have, or a
+            ``checkpoint_record`` of another arch (a field of
+            :data:`ARCH_FIELDS` with ``checked`` differs) even if every shape
+            fits. The message lists every such key (with both shapes), both
             archs and what to do.
     """
-    checkpoint_record = _with_deploy_mode(checkpoint_record)
     own_tensors = model.state_dict(keep_vars=True)
     own = OrderedDict((k, tuple(v.shape)) for k, v in own_tensors.items())
-    mismatched: List[Tuple[str, tuple, tuple]] = []
+    foreign_blocks = _foreign_blocks(model, state_dict)
+    if foreign_blocks:
+        raise PeLKCheckpointMismatch(
+            'The checkpoint is not a PeLK checkpoint; nothing was loaded. Its '
+            f'blocks have no {_TOKEN_MIXER} (PeLK\'s token mixer, e.g. '
+            f'{prefix}stages.0.0.{_TOKEN_MIXER}.weight) but '
+            f'{len(foreign_blocks)} keys PeLK does not have (first: '
+            f'{prefix}{foreign_blocks[0]}): they are another network\'s '
+            'weights (SLaK and ConvNeXt name their depthwise conv `dwconv`, '
+            'mmpretrain\'s ConvNeXt `depthwise_conv`). PeLK loads PeLK '
+            'weights only: those of a PeLK classifier (configs/pelk_*_in1k.py'
+            ', converted by tools/model_converters/cls2backbone.py), or none.')
+    mismatched = []
     for key, shape in own.items():
         if key in state_dict and hasattr(state_dict[key], 'shape'):
             theirs = tuple(state_dict[key].shape)
@@ -324,10 +408,20 @@ def check_state_dict(model: nn.Module,
         k for k in state_dict
         if k not in own and unit(k) is not None and unit(k) not in own_units
     ]
+    mine_record = model.arch_record()
     other_arch = checkpoint_record is not None and any(
-        checkpoint_record[k] != model.arch_record()[k]
-        for k in _ARCH_FIELDS if k in checkpoint_record)
+        checkpoint_record[f.name] != mine_record[f.name]
+        for f in ARCH_FIELDS if f.checked and f.name in checkpoint_record)
     if not (mismatched or missing or foreign or other_arch):
+        if checkpoint_record is None:
+            warnings.warn(
+                'The checkpoint has no PeLK arch record (meta '
+                f'{ARCH_META_KEY!r}): only its tensor shapes were checked. '
+                'Without positional embeddings, the compact weights of '
+                'another kernel size can have the same shapes (K = 21 and '
+                'K = 31 with a 5x5 centre: both 11x11) and would load as '
+                'other taps. Checkpoints saved by pelk-mm carry the record.',
+                stacklevel=2)
         return missing_norms
 
     lines = ['The checkpoint does not fit this PeLK; nothing was loaded.']
@@ -348,8 +442,7 @@ def check_state_dict(model: nn.Module,
                      'have the shapes of those of another (the same k\' for '
                      'another kernel size), and would mean other taps.')
     if checkpoint_record is not None:
-        ckpt, mine, source = (checkpoint_record, model.arch_record(),
-                              'its metadata')
+        ckpt, mine, source = checkpoint_record, mine_record, 'its metadata'
     else:
         ckpt, mine, source = (infer_arch(state_dict, model),
                               infer_arch(own_tensors, model),
@@ -358,12 +451,12 @@ def check_state_dict(model: nn.Module,
     lines.append(f'Config asks for: {_summary(mine)}')
     differences = [
         f'{k}: checkpoint {ckpt[k]!r}, config {mine[k]!r}'
-        for k in _SUMMARY_FIELDS + ('conv_ratio', )
+        for k in _SUMMARY_FIELDS
         if k in ckpt and k in mine and ckpt[k] != mine[k]
     ]
     if differences:
         lines.append('Differences: ' + '; '.join(differences))
-        lines.append(_advice(ckpt, model.arch_record()))
+        lines.append(_advice(ckpt, mine_record))
     else:
         lines.append('The archs agree, so the file itself lacks or adds '
                      'weights (incomplete or edited?); save it again from a '
