@@ -5,8 +5,9 @@ and the clean end of a distributed run.
 
 A tool is ``parser = make_parser(...)``, its own arguments,
 ``args = parse_args(parser)``, ``cfg = config_from_args(args)``, its own
-changes to ``cfg``, ``check_checkpoints(cfg)`` and ``use_resumable_checkpoints(cfg)``
-(training; tools/test.py checks its CHECKPOINT argument), then
+changes to ``cfg``, ``check_checkpoints(cfg)`` and
+``use_resumable_checkpoints(cfg)`` (training; tools/test.py checks its
+CHECKPOINT argument), then
 ``build_runner(cfg)``, the run, and ``destroy_process_group()``.
 """
 import argparse

@@ -11,9 +11,10 @@ config's visualization hook; ``--tta`` wraps the model in the config's
 ``tta_model`` and tests with ``tta_pipeline``. The metrics are printed and
 saved as json in the work dir.
 """
-from launch_utils import (build_runner, config_from_args, destroy_process_group,
-                          exit_with_error, is_missing_local_file, library_of,
-                          make_parser, parse_args)
+from launch_utils import (build_runner, config_from_args,
+                          destroy_process_group, exit_with_error,
+                          is_missing_local_file, library_of, make_parser,
+                          parse_args)
 from mmengine.config import ConfigDict
 
 import pelk_mm  # noqa: F401  (registers PeLK and the torch>=2.6 load fixes)

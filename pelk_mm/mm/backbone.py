@@ -11,9 +11,9 @@ from mmengine.model import BaseModule
 from mmengine.registry import MODELS
 from mmpretrain.models.utils import build_norm_layer
 
-from ..models import pelk as core
 from ..checkpoint.arch_record import ArchRecordMixin
 from ..checkpoint.loading import is_pretrained, load_pretrained
+from ..models import pelk as core
 
 #: The default ``init_cfg``: what :meth:`pelk_mm.models.PeLK.init_weights`
 #: draws, as mmengine initialisers.
