@@ -15,9 +15,11 @@ import importlib.util
 import os.path as osp
 
 import torch
+import torch.nn.functional as F
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
+from pelk_mm.ops import expand_weight
 from pelk_mm.sparsity.masks import MOMENT_KEYS
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -207,3 +209,22 @@ def make_sparsity_runner(work_dir,
         custom_hooks=[hook, checker],
         **kwargs)
     return runner, hook, checker
+
+
+def dense_reference(x, weight, grid):
+    """The peripheral conv of ``x`` (N, C, H, W) with compact ``weight``
+    (C, k', k') on ``grid``, by ``F.conv2d`` with the expanded kernel."""
+    return F.conv2d(
+        x,
+        expand_weight(weight, grid),
+        padding=sum(grid) // 2,
+        groups=x.shape[1])
+
+
+def conv_and_grads(fn, x, weight, grid, grad_out):
+    """``fn(x, weight, grid)`` and the gradients of ``x`` and ``weight`` for
+    ``grad_out``: a tuple (out, grad_x, grad_weight)."""
+    x = x.detach().requires_grad_()
+    weight = weight.detach().requires_grad_()
+    out = fn(x, weight, grid)
+    return (out, ) + torch.autograd.grad(out, (x, weight), grad_out)

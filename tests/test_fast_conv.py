@@ -2,35 +2,18 @@
 dense reference: values, gradients, precision, autocast, determinism."""
 import pytest
 import torch
-import torch.nn.functional as F
 
-from pelk_mm import (PERIPHERAL_CONV_IMPLS, PeripheralConv2d, expand_weight,
-                     sharing_grid)
+from pelk_mm import PERIPHERAL_CONV_IMPLS, PeripheralConv2d, sharing_grid
 from pelk_mm.ops.fft_conv import fft_size
 from pelk_mm.ops.impl_selection import (COST_COEFFICIENTS, predicted_seconds,
                                         select_impl)
 from pelk_mm.ops.precision import (FP64_FULL_RATE_CAPABILITIES,
                                    accumulation_dtype, fast_float64,
                                    force_accumulation_dtype)
+from helpers import conv_and_grads, dense_reference
 
 FAST_IMPLS = ['fft', 'blocksum', 'auto']
 ABLATION_GRID = (1, 1, 2, 4, 8, 1, 8, 4, 2, 1, 1)  # half [1,1,2,4,8,1], K=33
-
-
-def dense_reference(x, weight, grid):
-    return F.conv2d(
-        x,
-        expand_weight(weight, grid),
-        padding=sum(grid) // 2,
-        groups=x.shape[1])
-
-
-def conv_and_grads(fn, x, weight, grid, grad_out):
-    x = x.detach().requires_grad_()
-    weight = weight.detach().requires_grad_()
-    out = fn(x, weight, grid)
-    return (out, ) + torch.autograd.grad(out, (x, weight), grad_out)
-
 
 CASES = [
     # (N, C, H, W, grid)

@@ -11,12 +11,12 @@ import importlib.util
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from pelk_mm import PERIPHERAL_CONV_IMPLS, expand_weight, sharing_grid
+from pelk_mm import PERIPHERAL_CONV_IMPLS, sharing_grid
 from pelk_mm.ops import impl_tuning, triton_conv
 from pelk_mm.ops.peripheral_conv import triton_listed
 from pelk_mm.ops.triton_conv import triton_installed, triton_peripheral_conv
+from helpers import conv_and_grads, dense_reference
 
 
 def _interpreter_reason():
@@ -36,21 +36,6 @@ pytestmark = pytest.mark.skipif(
 def small_tiles(monkeypatch):
     monkeypatch.setattr(triton_conv, 'BLOCK_W', 16)
     monkeypatch.setattr(triton_conv, 'ROWS', 4)
-
-
-def dense_reference(x, weight, grid):
-    return F.conv2d(
-        x,
-        expand_weight(weight, grid),
-        padding=sum(grid) // 2,
-        groups=x.shape[1])
-
-
-def conv_and_grads(fn, x, weight, grid, grad_out):
-    x = x.detach().requires_grad_()
-    weight = weight.detach().requires_grad_()
-    out = fn(x, weight, grid)
-    return (out, ) + torch.autograd.grad(out, (x, weight), grad_out)
 
 
 def random_case(shape, grid, seed, dtype=torch.float64, mean=0.0):
