@@ -3,7 +3,6 @@
 ``init_cfg`` and only into the form they were made for, and
 ``tools/model_converters/pelk_deploy.py`` folds whole segmentor / detector
 checkpoints after checking their outputs."""
-import inspect
 import os.path as osp
 
 import pytest
@@ -190,9 +189,6 @@ def test_switch_to_deploy_refuses_in_image_pos_embed():
     assert isinstance(model.stages[0][0].peripheral_conv, PeripheralConv2d)
 
 
-@pytest.mark.skipif(
-    'pos_embed_mode' not in inspect.signature(PeLK).parameters,
-    reason='the pos_embed_mode argument is not in this branch')
 def test_deploy_constructor_refuses_in_image_pos_embed():
     with pytest.raises(ValueError, match='pos_embed_mode'):
         PeLK(deploy=True, pos_embed_mode='in_image', **KWARGS)

@@ -23,6 +23,8 @@ converter): local paths, ``http(s)://`` URLs and ``s3://`` / ``petrel://``
 ``Pretrained``) read the same way; pelk-mm's ``tools/train.py`` and
 ``tools/test.py`` turn it on, importing :mod:`pelk_mm` does not.
 """
+import _codecs
+import _compat_pickle
 import io
 import os
 import os.path as osp
@@ -112,10 +114,18 @@ def _restricted_pickle_module():
             names = [f'numpy.core.{tail}', f'numpy._core.{tail}']
         for name in names:
             allowed[f'{name}.{obj.__qualname__}'] = obj
+    # numpy arrays pickle their bytes as _codecs.encode(str, 'latin1'), as
+    # torch >= 2.6's weights-only unpickler allows
+    allowed['_codecs.encode'] = _codecs.encode
 
     class Unpickler(pickle.Unpickler):
 
         def find_class(self, module, name):
+            # protocol 2 (torch.save's) names Python 3 modules by their
+            # Python 2 names (``__builtin__``), as pickle.Unpickler maps them
+            if (module, name) in _compat_pickle.NAME_MAPPING:
+                module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+            module = _compat_pickle.IMPORT_MAPPING.get(module, module)
             try:
                 return allowed[f'{module}.{name}']
             except KeyError:
