@@ -23,8 +23,7 @@ converter): local paths, ``http(s)://`` URLs and ``s3://`` / ``petrel://``
 ``Pretrained``) read the same way; pelk-mm's ``tools/train.py`` and
 ``tools/test.py`` turn it on, importing :mod:`pelk_mm` does not.
 """
-import _codecs
-import _compat_pickle
+import codecs
 import io
 import os
 import os.path as osp
@@ -99,6 +98,10 @@ def _torch_load_defaults_to_weights_only() -> bool:
 #: default. Before, it unpickles anything.
 TORCH_LOAD_WEIGHTS_ONLY_BY_DEFAULT = _torch_load_defaults_to_weights_only()
 
+# Python 2 names in protocol 2 pickles -> Python 3 names (pickle's own table)
+_PY2_NAMES = pickle._compat_pickle.NAME_MAPPING
+_PY2_MODULES = pickle._compat_pickle.IMPORT_MAPPING
+
 
 def _restricted_pickle_module():
     """A ``pickle_module`` for ``torch.load`` on torch < 2.5 (no
@@ -116,16 +119,15 @@ def _restricted_pickle_module():
             allowed[f'{name}.{obj.__qualname__}'] = obj
     # numpy arrays pickle their bytes as _codecs.encode(str, 'latin1'), as
     # torch >= 2.6's weights-only unpickler allows
-    allowed['_codecs.encode'] = _codecs.encode
+    allowed['_codecs.encode'] = codecs.encode
 
     class Unpickler(pickle.Unpickler):
 
         def find_class(self, module, name):
             # protocol 2 (torch.save's) names Python 3 modules by their
             # Python 2 names (``__builtin__``), as pickle.Unpickler maps them
-            if (module, name) in _compat_pickle.NAME_MAPPING:
-                module, name = _compat_pickle.NAME_MAPPING[(module, name)]
-            module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+            module, name = _PY2_NAMES.get((module, name), (module, name))
+            module = _PY2_MODULES.get(module, module)
             try:
                 return allowed[f'{module}.{name}']
             except KeyError:
