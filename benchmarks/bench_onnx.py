@@ -5,7 +5,7 @@ Models, each a backbone with four outputs (``out_indices=(0, 1, 2, 3)``, no
 pooling: what UperNet / Cascade Mask R-CNN read), random weights:
 
 - ``pelk``: PeLK-T, ``switch_to_deploy()`` with ``deploy_mode='structured'``
-  (box sums in standard ONNX operators, :mod:`pelk_mm.ops.boxsum_conv`);
+  (band sums in standard ONNX operators, :mod:`pelk_mm.ops.boxsum_conv`);
 - ``pelk-dense``: the same weights folded with ``deploy_mode='dense'``
   (depthwise 51 / 49 / 47 / 13 convs);
 - ``convnext``: mmpretrain ConvNeXt-T (depthwise 7x7 convs).
@@ -27,19 +27,16 @@ Example::
     python benchmarks/bench_onnx.py --sizes 224 224 --iters 2
 """
 import argparse
-import datetime
 import importlib.util
-import json
 import logging
-import os
 import os.path as osp
-import platform
 import statistics
 import sys
 import tempfile
 import time
 
 import torch
+from run_record import run_record, run_start, save_result, with_run_line
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 MODELS = ('pelk', 'pelk-dense', 'convnext')
@@ -201,9 +198,7 @@ def markdown(result):
             f'| {row["size"][0]} x {row["size"][1]} | ' + ' | '.join(cells) +
             f' | {ratios.get("pelk_over_convnext", float("nan")):.2f} | '
             f'{ratios.get("pelk_over_dense", float("nan")):.2f} |')
-    lines.append('')
-    lines.append(f'- run: {json.dumps(result["run"])}')
-    return '\n'.join(lines) + '\n'
+    return with_run_line(lines, result)
 
 
 def main(argv=None):
@@ -211,23 +206,18 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     import onnxruntime as ort
     tool = export_tool()
-    load_before = os.getloadavg()
-    started = datetime.datetime.now(datetime.timezone.utc)
+    started, load_before = run_start()
     models = build_backbones(args.models)
     with tempfile.TemporaryDirectory() as workdir:
         rows = [
             time_size(models, size, args, tool, workdir) for size in args.sizes
         ]
     result = dict(
-        run=dict(
-            utc=started.isoformat(timespec='seconds'),
-            load_average_before=load_before,
-            load_average_after=os.getloadavg(),
-            cpu=platform.processor() or platform.machine(),
-            cpus=os.cpu_count(),
+        run=run_record(
+            started,
+            load_before,
             threads=args.threads,
             iters=args.iters,
-            torch=torch.__version__,
             onnxruntime=ort.__version__,
             exporter=tool.exporter_kwargs() or 'torch.onnx.export default',
             opset=tool.OPSET),
@@ -235,12 +225,7 @@ def main(argv=None):
         results=rows)
     print(markdown(result))
     if args.save:
-        os.makedirs(args.save, exist_ok=True)
-        path = osp.join(args.save,
-                        f'onnx_cpu_{started.strftime("%Y-%m-%dT%H%M")}.json')
-        with open(path, 'w') as out:
-            json.dump(result, out, indent=1)
-        print(f'saved {path}')
+        print(f'saved {save_result(result, args.save, "onnx_cpu", started)}')
 
 
 if __name__ == '__main__':

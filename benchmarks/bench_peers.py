@@ -13,7 +13,7 @@ seeded, every one built the same way:
   kernels 51 / 49 / 47 / 13); deploy form: the branches merged into one
   depthwise ``K x K`` conv, as SLaK does;
 - ``pelk``: PeLK-T (``impl='auto'``); deploy form: ``switch_to_deploy()``
-  with the default ``deploy_mode='structured'`` (box sums).
+  with the default ``deploy_mode='structured'`` (band sums).
 
 BN running statistics (RepLKNet, SLaK) are drawn at random so that folding
 them is not the identity; every deploy form's outputs are compared with its
@@ -27,7 +27,7 @@ Figures per model, ratios to ConvNeXt-T from the same run:
   peripheral convs counted as the dense ``K x K`` convs they compute (the
   paper's convention, as ``tools/analysis_tools/get_flops.py``), and of
   the deploy form (what runs; the counter has no rule for ``avg_pool2d``,
-  so the box sums' additions are not in PeLK's deploy count);
+  so the box means' additions are not in PeLK's deploy count);
 - ``torch_infer``: PyTorch CPU inference of each deploy form (and PeLK-T's
   training form) at ``--infer-size``, batch 1, ``--threads`` threads;
 - ``torch_train``: one training step of each training form (forward,
@@ -43,7 +43,13 @@ Figures per model, ratios to ConvNeXt-T from the same run:
   ``tools/deployment/pytorch2onnx.py`` exports (TorchScript exporter, opset
   17), once with a dynamic batch axis and once static, on a
   ``(1, 3, S, S)`` input, ``S = --ort-size``; the error of onnxruntime
-  against the PyTorch deploy form.
+  against the PyTorch deploy form. The sessions are timed in
+  ``--ort-processes`` fresh interpreters, all models interleaved in each:
+  the same export runs at different speeds in different processes (on the
+  2-core VM of ``docs/performance.md``, PeLK-T at 525-540 or 660-670 ms),
+  so each process gives its medians and ratios to ConvNeXt-T, and the
+  table reports the median over the processes (and every process's
+  ratios).
 
 All timings interleave the models (the order rotating every round) and
 report medians; the machine may be shared, so compare the ratios of one run.
@@ -145,13 +151,26 @@ def parse_args(argv=None):
     parser.add_argument(
         '--save', metavar='DIR', help='write DIR/peers_<device>_<date>.json')
     parser.add_argument(
+        '--ort-processes',
+        type=int,
+        default=3,
+        help='fresh interpreters that time the onnxruntime sessions, each '
+        'all models interleaved (timings differ between processes)')
+    parser.add_argument(
         '--memory-of', choices=MODELS,
         help=argparse.SUPPRESS)  # the fresh interpreter of one memory figure
+    parser.add_argument(
+        '--ort-of', metavar='MANIFEST',
+        help=argparse.SUPPRESS)  # a fresh interpreter timing the exports
     args = parser.parse_args(argv)
+    if args.ort_processes < 1:
+        parser.error(f'--ort-processes must be at least 1, got '
+                     f'{args.ort_processes}')
     if args.quick:
         args.infer_size = args.train_size = args.ort_size = 64
         args.flops_sizes = [64]
         args.iters = 1
+        args.ort_processes = min(args.ort_processes, 2)
     return args
 
 
@@ -376,36 +395,96 @@ def train_memory(names, args):
     return rows
 
 
-def ort_part(deploys, args):
-    """onnxruntime of every deploy form, dynamic-batch and static exports,
-    interleaved; and each export's error against PyTorch."""
+def ort_input(size):
+    """The onnxruntime input: seeded ``(1, 3, size, size)`` float32."""
     import numpy as np
+    return np.random.default_rng(0).standard_normal((1, 3, size, size),
+                                                    dtype=np.float32)
+
+
+def ort_of(args):
+    """Run in a fresh interpreter: time the exports of a manifest (key ->
+    ONNX file) interleaved, print the times as JSON."""
     sys.path.insert(0, HERE)
-    from bench_onnx import export, export_tool, session
-    tool = export_tool()
-    size = (args.ort_size, args.ort_size)
-    x = np.random.default_rng(0).standard_normal((1, 3, *size),
-                                                 dtype=np.float32)
-    sessions, errors = {}, {}
-    with tempfile.TemporaryDirectory() as workdir, torch.no_grad():
-        for name, model in deploys.items():
-            reference = [
-                o.numpy() for o in _outputs(model, torch.from_numpy(x))
-            ]
-            for dynamic in (True, False):
-                key = f'{name}/{"dynamic" if dynamic else "static"}'
-                path = osp.join(workdir, key.replace('/', '_') + '.onnx')
-                export(model, size, path, tool, dynamic=dynamic)
-                sessions[key] = session(path, args.threads)
-                errors[key] = relative_error(
-                    sessions[key].run(None, {'input': x}), reference)
+    from bench_onnx import session
+    with open(args.ort_of) as manifest:
+        paths = json.load(manifest)
+    x = ort_input(args.ort_size)
+    sessions = {
+        key: session(path, args.threads)
+        for key, path in paths.items()
+    }
     calls = {
         key: (lambda s=s: s.run(None, {'input': x}))
         for key, s in sessions.items()
     }
-    result = interleaved(calls, args.iters, Clock(torch.device('cpu')))
-    result['ort_vs_torch_rel_error'] = errors
-    return result
+    timed = interleaved(calls, args.iters, Clock(torch.device('cpu')))
+    print(json.dumps(timed['times_s']))
+
+
+def ort_part(deploys, args):
+    """onnxruntime of every deploy form, dynamic-batch and static exports;
+    each export's error against PyTorch; the timings from
+    ``--ort-processes`` fresh interpreters (:func:`ort_of`): per process
+    the medians and the ratios to ConvNeXt-T, and over the processes the
+    median of each."""
+    sys.path.insert(0, HERE)
+    from bench_onnx import export, export_tool, session
+    tool = export_tool()
+    size = (args.ort_size, args.ort_size)
+    x = ort_input(args.ort_size)
+    paths, errors = {}, {}
+    env = dict(
+        os.environ,
+        PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    with tempfile.TemporaryDirectory() as workdir:
+        with torch.no_grad():
+            for name, model in deploys.items():
+                reference = [
+                    o.numpy() for o in _outputs(model, torch.from_numpy(x))
+                ]
+                for dynamic in (True, False):
+                    key = f'{name}/{"dynamic" if dynamic else "static"}'
+                    paths[key] = osp.join(workdir,
+                                          key.replace('/', '_') + '.onnx')
+                    export(model, size, paths[key], tool, dynamic=dynamic)
+                    errors[key] = relative_error(
+                        session(paths[key],
+                                args.threads).run(None, {'input': x}),
+                        reference)
+        manifest = osp.join(workdir, 'manifest.json')
+        with open(manifest, 'w') as out:
+            json.dump(paths, out)
+        processes = []
+        for _ in range(args.ort_processes):
+            done = subprocess.run([
+                sys.executable, __file__, '--ort-of', manifest, '--threads',
+                str(args.threads), '--ort-size',
+                str(args.ort_size), '--iters',
+                str(args.iters)
+            ],
+                                  env=env,
+                                  capture_output=True,
+                                  text=True,
+                                  check=True)
+            times = json.loads(done.stdout.strip().splitlines()[-1])
+            medians = {k: statistics.median(t) for k, t in times.items()}
+            processes.append(
+                dict(
+                    times_s=times,
+                    median_s=medians,
+                    ratios=ratios_to_convnext(medians)))
+    return dict(
+        median_s={
+            key: statistics.median(p['median_s'][key] for p in processes)
+            for key in paths
+        },
+        ratios={
+            key: statistics.median(p['ratios'][key] for p in processes)
+            for key in processes[0]['ratios']
+        },
+        processes=processes,
+        ort_vs_torch_rel_error=errors)
 
 
 AMP = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
@@ -451,6 +530,11 @@ def torch_parts(trains, deploys, args, device, part):
                 for k, v in timed['median_s'].items()
             }
             timed['ratios'] = ratios_to_convnext(timed['median_s'])
+            if 'convnext' in deploys and 'pelk' in trains:
+                # ConvNeXt-T has one form: PeLK's training form against it
+                timed['ratios']['pelk/train-form'] = (
+                    timed['median_s']['pelk/train-form'] /
+                    timed['median_s']['convnext/deploy'])
             result[f'torch_infer_{amp}'] = timed
             for model in list(deploys.values()) + list(trains.values()):
                 model.cpu()
@@ -531,9 +615,18 @@ def markdown(result):
         for kind in ('dynamic', 'static'):
             cells.append(cell(ort, f'{name}/{kind}', 1e3, '.0f'))
         lines.append('| ' + ' | '.join(cells) + ' |')
-    lines.append('')
-    lines.append(f'- run: {json.dumps(result["run"])}')
-    return '\n'.join(lines) + '\n'
+    if ort and 'convnext' in names:  # ratios need ConvNeXt-T
+        lines.append('')
+        lines.append('onnxruntime per process (ratios to ConvNeXt-T, dynamic '
+                     '/ static): ' +
+                     '; '.join(f'{LABELS[name]} ' + ', '.join(
+                         f'{p["ratios"][f"{name}/dynamic"]:.2f} / '
+                         f'{p["ratios"][f"{name}/static"]:.2f}'
+                         for p in ort['processes'])
+                               for name in names if name != 'convnext'))
+    sys.path.insert(0, HERE)
+    from run_record import with_run_line
+    return with_run_line(lines, result)
 
 
 def main(argv=None):
@@ -541,6 +634,8 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     if args.memory_of:
         return memory_of(args)
+    if args.ort_of:
+        return ort_of(args)
     device = torch.device(args.device)
     import pelk_mm  # noqa: F401  (registers PeLK)
     if device.type != 'cpu':
@@ -611,8 +706,6 @@ def main(argv=None):
             results['memory'] = train_memory(args.models, args)
         elif part == 'ort':
             results['ort'] = ort_part(deploys, args)
-            results['ort']['ratios'] = ratios_to_convnext(
-                results['ort']['median_s'])
         run['seconds'] = round((datetime.datetime.now(datetime.timezone.utc) -
                                 started).total_seconds())
         run['load_average_after'] = os.getloadavg()

@@ -114,7 +114,13 @@ def parse_args(argv=None):
         '--save',
         metavar='PREFIX',
         help='also write PREFIX.json and PREFIX.md')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.methods or ()) - set(PERIPHERAL_CONV_IMPLS))
+    if unknown:
+        parser.error(f'--methods {" ".join(unknown)}: not an implementation '
+                     'here; available: '
+                     f'{", ".join(sorted(PERIPHERAL_CONV_IMPLS))}')
+    return args
 
 
 def pelk_grid(kernel_size):
@@ -197,7 +203,10 @@ def bench_case(methods, case, args, device):
                 weight.to(device, dtype).requires_grad_(backward),
                 g64.to(device, dtype) if backward else None)
 
-    fns = {name: PERIPHERAL_CONV_IMPLS.get(name, _dw7x7) for name in methods}
+    fns = {
+        name: _dw7x7 if name == BASELINE else PERIPHERAL_CONV_IMPLS[name]
+        for name in methods
+    }
     with torch.set_grad_enabled(backward):
         args_of = {
             name: (inputs(torch.float32, w7 if name == BASELINE else w64) +

@@ -5,6 +5,7 @@ compute (benchmarks/slak.py)."""
 import copy
 import json
 import os
+import statistics
 import subprocess
 import sys
 
@@ -94,5 +95,24 @@ def test_quick_run_writes_every_figure(tmp_path):
     assert infer['ratios']['convnext/deploy'] == 1.0
     assert set(train['ratios']) == set(MODELS)
     assert rows['ort']['ratios']['convnext/static'] == 1.0
+    assert infer['ratios']['pelk/train-form'] == pytest.approx(
+        infer['median_s']['pelk/train-form'] /
+        infer['median_s']['convnext/deploy'])
+    # onnxruntime timed in two fresh interpreters (--quick), every export
+    # once in each; the reported ratio is the median of theirs
+    processes = rows['ort']['processes']
+    assert len(processes) == 2
+    for process in processes:
+        assert {
+            k: len(t)
+            for k, t in process['times_s'].items()
+        } == {
+            f'{n}/{kind}': 1
+            for n in MODELS
+            for kind in ('dynamic', 'static')
+        }
+    assert rows['ort']['ratios']['pelk/dynamic'] == pytest.approx(
+        statistics.median(p['ratios']['pelk/dynamic'] for p in processes))
+    assert 'onnxruntime per process' in done.stdout
     assert result['paper_table8_a100_fp32_224_img_s']['PeLK-T'] == 1138
     assert '| PeLK-T |' in done.stdout

@@ -1,6 +1,7 @@
-"""The op of the structured deploy form: peripheral convolution by box sums,
-exact against the dense convolution, exported with standard ONNX operators
-only and run by onnxruntime at another batch size than the exported one."""
+"""The op of the structured deploy form: peripheral convolution by band
+sums, in both layouts (band matrices, box means) exact against the dense
+convolution, exported with standard ONNX operators only and run by
+onnxruntime at another batch size than the exported one."""
 import importlib.util
 import inspect
 
@@ -10,7 +11,8 @@ import torch.nn.functional as F
 
 from pelk_mm.ops import expand_weight, sharing_grid
 from pelk_mm.ops.boxsum_conv import (BoxSumPeripheralConv2d,
-                                     boxsum_peripheral_conv)
+                                     boxsum_peripheral_conv,
+                                     uses_band_matrices)
 from helpers import load_tool
 
 #: (K, centre, map): maps larger and smaller than the kernel, 1 x 1, wide
@@ -19,8 +21,11 @@ CASES = [(13, 5, (16, 16)), (31, 5, (7, 40)), (51, 5, (20, 37)),
 
 #: What the graph computes at run time (nodes that depend on the input)
 RUNTIME_OPS = {
-    'Pad', 'AveragePool', 'Concat', 'Gather', 'MatMul', 'Add', 'Reshape'
+    'Pad', 'AveragePool', 'Concat', 'Gather', 'MatMul', 'Transpose', 'Add',
+    'Reshape'
 }
+#: The layouts, as ``boxsum_peripheral_conv``'s ``band_matrices``
+LAYOUTS = {'matrices': True, 'means': False}
 
 
 def dense(x, weight, grid):
@@ -39,39 +44,62 @@ def inputs(channels, size, grid, dtype=torch.float64, batch=2):
     return x, weight
 
 
+@pytest.mark.parametrize('layout', LAYOUTS)
 @pytest.mark.parametrize('kernel_size,center,size', CASES)
-def test_equals_dense_conv(kernel_size, center, size):
+def test_equals_dense_conv(kernel_size, center, size, layout):
     grid = sharing_grid(kernel_size, center)
     x, weight = inputs(3, size, grid)
     ref = dense(x, weight, grid)
-    out = boxsum_peripheral_conv(x, weight, grid)
+    out = boxsum_peripheral_conv(x, weight, grid, LAYOUTS[layout])
     assert out.shape == ref.shape
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-12 * ref.abs().max())
 
 
+@pytest.mark.parametrize('layout', LAYOUTS)
 @pytest.mark.parametrize('size', [(6, 9), (2, 1), (1, 3)])
-def test_asymmetric_grid(size):
+def test_asymmetric_grid(size, layout):
     grid = (3, 1, 5, 2, 2)
     x, weight = inputs(3, size, grid)
     ref = dense(x, weight, grid)
     torch.testing.assert_close(
-        boxsum_peripheral_conv(x, weight, grid),
+        boxsum_peripheral_conv(x, weight, grid, LAYOUTS[layout]),
         ref,
         rtol=0,
         atol=1e-12 * ref.abs().max())
 
 
+@pytest.mark.parametrize('layout', LAYOUTS)
 @pytest.mark.parametrize('kernel_size,center,size', [(51, 5, (64, 64)),
                                                      (101, 7, (40, 120))])
-def test_float32_error_within_dense_float32(kernel_size, center, size):
-    """Box means add at most max(grid) terms: no prefix-sum round-off."""
+def test_float32_error_within_dense_float32(kernel_size, center, size, layout):
+    """Band sums add at most max(grid) nonzero terms: no prefix-sum
+    round-off."""
     grid = sharing_grid(kernel_size, center)
     x, weight = inputs(4, size, grid)
     ref = dense(x, weight, grid)
     x32, w32 = x.float(), weight.float()
-    box_err = (boxsum_peripheral_conv(x32, w32, grid).double() - ref).abs()
+    out = boxsum_peripheral_conv(x32, w32, grid, LAYOUTS[layout])
+    box_err = (out.double() - ref).abs()
     dense_err = (dense(x32, w32, grid).double() - ref).abs()
     assert box_err.max() <= dense_err.max()
+
+
+def test_layout_follows_the_map_size():
+    """Band matrices where ``k' (H + W + k')`` is small (PeLK-T's 64 x 64,
+    32 x 32 and 16 x 16 maps at 512 x 512), box means on its 128 x 128
+    maps; the default layout is the one picked."""
+    picked = {
+        side: uses_band_matrices(sharing_grid(k, 5), side, side)
+        for k, side in [(51, 128), (49, 64), (47, 32), (13, 16)]
+    }
+    assert picked == {128: False, 64: True, 32: True, 16: True}
+    for kernel_size, side in [(13, 16), (51, 128)]:
+        grid = sharing_grid(kernel_size, 5)
+        x, weight = inputs(1, (side, side), grid, dtype=torch.float32)
+        assert torch.equal(
+            boxsum_peripheral_conv(x, weight, grid),
+            boxsum_peripheral_conv(x, weight, grid,
+                                   uses_band_matrices(grid, side, side)))
 
 
 def test_module_folds_bias_and_matches_dense_weight():
@@ -136,18 +164,30 @@ def export_and_run(module, size, out, batch=3, dynamo=False):
     return graph, float((got.double() - ref).abs().max() / ref.abs().max())
 
 
-@pytest.mark.parametrize('kernel_size,center,size', [(13, 5, (20, 18)),
-                                                     (51, 5, (9, 60)),
-                                                     (101, 7, (5, 3)),
-                                                     (101, 7, (110, 8))])
+#: (K, centre, map, the layout the map size picks)
+ONNX_CASES = [(13, 5, (20, 18), 'matrices'), (51, 5, (9, 60), 'matrices'),
+              (51, 5, (60, 100), 'means'), (101, 7, (5, 3), 'matrices'),
+              (101, 7, (110, 8), 'means')]
+
+
+def layout_ops(layout):
+    """Operators that only the layout's graph computes at run time."""
+    return {'Transpose'} if layout == 'matrices' else {'AveragePool', 'Pad'}
+
+
+@pytest.mark.parametrize('kernel_size,center,size,layout', ONNX_CASES)
 def test_onnx_standard_operators_dynamic_batch(kernel_size, center, size,
-                                               tmp_path):
+                                               layout, tmp_path):
     torch.manual_seed(0)
     module = BoxSumPeripheralConv2d(4, sharing_grid(kernel_size, center))
     graph, rel = export_and_run(module.eval(), size,
                                 str(tmp_path / 'box.onnx'))
     assert rel <= 1e-5, rel
-    assert runtime_ops(graph.graph) <= RUNTIME_OPS
+    ops = runtime_ops(graph.graph)
+    assert ops <= RUNTIME_OPS
+    assert layout_ops(layout) <= ops
+    assert not layout_ops('means' if layout ==
+                          'matrices' else 'matrices') & ops
     assert {o.domain for o in graph.opset_import} == {''}
     assert not {n.op_type
                 for n in graph.graph.node
@@ -162,11 +202,15 @@ def test_onnx_standard_operators_dynamic_batch(kernel_size, center, size,
     'dynamo' not in inspect.signature(torch.onnx.export).parameters,
     reason=f'torch {torch.__version__} has no torch.export-based ONNX '
     'exporter (torch.onnx.export(dynamo=True): torch >= 2.5)')
-def test_torch_export_based_exporter(tmp_path):
+@pytest.mark.parametrize('size,layout', [((12, 40), 'matrices'),
+                                         ((60, 140), 'means')])
+def test_torch_export_based_exporter(size, layout, tmp_path):
     """The same op through ``dynamo=True``: the same operators."""
     torch.manual_seed(0)
     module = BoxSumPeripheralConv2d(4, sharing_grid(31, 5)).eval()
     graph, rel = export_and_run(
-        module, (12, 40), str(tmp_path / 'box.onnx'), dynamo=True)
+        module, size, str(tmp_path / 'box.onnx'), dynamo=True)
     assert rel <= 1e-5, rel
-    assert {n.op_type for n in graph.graph.node} <= RUNTIME_OPS
+    ops = {n.op_type for n in graph.graph.node}
+    assert ops <= RUNTIME_OPS
+    assert layout_ops(layout) <= ops

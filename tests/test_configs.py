@@ -106,3 +106,23 @@ def test_config_builds(path):
                     } == {0.0, cfg.optim_wrapper.optimizer.weight_decay}
         else:
             assert max(scales) == 1 and len(scales) > 2
+
+
+@pytest.mark.parametrize('name,codebase,outputs,dynamic', [
+    ('segmentation_onnxruntime_static', 'mmseg', ['output'], False),
+    ('detection_onnxruntime_dynamic', 'mmdet', ['dets', 'labels', 'masks'
+                                                ], True),
+])
+def test_mmdeploy_deploy_configs(name, codebase, outputs, dynamic):
+    """The deploy configs of tools/deployment/mmdeploy/ load (mmengine, as
+    mmdeploy loads them) with their shared ONNX settings: opset 17 as
+    pytorch2onnx.py, onnxruntime, and their own outputs."""
+    from mmengine.config import Config
+    cfg = Config.fromfile(
+        osp.join(ROOT, 'tools', 'deployment', 'mmdeploy', f'{name}.py'))
+    onnx = cfg.onnx_config
+    assert (onnx.type, onnx.opset_version, onnx.input_names,
+            onnx.output_names) == ('onnx', 17, ['input'], outputs)
+    assert ('dynamic_axes' in onnx) == dynamic
+    assert cfg.backend_config.type == 'onnxruntime'
+    assert cfg.codebase_config.type == codebase

@@ -4,7 +4,7 @@ with the deploy config of ``tools/deployment/mmdeploy/``, run by
 onnxruntime, against PyTorch.
 
 The way docs/deployment.md tells a user: the training form folded into the
-deploy form (``switch_to_deploy``, structured box sums), its checkpoint and
+deploy form (``switch_to_deploy``, structured band sums), its checkpoint and
 the model config with ``model.backbone.deploy=True`` handed to mmdeploy.
 onnxruntime's logits must match the *training* form's (FFT peripheral
 convs) within 1e-4 relative, at an input whose last feature map is
@@ -97,7 +97,7 @@ def test_graph_is_the_structured_deploy_form(exported):
     import onnx
     graph = onnx.load(exported[1]).graph
     ops = {node.op_type for node in graph.node}
-    assert {'AveragePool', 'MatMul'} <= ops
+    assert 'MatMul' in ops  # the band sums (band matrices at this size)
     large = [
         init.name for init in graph.initializer
         if len(init.dims) == 4 and init.dims[-1] > 7

@@ -7,7 +7,7 @@ its deploy form when it holds no :class:`~pelk_mm.PeripheralConv2d` (whose
 FFT and summed-area-table paths do not export): every token mixer is then
 the one of its backbone's ``deploy_mode``, a
 :class:`~pelk_mm.ops.boxsum_conv.BoxSumPeripheralConv2d` (``'structured'``,
-the default: compact weights, box sums in standard ONNX operators) or a plain
+the default: compact weights, band sums in standard ONNX operators) or a plain
 depthwise ``nn.Conv2d`` (``'dense'``).
 """
 from typing import List, Set

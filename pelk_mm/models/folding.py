@@ -7,7 +7,7 @@ the peripheral conv computes, the positional-embedding term folded into the
 bias:
 
 * ``'structured'`` keeps the compact weights ``(C, 1, k', k')`` and computes
-  the convolution by box sums in standard ONNX operators
+  the convolution by band sums in standard ONNX operators
   (:class:`~pelk_mm.ops.boxsum_conv.BoxSumPeripheralConv2d`, fast in
   onnxruntime / TensorRT);
 * ``'dense'`` expands them to a plain depthwise ``K x K`` ``nn.Conv2d``

@@ -89,6 +89,7 @@ class PeLKBlock(nn.Module):
         super().__init__()
         self.with_cp = with_cp
         self.conv_channels = int(in_channels * conv_ratio)
+        self.identity_channels = in_channels - self.conv_channels
         if deploy:
             self.peripheral_conv = deployed_conv(self.conv_channels, grid,
                                                  deploy_mode)
@@ -123,8 +124,9 @@ class PeLKBlock(nn.Module):
         Returns:
             Tensor: ``(N, C, H, W)``.
         """
-        x_conv, x_id = x.split(
-            [self.conv_channels, x.shape[1] - self.conv_channels], dim=1)
+        # the block's own sizes, not x.shape's: constants in an export
+        x_conv, x_id = x.split([self.conv_channels, self.identity_channels],
+                               dim=1)
         if pos_embed is None:
             x_conv = self.peripheral_conv(x_conv)
         else:
@@ -246,7 +248,7 @@ class PeLK(ParamGroupsMixin, nn.Module):
         deploy_mode (str): The deployed form that ``deploy=True`` builds and
             :meth:`switch_to_deploy` folds into, one of
             :data:`~.folding.DEPLOY_MODES`: ``'structured'`` keeps the compact
-            weights and runs them by box sums in standard ONNX operators
+            weights and runs them by band sums in standard ONNX operators
             (:class:`~pelk_mm.ops.boxsum_conv.BoxSumPeripheralConv2d`: what
             onnxruntime and TensorRT run fast); ``'dense'`` expands them to
             depthwise ``K x K`` ``nn.Conv2d`` kernels (for runtimes that
@@ -520,7 +522,7 @@ class PeLK(ParamGroupsMixin, nn.Module):
 
         The stage's positional embedding is folded into each conv bias, so
         outputs are unchanged; ``'structured'`` keeps each block's compact
-        weights (computed by box sums), ``'dense'`` expands them to the
+        weights (computed by band sums), ``'dense'`` expands them to the
         dense ``K x K`` kernel of a depthwise ``nn.Conv2d`` (whatever they
         hold, masked zeros included). Afterwards ``pos_embeds`` is None and
         the modules and state dict are those that ``PeLK(...,

@@ -1,45 +1,57 @@
-"""Peripheral convolution by box sums, in standard ONNX operators.
+"""Peripheral convolution by band sums, in standard ONNX operators.
 
 The structured deploy form of PeLK (``PeLK(deploy=True)``, ``deploy_mode=
 'structured'``) computes every peripheral conv with this op. Its ONNX graph
 (opset 17 with the TorchScript exporter, 18 with the torch.export-based one)
 computes only ``Pad``, ``AveragePool``, ``Concat``, ``Gather``, ``MatMul``,
-``Add`` and ``Reshape`` (plus constant subgraphs for the pads): no custom
-operator, no loop, no ``CumSum``, all in TensorRT's ONNX support list, at
-``k'^2`` multiply-adds plus at most ``2 K`` additions and ``2 k'`` copies per
-output instead of the ``K^2`` of the dense kernel.
+``Transpose``, ``Add`` and ``Reshape`` (plus constant subgraphs): no custom
+operator, no loop, no ``CumSum``, all in TensorRT's ONNX support list.
 
 Notation of :mod:`pelk_mm.ops.band_geometry`: sharing grid ``(s_0, ...,
 s_{k'-1})``, band edges ``e_a``, ``K = sum(grid)``, ``P = K // 2``. The
 kernel is constant on each block ``(a, b)``, so the zero-padded
-cross-correlation factors into box sums along the rows and the columns::
+cross-correlation factors into band sums along the rows and the columns::
 
     y(i, j) = sum_b  sum_{v in band b}  Z_b(i, j + v - P)
     Z_b(i, j) = sum_a  w(a, b)  R_a(i, j)
     R_a(i, j) = sum_{u in band a}  x(i + u - P, j)     (x = 0 outside)
 
-computed as:
+Two layouts compute it, chosen from the map size (fixed when traced, so an
+export at ``H x W`` holds one of them; :func:`uses_band_matrices`):
 
-1. rows: one ``AveragePool`` of height ``s`` per distinct band width ``s``
-   of the map padded by ``P`` zero rows above and below, and one ``Gather``
-   of rows that stacks the ``k'`` row-band means ``R_a / s_a``
-   ``(N, C, k', H, W)`` (band ``a`` is the pool of its width, ``e_a`` rows
-   down);
-2. bands: one ``MatMul`` per channel with the ``k' x k'`` matrix
-   ``s_a s_b w(a, b)``: ``Z_b`` (times ``s_b``);
-3. columns: for each distinct width ``s``, the bands of that width are
-   shifted to their column offsets ``e_b - P`` (one ``Pad`` each, negative
-   pads cropping) and added, and one ``AveragePool`` of width ``s`` sums
-   them along the columns (the commuted order ``pool(sum of shifts)`` needs
-   one pool per width, not per band); the pools of the widths are added.
+- **band matrices**, on maps where ``k' (H + W + k')`` (the multiply-adds per
+  output) is at most :data:`BAND_MATRIX_MAX_MACS`: the row and column band
+  sums are products with constant 0/1 matrices (:func:`band_sum_matrix`), so
+  the op is three ``MatMul`` s and one ``Transpose``: ``R = S_H x``
+  (``S_H`` ``(k' H, H)``), ``Z = w^T R`` per channel, and ``y = [Z_0 ...
+  Z_{k'-1}] S_W`` (``(H, k' W) x (k' W, W)``). Dense GEMMs beat the memory
+  passes of the box means where the kernel spans most of the map (PeLK-T's
+  last three stages at 512 x 512: ``benchmarks/results/boxsum_layouts_*``).
+- **box means** elsewhere, at ``k'^2`` multiply-adds plus at most ``2 K``
+  additions and ``2 k'`` copies per output:
 
-Box means are sums of at most ``max(grid)`` terms (no prefix sums), so the
-float32 result is at least as accurate as the dense convolution's
+  1. rows: one ``AveragePool`` of height ``s`` per distinct band width ``s``
+     of the map padded by ``P`` zero rows above and below, and one
+     ``Gather`` of rows that stacks the ``k'`` row-band means ``R_a / s_a``
+     ``(N, C, k', H, W)`` (band ``a`` is the pool of its width, ``e_a`` rows
+     down);
+  2. bands: one ``MatMul`` per channel with the ``k' x k'`` matrix
+     ``s_a s_b w(a, b)``: ``Z_b`` (times ``s_b``);
+  3. columns: for each distinct width ``s``, the bands of that width are
+     shifted to their column offsets ``e_b - P`` (one ``Pad`` each, negative
+     pads cropping) and added, and one ``AveragePool`` of width ``s`` sums
+     them along the columns (the commuted order ``pool(sum of shifts)``
+     needs one pool per width, not per band); the pools of the widths are
+     added.
+
+Both add at most ``max(grid)`` nonzero terms per band sum (no prefix sums),
+so the float32 result is at least as accurate as the dense convolution's
 (``tests/test_boxsum_conv.py``): no mean split or compensation is needed,
 unlike the summed-area tables of :mod:`pelk_mm.ops.blocksum_conv`.
 """
+import functools
 import math
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -48,6 +60,71 @@ from torch import Tensor
 
 from .band_geometry import band_edges
 from .sharing_grid import check_grid, expand_weight
+
+#: Largest ``k' (H + W + k')`` (multiply-adds per output) at which
+#: :func:`boxsum_peripheral_conv` uses the band matrices: between a 64 x 64
+#: and a 96 x 96 map for K ~ 50. Measured by
+#: ``benchmarks/bench_boxsum_layouts.py`` (2 CPU threads, 2026-12-06,
+#: ``benchmarks/results/boxsum_layouts_cpu_2026-12-06T0811.md``): in
+#: onnxruntime the band matrices take 0.54-0.90x the box means' time on
+#: 16 x 16 to 64 x 64 maps (``k' (H + W + k')`` 369-1833), 1.60x at 96 x 96
+#: (2665) and 2.40x at 128 x 128 (3497); in PyTorch 0.26-0.57x up to
+#: 64 x 64, 1.03-1.06x above. Single onnxruntime timings of the op vary by
+#: up to 2x between runs on that machine; PeLK-T's whole backbone at
+#: 512 x 512 ran as fast with 1600 (box means on its 64 x 64 maps) as with
+#: this bound.
+BAND_MATRIX_MAX_MACS = 2000
+
+
+def uses_band_matrices(grid: Sequence[int], height: int, width: int) -> bool:
+    """Whether :func:`boxsum_peripheral_conv` computes an ``H x W`` map with
+    the band matrices (else with box means)."""
+    bands = len(grid)
+    return bands * (height + width + bands) <= BAND_MATRIX_MAX_MACS
+
+
+@functools.lru_cache(maxsize=64)
+def band_sum_matrix(grid: Tuple[int, ...],
+                    size: int,
+                    transpose: bool = False,
+                    device: Optional[torch.device] = None,
+                    dtype: Optional[torch.dtype] = None) -> Tensor:
+    """The band sums along one axis of length ``size`` as a 0/1 matrix,
+    ``(k' size, size)`` (cached per device and dtype; built from Python
+    numbers, so a traced graph holds it as a constant).
+
+    Row ``b size + i`` is 1 at the positions ``i + u - P`` inside ``[0,
+    size)`` for the taps ``u`` of band ``b``: ``S @ x`` stacks ``R_b`` of
+    ``x`` ``(size, ...)`` band by band. With ``transpose=True`` each band's
+    ``size x size`` block is transposed (``[Z_0 ... Z_{k'-1}] @ S`` sums
+    along the columns).
+    """
+    half = sum(grid) // 2
+    edges = band_edges(grid)
+    rows = []
+    for b in range(len(grid)):
+        bounds = [(min(max(i + edges[b] - half, 0),
+                       size), min(max(i + edges[b + 1] - half, 0), size))
+                  for i in range(size)]
+        block = [[float(lo <= t < hi) for t in range(size)]
+                 for lo, hi in bounds]
+        rows.extend(map(list, zip(*block)) if transpose else block)
+    return torch.tensor(rows, dtype=dtype, device=device)
+
+
+def _band_matrix_conv(x: Tensor, weight: Tensor,
+                      grid: Sequence[int]) -> Tensor:
+    """The band-matrix layout: three ``MatMul`` s and one ``Transpose``."""
+    channels, height, width = (int(s) for s in x.shape[1:])
+    grid, bands = tuple(grid), len(grid)
+    rows = band_sum_matrix(grid, height, False, x.device, x.dtype)
+    cols = band_sum_matrix(grid, width, True, x.device, x.dtype)
+    row_sums = torch.matmul(rows, x).reshape(-1, channels, bands,
+                                             height * width)  # R_a
+    mixed = torch.matmul(weight[:, 0].transpose(-1, -2), row_sums)  # Z_b
+    mixed = mixed.reshape(-1, channels, bands, height, width).transpose(2, 3)
+    return torch.matmul(
+        mixed.reshape(-1, channels, height, bands * width), cols)
 
 
 def _box_mean(x: Tensor, height: int, width: int) -> Tensor:
@@ -117,9 +194,11 @@ def band_mixing_matrix(weight: Tensor, grid: Sequence[int]) -> Tensor:
     return (weight[:, 0] * sizes[:, None] * sizes[None, :]).transpose(-1, -2)
 
 
-def boxsum_peripheral_conv(x: Tensor, weight: Tensor,
-                           grid: Sequence[int]) -> Tensor:
-    """Peripheral convolution by box sums (exact up to float round-off).
+def boxsum_peripheral_conv(x: Tensor,
+                           weight: Tensor,
+                           grid: Sequence[int],
+                           band_matrices: Optional[bool] = None) -> Tensor:
+    """Peripheral convolution by band sums (exact up to float round-off).
 
     The graph is built for the spatial size of ``x`` (an export traced at
     ``H x W`` runs at ``H x W``, any batch size).
@@ -130,12 +209,18 @@ def boxsum_peripheral_conv(x: Tensor, weight: Tensor,
         weight (Tensor): Compact weights ``(C, 1, k', k')``.
         grid (Sequence[int]): Sharing grid, ``k'`` widths summing to odd
             ``K``.
+        band_matrices (bool, optional): The layout: band matrices (True)
+            or box means (False). Defaults to :func:`uses_band_matrices`.
 
     Returns:
         Tensor: ``(N, C, H, W)``, equal to ``F.conv2d(x, expand_weight(
         weight, grid), padding=K // 2, groups=C)``.
     """
     channels, height, width = (int(s) for s in x.shape[1:])
+    if band_matrices is None:
+        band_matrices = uses_band_matrices(grid, height, width)
+    if band_matrices:
+        return _band_matrix_conv(x, weight, grid)
     mixed = torch.matmul(
         band_mixing_matrix(weight, grid), _row_band_means(x, grid))
     return _column_band_sums(

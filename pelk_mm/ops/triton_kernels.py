@@ -5,6 +5,9 @@ compiles them with ``triton.jit`` for CUDA tensors and runs them through
 Triton's interpreter for CPU tensors. They call only Triton builtins (no
 ``tl.sum`` / ``tl.cumsum``, which Triton decorates when it is imported), so
 the interpreter runs them whatever ``TRITON_INTERPRET`` was at that import.
+For the same reason each kernel writes out its own row-band loop: a helper
+shared by both would have to be a ``triton.jit`` function for the compiler
+and a plain one for the interpreter.
 
 Notation of :mod:`pelk_mm.ops.band_geometry`: band edges ``e_0 = 0 < ... <
 e_k' = K`` (``edges_ptr``, int32), ``P = K // 2``. Tensors are contiguous

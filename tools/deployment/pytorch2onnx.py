@@ -19,10 +19,11 @@ CONFIG builds one of
 Only the deploy form exports (``PeLK(deploy=True)``); the peripheral conv's
 FFT path does not. By default it is the structured form (``deploy_mode=
 'structured'``): every peripheral conv keeps its compact weights and becomes
-box sums in standard ONNX operators (``Pad``, ``AveragePool``, ``Concat``,
-``Gather``, ``MatMul``, ``Add``, ``Reshape``, ``Squeeze``; no custom
-operator, no loop, all listed by TensorRT's ONNX parser), which onnxruntime
-runs several times faster than the dense ``K x K`` convs of
+band sums in standard ONNX operators (``MatMul`` with constant band
+matrices and ``Transpose`` on small maps; ``Pad``, ``AveragePool``,
+``Concat``, ``Gather``, ``MatMul``, ``Add``, ``Reshape`` on large ones; no
+custom operator, no loop, all listed by TensorRT's ONNX parser), which
+onnxruntime runs several times faster than the dense ``K x K`` convs of
 ``deploy_mode='dense'`` (kept for runtimes that need a single conv; see
 docs/deployment.md for both). Fold a trained checkpoint
 with ``tools/model_converters/pelk_deploy.py`` and build the deploy form

@@ -4,16 +4,9 @@
 # the exported feature-map sizes, so export at the size you will run (the
 # test pipeline's padded size). Self-contained: mmdeploy's wheel ships no
 # configs. See docs/deployment.md ("Deploying with mmdeploy").
+_base_ = ['./_base_/onnx_config.py']
 onnx_config = dict(
-    type='onnx',
-    export_params=True,
-    keep_initializers_as_inputs=False,
-    opset_version=17,
-    save_file='end2end.onnx',
-    input_names=['input'],
     output_names=['dets', 'labels', 'masks'],
-    input_shape=None,
-    optimize=True,
     dynamic_axes={
         'input': {
             0: 'batch'
@@ -44,4 +37,3 @@ codebase_config = dict(
         keep_top_k=100,
         background_label_id=-1,
         export_postprocess_mask=False))
-backend_config = dict(type='onnxruntime')

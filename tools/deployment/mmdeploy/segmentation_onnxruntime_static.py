@@ -4,17 +4,7 @@
 # Use it with a model config whose backbone is the deploy form
 # (model.backbone.deploy=True) and a folded checkpoint; see
 # docs/deployment.md ("Deploying with mmdeploy").
-onnx_config = dict(
-    type='onnx',
-    export_params=True,
-    keep_initializers_as_inputs=False,
-    opset_version=17,
-    save_file='end2end.onnx',
-    input_names=['input'],
-    output_names=['output'],
-    input_shape=None,
-    optimize=True)
+_base_ = ['./_base_/onnx_config.py']
 # with_argmax=False: the output is the logits (N, num_classes, H, W) at the
 # input size; True (mmdeploy's default) gives the class map (N, 1, H, W).
 codebase_config = dict(type='mmseg', task='Segmentation', with_argmax=False)
-backend_config = dict(type='onnxruntime')
