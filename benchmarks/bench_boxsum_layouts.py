@@ -26,13 +26,12 @@ Example::
 """
 import argparse
 import io
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn as nn
-from bench_onnx import export_tool
+from bench_onnx import export_tool, session
+from bench_peers import Clock, interleaved
 from run_record import run_record, run_start, save_result, with_run_line
 
 from pelk_mm.ops import sharing_grid
@@ -83,8 +82,9 @@ def parse_args(argv=None):
     return args
 
 
-def ort_session(module, x, threads):
-    import onnxruntime as ort
+def ort_call(module, x, threads, tool):
+    """The exported ``module`` (as ``pytorch2onnx.py``'s ``tool`` exports)
+    run by onnxruntime on ``x``, as a call."""
     buffer = io.BytesIO()
     with torch.no_grad():
         torch.onnx.export(
@@ -94,43 +94,36 @@ def ort_session(module, x, threads):
             dynamic_axes={'x': {
                 0: 'batch'
             }},
-            opset_version=17,
-            **export_tool().exporter_kwargs())
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(
-        buffer.getvalue(), options, providers=['CPUExecutionProvider'])
+            opset_version=tool.OPSET,
+            **tool.exporter_kwargs())
+    ort_session = session(buffer.getvalue(), threads)
     feed = {'x': x.numpy()}
-    return lambda: session.run(None, feed)
+    return lambda: ort_session.run(None, feed)
 
 
-def time_shape(channels, side, kernel_size, args):
+def time_shape(channels, side, kernel_size, args, tool):
     grid = sharing_grid(kernel_size, 5)
     torch.manual_seed(0)
     x = torch.randn(1, channels, side, side)
     runs = {}
     for layout, band_matrices in LAYOUTS.items():
         module = Layout(channels, grid, band_matrices).eval()
-        runs[f'ort_{layout}'] = ort_session(module, x, args.threads)
+        runs[f'ort_{layout}'] = ort_call(module, x, args.threads, tool)
 
         def eager(module=module):
             with torch.no_grad():
                 module(x)
 
         runs[f'torch_{layout}'] = eager
-    times = {name: [] for name in runs}
+    medians, times = {}, {}
     for runtime in ('ort', 'torch'):
-        names = [f'{runtime}_{layout}' for layout in LAYOUTS]
-        for name in names:
-            runs[name]()  # warm-up
-        for round_ in range(args.iters):
-            shift = round_ % len(names)
-            for name in names[shift:] + names[:shift]:
-                start = time.perf_counter()
-                runs[name]()
-                times[name].append(time.perf_counter() - start)
-    medians = {name: statistics.median(t) for name, t in times.items()}
+        timed = interleaved(
+            {
+                f'{runtime}_{layout}': runs[f'{runtime}_{layout}']
+                for layout in LAYOUTS
+            }, args.iters, Clock(torch.device('cpu')))
+        medians.update(timed['median_s'])
+        times.update(timed['times_s'])
     return dict(
         channels=channels,
         side=side,
@@ -169,7 +162,8 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     import onnxruntime as ort
     started, load_before = run_start()
-    rows = [time_shape(*shape, args) for shape in args.shapes]
+    tool = export_tool()
+    rows = [time_shape(*shape, args, tool) for shape in args.shapes]
     result = dict(
         run=run_record(
             started,

@@ -74,7 +74,6 @@ import json
 import logging
 import os
 import os.path as osp
-import platform
 import resource
 import statistics
 import subprocess
@@ -376,23 +375,32 @@ def memory_of(args):
                     resource.RUSAGE_SELF).ru_maxrss / 1024)))
 
 
-def train_memory(names, args):
-    """``memory_of`` for every model, each in a fresh interpreter."""
-    rows = {}
+def fresh_interpreter(flags):
+    """Run this script with ``flags`` in a fresh interpreter; return its
+    last line of output, parsed as JSON."""
     env = dict(
         os.environ,
         PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
-    for name in names:
-        command = [
-            sys.executable, __file__, '--memory-of', name, '--threads',
+    done = subprocess.run([sys.executable, __file__, *flags],
+                          env=env,
+                          capture_output=True,
+                          text=True,
+                          check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def train_memory(names, args):
+    """``memory_of`` for every model, each in a fresh interpreter."""
+    return {
+        name:
+        fresh_interpreter([
+            '--memory-of', name, '--threads',
             str(args.threads), '--train-size',
             str(args.train_size), '--train-batch',
             str(args.train_batch)
-        ] + (['--quick'] if args.quick else [])
-        done = subprocess.run(
-            command, env=env, capture_output=True, text=True, check=True)
-        rows[name] = json.loads(done.stdout.strip().splitlines()[-1])
-    return rows
+        ] + (['--quick'] if args.quick else []))
+        for name in names
+    }
 
 
 def ort_input(size):
@@ -434,9 +442,6 @@ def ort_part(deploys, args):
     size = (args.ort_size, args.ort_size)
     x = ort_input(args.ort_size)
     paths, errors = {}, {}
-    env = dict(
-        os.environ,
-        PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
     with tempfile.TemporaryDirectory() as workdir:
         with torch.no_grad():
             for name, model in deploys.items():
@@ -457,17 +462,12 @@ def ort_part(deploys, args):
             json.dump(paths, out)
         processes = []
         for _ in range(args.ort_processes):
-            done = subprocess.run([
-                sys.executable, __file__, '--ort-of', manifest, '--threads',
+            times = fresh_interpreter([
+                '--ort-of', manifest, '--threads',
                 str(args.threads), '--ort-size',
                 str(args.ort_size), '--iters',
                 str(args.iters)
-            ],
-                                  env=env,
-                                  capture_output=True,
-                                  text=True,
-                                  check=True)
-            times = json.loads(done.stdout.strip().splitlines()[-1])
+            ])
             medians = {k: statistics.median(t) for k, t in times.items()}
             processes.append(
                 dict(
@@ -642,8 +642,9 @@ def main(argv=None):
         args.parts = [
             p for p in args.parts if p in ('torch_infer', 'torch_train')
         ]
-    load_before = os.getloadavg()
-    started = datetime.datetime.now(datetime.timezone.utc)
+    sys.path.insert(0, HERE)
+    from run_record import run_record, run_start
+    started, load_before = run_start()
     trains, deploys, results = {}, {}, {}
     for name in args.models:
         trains[name], deploys[name] = build(name, args.quick)
@@ -661,11 +662,9 @@ def main(argv=None):
             for name in args.models
         }
     import mmengine
-    run = dict(
-        utc=started.isoformat(timespec='seconds'),
-        load_average_before=load_before,
-        cpu=platform.processor() or platform.machine(),
-        cpus=os.cpu_count(),
+    run = run_record(
+        started,
+        load_before,
         device=(torch.cuda.get_device_name(device)
                 if device.type == 'cuda' else 'cpu'),
         threads=args.threads,
@@ -677,7 +676,6 @@ def main(argv=None):
             size=args.train_size, batch=args.train_batch, amp=args.train_amp),
         ort_size=args.ort_size,
         flops_sizes=args.flops_sizes,
-        torch=torch.__version__,
         mmengine=mmengine.__version__)
     if 'ort' in args.parts:
         import onnxruntime
